@@ -1,0 +1,181 @@
+"""``convert_norms``: swap a model's norm layers for IBNorm (or a peer) in place, keeping their state."""
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+import torch
+from torch import nn
+
+from .compress import ALIASES, COMPRESSIONS
+from .layers import IB_CLASS_BY_GROUPING, IB_LAYERS
+from .peers import PEERS, DynamicTanh
+from .registry import IB_GROUPINGS, _REGISTRY, canonical_name
+
+_BN_KIND = {nn.BatchNorm1d: "batch1d", nn.BatchNorm2d: "batch2d", nn.BatchNorm3d: "batch3d"}
+_NORMALNORM = {"layer": "normalnorm_layer", "rms": "normalnorm_layer",
+               "batch1d": "normalnorm_batch1d", "batch2d": "normalnorm_batch2d"}
+
+
+@dataclass
+class ConversionReport:
+    """What ``convert_norms`` did: ``replaced`` (source class -> count), ``skipped`` (path -> reason)."""
+
+    target: str
+    replaced: Counter = field(default_factory=Counter)
+    skipped: dict = field(default_factory=dict)
+    paths: list = field(default_factory=list)  # (module path, source class, new class)
+
+    @property
+    def total(self) -> int:
+        return sum(self.replaced.values())
+
+    def __str__(self) -> str:
+        lines = [f"convert_norms(target={self.target!r}): replaced {self.total}"]
+        lines += [f"  {cls}: {n}" for cls, n in sorted(self.replaced.items())]
+        if self.skipped:
+            lines.append(f"  skipped {len(self.skipped)}:")
+            lines += [f"    {path}: {why}" for path, why in sorted(self.skipped.items())]
+        return "\n".join(lines)
+
+
+def is_hf_rmsnorm(module: nn.Module) -> bool:
+    """Hugging Face RMSNorm classes (``LlamaRMSNorm`` and kin): a ``weight`` and a ``variance_epsilon``."""
+    return (type(module).__name__.endswith("RMSNorm") and isinstance(getattr(module, "weight", None), nn.Parameter)
+            and hasattr(module, "variance_epsilon"))
+
+
+def norm_kind(module: nn.Module) -> Optional[str]:
+    """The grouping of a base norm layer (``layer``, ``rms``, ``batch1d/2d/3d``, ``group``) or None."""
+    if isinstance(module, IB_LAYERS + PEERS):
+        return None
+    if isinstance(module, nn.LayerNorm):
+        return "layer"
+    if isinstance(module, nn.RMSNorm) or is_hf_rmsnorm(module):
+        return "rms"
+    if type(module) in _BN_KIND:
+        return _BN_KIND[type(module)]
+    if isinstance(module, nn.GroupNorm):
+        return "group"
+    return None
+
+
+def _source_config(module: nn.Module, kind: str) -> dict:
+    """Constructor arguments shared by the base norm and its replacement."""
+    if kind == "layer":
+        return dict(normalized_shape=module.normalized_shape, eps=module.eps,
+                    elementwise_affine=module.elementwise_affine, bias=module.bias is not None)
+    if kind == "rms":
+        if isinstance(module, nn.RMSNorm):
+            return dict(normalized_shape=module.normalized_shape, eps=module.eps,
+                        elementwise_affine=module.elementwise_affine)
+        return dict(normalized_shape=tuple(module.weight.shape), eps=float(module.variance_epsilon),
+                    elementwise_affine=True)
+    if kind == "group":
+        return dict(num_groups=module.num_groups, num_channels=module.num_channels, eps=module.eps, affine=module.affine)
+    return dict(num_features=module.num_features, eps=module.eps, momentum=module.momentum, affine=module.affine,
+                track_running_stats=module.track_running_stats)
+
+
+def _factory_kwargs(module: nn.Module) -> dict:
+    for t in list(module.parameters(recurse=False)) + list(module.buffers(recurse=False)):
+        if t.is_floating_point():
+            return {"device": t.device, "dtype": t.dtype}
+    return {}
+
+
+def _parse_target(target: str) -> tuple[str, Optional[str], Optional[str]]:
+    """-> (family, op, only_kind): family is 'ib', 'dyt', 'normalnorm'; only_kind restricts sources."""
+    key = canonical_name(target)
+    op = ALIASES.get(key, key)
+    if op in COMPRESSIONS:
+        return "ib", op, None
+    if key.startswith("ib_"):
+        rest = key[3:]
+        if rest in COMPRESSIONS:
+            return "ib", rest, None
+        grouping, _, op = rest.rpartition("_")
+        if grouping in IB_GROUPINGS and op in COMPRESSIONS:
+            return "ib", op, grouping
+    if key == "dyt":
+        return "dyt", None, None
+    if key == "normalnorm":
+        return "normalnorm", None, None
+    if key.startswith("normalnorm_") and key in _REGISTRY:
+        return "normalnorm", None, key[len("normalnorm_"):]
+    raise ValueError(f"target must be a compression op ({sorted(COMPRESSIONS)}, or 'ib_<op>'), a registry name "
+                     f"'ib_<grouping>_<op>' with grouping in {sorted(IB_GROUPINGS)}, 'normalnorm[_<grouping>]' "
+                     f"or 'dyt'; got {target!r}")
+
+
+def _build(family: str, op: Optional[str], kind: str, src: nn.Module, layer_kwargs: dict) -> Optional[nn.Module]:
+    cfg = _source_config(src, kind)
+    fk = _factory_kwargs(src)
+    if family == "ib":
+        return IB_CLASS_BY_GROUPING[kind](**cfg, **fk, compression=op, **layer_kwargs)
+    if family == "dyt":
+        if kind in ("layer", "rms"):
+            return DynamicTanh(cfg["normalized_shape"], channels_last=True, **fk, **layer_kwargs)
+        channels = cfg["num_channels"] if kind == "group" else cfg["num_features"]
+        return DynamicTanh(channels, channels_last=False, **fk, **layer_kwargs)
+    name = _NORMALNORM.get(kind)
+    if name is None:
+        return None
+    if kind == "rms":
+        cfg = dict(cfg, bias=False)
+    return _REGISTRY[name](**cfg, **fk, **layer_kwargs)
+
+
+@torch.no_grad()
+def _copy_state(src: nn.Module, dst: nn.Module) -> None:
+    """Copy the affine weights and the running statistics the two layers share by name."""
+    for name in ("weight", "bias", "running_mean", "running_var", "num_batches_tracked"):
+        s, d = getattr(src, name, None), getattr(dst, name, None)
+        if isinstance(s, torch.Tensor) and isinstance(d, torch.Tensor) and s.shape == d.shape:
+            d.copy_(s)
+
+
+def convert_norms(model: nn.Module, target: str, **layer_kwargs: Any) -> ConversionReport:
+    """Replace, in place and recursively, every base norm of ``model`` by its IBNorm grouping or a peer.
+
+    ``target``: an op (``"power"``, ``"log"``, ``"tanh"``, ``"none"``, or ``"ib_tanh"``...) converts
+    every norm to the matching grouping; a full name (``"ib_layer_tanh"``, ``"normalnorm_batch2d"``)
+    converts only norms of that grouping; ``"normalnorm"`` and ``"dyt"`` convert to those peers.
+    ``layer_kwargs`` go to the new layers' constructors (``strength=0.3``, ``alpha_init=0.8``...).
+
+    Sources: ``nn.LayerNorm``, ``nn.RMSNorm`` and Hugging Face RMSNorms, ``nn.BatchNorm1d/2d/3d``,
+    ``nn.GroupNorm``. Weights, biases, running statistics, eps, momentum, dtype, device and
+    train/eval mode are kept; a module shared at several places stays shared.
+    """
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be an nn.Module; got {type(model).__name__}")
+    if norm_kind(model) is not None:
+        raise ValueError("model must contain the norm layers, not be one: convert its parent, or build the "
+                         "layer with ibnorm.create_norm_layer")
+    family, op, only_kind = _parse_target(target)
+    report = ConversionReport(target=target)
+    done: dict[int, nn.Module] = {}
+    for parent_path, parent in list(model.named_modules()):
+        for child_name, child in list(parent.named_children()):
+            path = f"{parent_path}.{child_name}" if parent_path else child_name
+            kind = norm_kind(child)
+            if kind is None:
+                continue
+            if id(child) in done:
+                setattr(parent, child_name, done[id(child)])
+                continue
+            if only_kind is not None and kind != only_kind:
+                report.skipped[path] = f"{type(child).__name__} is {kind}-grouped, target {target!r} is {only_kind}-grouped"
+                continue
+            new = _build(family, op, kind, child, layer_kwargs)
+            if new is None:
+                report.skipped[path] = f"no {family} layer for {kind} grouping"
+                continue
+            _copy_state(child, new)
+            new.train(child.training)
+            setattr(parent, child_name, new)
+            done[id(child)] = new
+            report.replaced[type(child).__name__] += 1
+            report.paths.append((path, type(child).__name__, type(new).__name__))
+    return report

@@ -1,0 +1,315 @@
+"""``nn.Module`` wrappers of :mod:`ibnorm.functional` with PyTorch's norm signatures.
+
+Every layer takes its base norm's constructor arguments, then the keyword-only IBNorm ones:
+``compression`` (``power``/``log``/``tanh``/``none``), ``strength`` (lambda; ``None`` = the op's
+default), ``learnable_strength`` (train lambda, reparameterized to stay in the op's range; beyond the
+paper) and ``order`` (``compress_then_standardize`` = the SPEC, or ``standardize_then_compress``).
+"""
+from __future__ import annotations
+
+import numbers
+from typing import Optional, Sequence, Union
+
+import torch
+from torch import Tensor, nn
+
+from . import functional as IBF
+from .compress import (check_order, get_compression, raw_to_strength, resolve_strength,
+                       strength_to_raw)
+
+_shape_t = Union[int, Sequence[int], torch.Size]
+
+
+def _to_shape(normalized_shape: _shape_t) -> tuple[int, ...]:
+    if isinstance(normalized_shape, numbers.Integral):
+        normalized_shape = (int(normalized_shape),)
+    shape = tuple(int(s) for s in normalized_shape)
+    if not shape or any(s <= 0 for s in shape):
+        raise ValueError(f"normalized_shape must be a positive int or a non-empty sequence of positive ints; got {normalized_shape!r}")
+    return shape
+
+
+def _check_positive_int(name: str, value: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value <= 0:
+        raise ValueError(f"{name} must be a positive int; got {value!r}")
+    return int(value)
+
+
+def _check_eps(eps: Optional[float], allow_none: bool = False) -> Optional[float]:
+    if eps is None and allow_none:
+        return None
+    if isinstance(eps, bool) or not isinstance(eps, numbers.Real) or not eps >= 0:
+        raise ValueError(f"eps must be a float >= 0; got {eps!r}")
+    return float(eps)
+
+
+class _IBMixin:
+    """Holds the compression op, its strength (fixed or learnable) and the order."""
+
+    compression: str
+    order: str
+
+    def _init_ib(self, compression: str, strength: Optional[float], learnable_strength: bool, order: str,
+                 factory: dict) -> None:
+        self.compression = get_compression(compression).name
+        self.order = check_order(order)
+        self.init_strength = resolve_strength(self.compression, strength)
+        self.learnable_strength = bool(learnable_strength)
+        if self.learnable_strength:
+            if self.init_strength is None:
+                raise ValueError("learnable_strength=True needs compression 'power', 'log' or 'tanh'; got 'none'")
+            dtype = torch.float64 if factory.get("dtype") == torch.float64 else torch.float32
+            self.strength_raw = nn.Parameter(torch.empty((), device=factory.get("device"), dtype=dtype))
+        else:
+            self.register_parameter("strength_raw", None)
+
+    def _reset_strength(self) -> None:
+        if self.strength_raw is not None:
+            with torch.no_grad():
+                self.strength_raw.fill_(strength_to_raw(self.compression, self.init_strength))
+
+    @property
+    def strength(self) -> Union[float, Tensor, None]:
+        """The lambda in use: a float, or a 0-d tensor (with grad) when learnable."""
+        if self.strength_raw is not None:
+            return raw_to_strength(self.compression, self.strength_raw)
+        return self.init_strength
+
+    def _ib_repr(self) -> str:
+        s = f"compression={self.compression}"
+        if self.init_strength is not None:
+            if self.strength_raw is not None:
+                s += f", strength={float(self.strength.detach()):.4g} (learnable)"
+            else:
+                s += f", strength={self.init_strength:g}"
+        if self.order != IBF.COMPRESS_THEN_STANDARDIZE:
+            s += f", order={self.order}"
+        return s
+
+
+class IBLayerNorm(_IBMixin, nn.Module):
+    """IBNorm with ``nn.LayerNorm``'s grouping, signature and affine parameters."""
+
+    def __init__(self, normalized_shape: _shape_t, eps: float = 1e-5, elementwise_affine: bool = True,
+                 bias: bool = True, device=None, dtype=None, *, compression: str = "power",
+                 strength: Optional[float] = None, learnable_strength: bool = False,
+                 order: str = IBF.COMPRESS_THEN_STANDARDIZE) -> None:
+        super().__init__()
+        factory = {"device": device, "dtype": dtype}
+        self.normalized_shape = _to_shape(normalized_shape)
+        self.eps = _check_eps(eps)
+        self.elementwise_affine = elementwise_affine
+        if elementwise_affine:
+            self.weight = nn.Parameter(torch.empty(self.normalized_shape, **factory))
+        else:
+            self.register_parameter("weight", None)
+        if elementwise_affine and bias:
+            self.bias = nn.Parameter(torch.empty(self.normalized_shape, **factory))
+        else:
+            self.register_parameter("bias", None)
+        self._init_ib(compression, strength, learnable_strength, order, factory)
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        if self.weight is not None:
+            nn.init.ones_(self.weight)
+        if self.bias is not None:
+            nn.init.zeros_(self.bias)
+        self._reset_strength()
+
+    def forward(self, input: Tensor) -> Tensor:
+        return IBF.ib_layer_norm(input, self.normalized_shape, self.weight, self.bias, self.eps,
+                                 self.compression, self.strength, self.order)
+
+    def extra_repr(self) -> str:
+        return (f"{self.normalized_shape}, eps={self.eps}, elementwise_affine={self.elementwise_affine}, "
+                + self._ib_repr())
+
+
+class IBRMSNorm(_IBMixin, nn.Module):
+    """IBNorm with ``nn.RMSNorm``'s grouping (no centering); ``eps=None`` means ``finfo(input).eps``."""
+
+    def __init__(self, normalized_shape: _shape_t, eps: Optional[float] = None, elementwise_affine: bool = True,
+                 device=None, dtype=None, *, compression: str = "power", strength: Optional[float] = None,
+                 learnable_strength: bool = False, order: str = IBF.COMPRESS_THEN_STANDARDIZE) -> None:
+        super().__init__()
+        factory = {"device": device, "dtype": dtype}
+        self.normalized_shape = _to_shape(normalized_shape)
+        self.eps = _check_eps(eps, allow_none=True)
+        self.elementwise_affine = elementwise_affine
+        if elementwise_affine:
+            self.weight = nn.Parameter(torch.empty(self.normalized_shape, **factory))
+        else:
+            self.register_parameter("weight", None)
+        self._init_ib(compression, strength, learnable_strength, order, factory)
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        if self.weight is not None:
+            nn.init.ones_(self.weight)
+        self._reset_strength()
+
+    def forward(self, input: Tensor) -> Tensor:
+        return IBF.ib_rms_norm(input, self.normalized_shape, self.weight, self.eps,
+                               self.compression, self.strength, self.order)
+
+    def extra_repr(self) -> str:
+        return (f"{self.normalized_shape}, eps={self.eps}, elementwise_affine={self.elementwise_affine}, "
+                + self._ib_repr())
+
+
+class IBGroupNorm(_IBMixin, nn.Module):
+    """IBNorm with ``nn.GroupNorm``'s grouping: per sample, per group of channels."""
+
+    def __init__(self, num_groups: int, num_channels: int, eps: float = 1e-5, affine: bool = True,
+                 device=None, dtype=None, *, compression: str = "power", strength: Optional[float] = None,
+                 learnable_strength: bool = False, order: str = IBF.COMPRESS_THEN_STANDARDIZE) -> None:
+        super().__init__()
+        factory = {"device": device, "dtype": dtype}
+        self.num_groups = _check_positive_int("num_groups", num_groups)
+        self.num_channels = _check_positive_int("num_channels", num_channels)
+        if num_channels % num_groups != 0:
+            raise ValueError(f"num_channels must be divisible by num_groups; got num_channels={num_channels}, num_groups={num_groups}")
+        self.eps = _check_eps(eps)
+        self.affine = affine
+        if affine:
+            self.weight = nn.Parameter(torch.empty(num_channels, **factory))
+            self.bias = nn.Parameter(torch.empty(num_channels, **factory))
+        else:
+            self.register_parameter("weight", None)
+            self.register_parameter("bias", None)
+        self._init_ib(compression, strength, learnable_strength, order, factory)
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        if self.affine:
+            nn.init.ones_(self.weight)
+            nn.init.zeros_(self.bias)
+        self._reset_strength()
+
+    def forward(self, input: Tensor) -> Tensor:
+        if input.dim() < 2 or input.shape[1] != self.num_channels:
+            raise ValueError(f"input must have shape (N, {self.num_channels}, *); got {list(input.shape)}")
+        return IBF.ib_group_norm(input, self.num_groups, self.weight, self.bias, self.eps,
+                                 self.compression, self.strength, self.order)
+
+    def extra_repr(self) -> str:
+        return f"{self.num_groups}, {self.num_channels}, eps={self.eps}, affine={self.affine}, " + self._ib_repr()
+
+
+class _IBBatchNorm(_IBMixin, nn.Module):
+    """IBNorm with ``nn.BatchNorm``'s grouping, running statistics and train/eval semantics.
+
+    Running buffers: ``running_mean``/``running_var`` of ``x`` (as ``nn.BatchNorm``), and
+    ``running_mean_c``, ``running_var_c``, ``running_var_u`` for SPEC step 3, all updated with the
+    same momentum (or a cumulative average when ``momentum=None``) and the unbiased-variance
+    convention. Eval uses them in place of the batch statistics.
+
+    After converting a trained ``nn.BatchNorm`` the step-3 buffers start at ``mean_c=0``,
+    ``var_c=var_u=1``: exact at the identity compression, an approximation otherwise until a few
+    training batches (or a recalibration pass in train mode) have updated them.
+    """
+
+    _expected_dims: tuple[int, ...] = ()
+
+    def __init__(self, num_features: int, eps: float = 1e-5, momentum: Optional[float] = 0.1, affine: bool = True,
+                 track_running_stats: bool = True, device=None, dtype=None, *, compression: str = "power",
+                 strength: Optional[float] = None, learnable_strength: bool = False,
+                 order: str = IBF.COMPRESS_THEN_STANDARDIZE) -> None:
+        super().__init__()
+        factory = {"device": device, "dtype": dtype}
+        self.num_features = _check_positive_int("num_features", num_features)
+        self.eps = _check_eps(eps)
+        if momentum is not None and (isinstance(momentum, bool) or not 0.0 <= float(momentum) <= 1.0):
+            raise ValueError(f"momentum must be None or a float in [0, 1]; got {momentum!r}")
+        self.momentum = momentum
+        self.affine = affine
+        self.track_running_stats = track_running_stats
+        if affine:
+            self.weight = nn.Parameter(torch.empty(num_features, **factory))
+            self.bias = nn.Parameter(torch.empty(num_features, **factory))
+        else:
+            self.register_parameter("weight", None)
+            self.register_parameter("bias", None)
+        names = ("running_mean", "running_var", "running_mean_c", "running_var_c", "running_var_u")
+        if track_running_stats:
+            for name in names:
+                self.register_buffer(name, torch.empty(num_features, **factory))
+            self.register_buffer("num_batches_tracked",
+                                 torch.tensor(0, dtype=torch.long, device=device))
+        else:
+            for name in names + ("num_batches_tracked",):
+                self.register_buffer(name, None)
+        self._init_ib(compression, strength, learnable_strength, order, factory)
+        self.reset_parameters()
+
+    def reset_running_stats(self) -> None:
+        if self.track_running_stats:
+            for name in ("running_mean", "running_mean_c"):
+                getattr(self, name).zero_()
+            for name in ("running_var", "running_var_c", "running_var_u"):
+                getattr(self, name).fill_(1)
+            self.num_batches_tracked.zero_()
+
+    def reset_parameters(self) -> None:
+        self.reset_running_stats()
+        if self.affine:
+            nn.init.ones_(self.weight)
+            nn.init.zeros_(self.bias)
+        self._reset_strength()
+
+    def _check_input_dim(self, input: Tensor) -> None:
+        if input.dim() not in self._expected_dims:
+            want = " or ".join(f"{d}D" for d in self._expected_dims)
+            raise ValueError(f"input must be {want} for {type(self).__name__}; got {input.dim()}D input")
+        if input.shape[1] != self.num_features:
+            raise ValueError(f"input must have {self.num_features} channels in dim 1; got shape {list(input.shape)}")
+
+    def _momentum_factor(self) -> float:
+        # Same rule as nn.BatchNorm: count batches, cumulative average when momentum is None.
+        if self.training and self.track_running_stats:
+            self.num_batches_tracked.add_(1)
+            if self.momentum is None:
+                return 1.0 / float(self.num_batches_tracked)
+        return 0.0 if self.momentum is None else self.momentum
+
+    def running_stats(self) -> Optional[IBF.GroupStats]:
+        if not self.track_running_stats:
+            return None
+        return IBF.GroupStats(self.running_mean, self.running_var, self.running_mean_c,
+                              self.running_var_c, self.running_var_u)
+
+    def forward(self, input: Tensor) -> Tensor:
+        self._check_input_dim(input)
+        factor = self._momentum_factor()
+        return IBF.ib_batch_norm(input, self.running_stats(), self.weight, self.bias, self.training,
+                                 factor, self.eps, self.compression, self.strength, self.order)
+
+    def extra_repr(self) -> str:
+        return (f"{self.num_features}, eps={self.eps}, momentum={self.momentum}, affine={self.affine}, "
+                f"track_running_stats={self.track_running_stats}, " + self._ib_repr())
+
+
+class IBBatchNorm1d(_IBBatchNorm):
+    """Batch-grouped IBNorm for ``(N, C)`` or ``(N, C, L)`` input, like ``nn.BatchNorm1d``."""
+
+    _expected_dims = (2, 3)
+
+
+class IBBatchNorm2d(_IBBatchNorm):
+    """Batch-grouped IBNorm for ``(N, C, H, W)`` input, like ``nn.BatchNorm2d``."""
+
+    _expected_dims = (4,)
+
+
+class IBBatchNorm3d(_IBBatchNorm):
+    """Batch-grouped IBNorm for ``(N, C, D, H, W)`` input, like ``nn.BatchNorm3d``."""
+
+    _expected_dims = (5,)
+
+
+IB_CLASS_BY_GROUPING: dict[str, type] = {
+    "layer": IBLayerNorm, "rms": IBRMSNorm, "batch1d": IBBatchNorm1d, "batch2d": IBBatchNorm2d,
+    "batch3d": IBBatchNorm3d, "group": IBGroupNorm,
+}
+IB_LAYERS = tuple(IB_CLASS_BY_GROUPING.values())
