@@ -147,24 +147,30 @@ def compress(u: Tensor, compression: str, strength: Optional[Strength]) -> Tenso
 
 # --- learnable strength: an unconstrained raw parameter mapped into the op's range -------------
 
+LEARNABLE_FLOOR = 1e-3  # keeps a learned strength away from 0, where s(u) = (...) / lam is 0/0
+
+
 def strength_to_raw(compression: str, strength: float) -> float:
     """Inverse of :func:`raw_to_strength`: the raw value whose mapped strength is ``strength``.
 
-    ``power`` uses ``lam = sigmoid(raw)`` (range (0, 1)); strength 1 itself is unreachable, so it is
-    initialised at ``1 - 1e-4``. ``log``/``tanh`` use ``lam = softplus(raw)`` (range (0, inf)).
+    ``power`` uses ``lam = f + (1 - f) * sigmoid(raw)`` (range (f, 1), f = ``LEARNABLE_FLOOR``); strength 1
+    itself is unreachable, so it is initialised at ``1 - 1e-4``. ``log``/``tanh`` use
+    ``lam = f + softplus(raw)`` (range (f, inf)).
     """
     op = get_compression(compression)
+    f = LEARNABLE_FLOOR
     if op.name == "power":
-        s = min(strength, 1.0 - 1e-4)
-        return math.log(s / (1.0 - s))
+        p = (min(max(strength, f + 1e-6), 1.0 - 1e-4) - f) / (1.0 - f)
+        return math.log(p / (1.0 - p))
     if op.name in ("log", "tanh"):
+        s = max(strength - f, 1e-6)
         # softplus^-1(s) = log(expm1(s)); for large s it is s itself.
-        return strength if strength > 20 else math.log(math.expm1(strength))
+        return s if s > 20 else math.log(math.expm1(s))
     raise ValueError("learnable_strength needs a compression with a strength (power, log or tanh); got 'none'")
 
 
 def raw_to_strength(compression: str, raw: Tensor) -> Tensor:
     op = get_compression(compression)
     if op.name == "power":
-        return torch.sigmoid(raw)
-    return F.softplus(raw)
+        return LEARNABLE_FLOOR + (1.0 - LEARNABLE_FLOOR) * torch.sigmoid(raw)
+    return LEARNABLE_FLOOR + F.softplus(raw)

@@ -157,9 +157,9 @@ def convert_norms(model: nn.Module, target: str, **layer_kwargs: Any) -> Convers
     report = ConversionReport(target=target)
     done: dict[int, nn.Module] = {}
     for parent_path, parent in list(model.named_modules()):
-        for child_name, child in list(parent.named_children()):
+        for child_name, child in list(parent._modules.items()):  # not named_children: it hides shared modules
             path = f"{parent_path}.{child_name}" if parent_path else child_name
-            kind = norm_kind(child)
+            kind = None if child is None else norm_kind(child)
             if kind is None:
                 continue
             if id(child) in done:

