@@ -112,6 +112,12 @@ def _parse_target(target: str) -> tuple[str, Optional[str], Optional[str]]:
 def _build(family: str, op: Optional[str], kind: str, src: nn.Module, layer_kwargs: dict) -> Optional[nn.Module]:
     cfg = _source_config(src, kind)
     fk = _factory_kwargs(src)
+    layer_kwargs = dict(layer_kwargs)
+    affine = layer_kwargs.pop("affine", None)
+    if affine is not None:  # one switch for the affine recovery, whatever the layer calls it
+        if family == "dyt":
+            raise ValueError("affine must not be given for target 'dyt' (Dynamic Tanh always has its affine map)")
+        cfg["elementwise_affine" if kind in ("layer", "rms") else "affine"] = bool(affine)
     if family == "ib":
         return IB_CLASS_BY_GROUPING[kind](**cfg, **fk, compression=op, **layer_kwargs)
     if family == "dyt":
@@ -142,7 +148,8 @@ def convert_norms(model: nn.Module, target: str, **layer_kwargs: Any) -> Convers
     ``target``: an op (``"power"``, ``"log"``, ``"tanh"``, ``"none"``, or ``"ib_tanh"``...) converts
     every norm to the matching grouping; a full name (``"ib_layer_tanh"``, ``"normalnorm_batch2d"``)
     converts only norms of that grouping; ``"normalnorm"`` and ``"dyt"`` convert to those peers.
-    ``layer_kwargs`` go to the new layers' constructors (``strength=0.3``, ``alpha_init=0.8``...).
+    ``layer_kwargs`` go to the new layers' constructors (``strength=0.3``, ``alpha_init=0.8``...);
+    ``affine=False`` drops the affine recovery whatever the layer calls the switch.
 
     Sources: ``nn.LayerNorm``, ``nn.RMSNorm`` and Hugging Face RMSNorms, ``nn.BatchNorm1d/2d/3d``,
     ``nn.GroupNorm``. Weights, biases, running statistics, eps, momentum, dtype, device and

@@ -17,7 +17,8 @@ do for half types. Fast paths (:mod:`ibnorm.kernels`) must match this module.
 """
 from __future__ import annotations
 
-from typing import NamedTuple, Optional, Sequence, Union
+import math
+from typing import Callable, NamedTuple, Optional, Sequence, Union
 
 import torch
 from torch import Tensor
@@ -47,12 +48,23 @@ def _strength_as(strength: Optional[Strength], like: Tensor) -> Optional[Strengt
     return strength
 
 
-def _moments(t: Tensor, dims: Sequence[int], centered: bool) -> tuple[Optional[Tensor], Tensor]:
-    """(mean, biased var) when centered, else (None, mean square)."""
-    if centered:
-        var, mean = torch.var_mean(t, dim=tuple(dims), correction=0, keepdim=True)
-        return mean, var
-    return None, t.square().mean(dim=tuple(dims), keepdim=True)
+Reduce = Callable[[Tensor], Tensor]  # sums a tensor over processes (differentiably); None = this process only
+
+
+def _moments(t: Tensor, dims: Sequence[int], centered: bool, reduce: Optional[Reduce] = None) -> tuple[Optional[Tensor], Tensor]:
+    """(mean, biased var) when centered, else (None, mean square), over ``dims`` (and processes with ``reduce``)."""
+    dims = tuple(dims)
+    if reduce is None:
+        if centered:
+            var, mean = torch.var_mean(t, dim=dims, correction=0, keepdim=True)
+            return mean, var
+        return None, t.square().mean(dim=dims, keepdim=True)
+    # Two passes (mean, then centred squares) over all processes: as accurate as the local var_mean.
+    count = reduce(torch.tensor(float(math.prod(t.shape[d] for d in dims)), dtype=t.dtype, device=t.device))
+    if not centered:
+        return None, reduce(t.square().sum(dim=dims, keepdim=True)) / count
+    mean = reduce(t.sum(dim=dims, keepdim=True)) / count
+    return mean, reduce((t - mean).square().sum(dim=dims, keepdim=True)) / count
 
 
 def ib_core(
@@ -64,16 +76,18 @@ def ib_core(
     strength: Optional[Strength],
     order: str = COMPRESS_THEN_STANDARDIZE,
     running: Optional[GroupStats] = None,
+    reduce: Optional[Reduce] = None,
 ) -> tuple[Tensor, GroupStats]:
     """SPEC steps 1-3 on ``x`` (already in the compute dtype), groups reduced over ``dims``.
 
     With ``running`` given (batch grouping in eval), its statistics replace the batch's.
     Returns ``z`` and the statistics of this pass (the running ones when ``running`` was used).
+    ``reduce`` sums over processes, so that the statistics are those of the global batch.
     """
     op = get_compression(compression)
     strength = _strength_as(strength, x)
     if running is None:
-        mean_x, var_x = _moments(x, dims, centered)
+        mean_x, var_x = _moments(x, dims, centered, reduce)
     else:
         mean_x, var_x = running.mean_x, running.var_x
     u = (x - mean_x if centered else x) * torch.rsqrt(var_x + eps)
@@ -83,8 +97,8 @@ def ib_core(
     if order != COMPRESS_THEN_STANDARDIZE:
         return c, GroupStats(mean_x, var_x, None, None, None)
     if running is None:
-        _, var_u = _moments(u, dims, centered)
-        mean_c, var_c = _moments(c, dims, centered)
+        _, var_u = _moments(u, dims, centered, reduce)
+        mean_c, var_c = _moments(c, dims, centered, reduce)
     else:
         var_u, mean_c, var_c = running.var_u, running.mean_c, running.var_c
     scale = torch.sqrt((var_u + eps) / (var_c + eps))
@@ -193,6 +207,7 @@ def ib_batch_norm(
     compression: str = "power",
     strength: Optional[Strength] = None,
     order: str = COMPRESS_THEN_STANDARDIZE,
+    reduce: Optional[Reduce] = None,
 ) -> Tensor:
     """IBNorm with BatchNorm's grouping: per channel (dim 1) over the batch and spatial dims.
 
@@ -202,7 +217,8 @@ def ib_batch_norm(
     ``(1 - momentum) * old + momentum * new``, variances with the unbiased ``n / (n - 1)`` factor,
     exactly as ``nn.BatchNorm`` does. ``momentum`` here is the already-resolved factor (for a
     cumulative average the caller passes ``1 / num_batches_tracked``). In eval the buffers replace
-    the batch statistics in steps 1 and 3.
+    the batch statistics in steps 1 and 3. ``reduce`` (sum over processes) makes the batch
+    statistics those of the global batch (:class:`ibnorm.distributed.IBSyncBatchNorm`).
     """
     if not isinstance(x, Tensor) or not x.is_floating_point():
         raise TypeError("input must be a floating-point torch.Tensor")
@@ -216,9 +232,11 @@ def ib_batch_norm(
     use_batch = training or running_stats is None
     if use_batch:
         count = x.numel() // ch
+        if reduce is not None:
+            count = int(reduce(torch.tensor(float(count), device=x.device)).item())
         if training and count <= 1:
             raise ValueError(f"Expected more than 1 value per channel when training, got input size {list(x.shape)}")
-        z, stats = ib_core(xc, dims, True, eps, compression, strength, order)
+        z, stats = ib_core(xc, dims, True, eps, compression, strength, order, reduce=reduce)
         if training and running_stats is not None:
             _update_running(running_stats, stats, momentum, count)
     else:

@@ -117,3 +117,11 @@ def test_grouping_restricted_target_skips_others():
     model = nn.Sequential(nn.BatchNorm2d(4), nn.LayerNorm(4))
     ibnorm.convert_norms(model, "dyt")
     assert not model[0].channels_last and model[1].channels_last
+
+
+def test_affine_switch():
+    model = nn.Sequential(nn.LayerNorm(4), nn.BatchNorm1d(4), nn.RMSNorm(4))
+    ibnorm.convert_norms(model, "tanh", affine=False)
+    assert model[0].weight is None and model[1].weight is None and model[2].weight is None
+    with pytest.raises(ValueError, match="affine"):
+        ibnorm.convert_norms(nn.Sequential(nn.LayerNorm(4)), "dyt", affine=False)

@@ -1,0 +1,139 @@
+"""The ``ibnorm`` console script: parses arguments, then calls the modules that do the work."""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import shlex
+import sys
+from pathlib import Path
+from typing import Optional
+
+
+def _csv(kind):
+    return lambda s: [kind(x) for x in s.split(",") if x]
+
+
+def _norm_list(s: str) -> list[str]:
+    """Norm specs separated by ';' (or ',' when no spec has options): 'base,ib_tanh' or 'ib_tanh:strength=0.1;base'."""
+    return [x for x in (s.split(";") if ":" in s else s.split(",")) if x]
+
+
+def _command() -> str:
+    return "ibnorm " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+
+
+def _add_train_args(p: argparse.ArgumentParser) -> None:
+    from .train import TrainConfig
+    for f in dataclasses.fields(TrainConfig):
+        if f.name in ("model", "norm", "seed", "progress"):
+            continue
+        flag = "--" + f.name.replace("_", "-")
+        if f.type in ("bool",) or isinstance(f.default, bool):
+            p.add_argument(flag, type=lambda s: s.lower() in ("1", "true", "yes"), default=None, metavar="BOOL")
+        else:
+            kind = {"int": int, "float": float, "str": str}.get(str(f.type).replace("Optional[", "").rstrip("]"), str)
+            p.add_argument(flag, type=kind, default=None)
+
+
+def _overrides(args: argparse.Namespace) -> dict:
+    from .train import TrainConfig
+    names = {f.name for f in dataclasses.fields(TrainConfig)} - {"model", "norm", "seed", "progress"}
+    return {k: v for k, v in vars(args).items() if k in names and v is not None}
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from .train import TrainConfig, train
+    from .sweep import slug
+    cfg = TrainConfig(model=args.model, norm=args.norm, seed=args.seed, progress=not args.no_progress, **_overrides(args))
+    out = Path(args.out or f"runs/train/{args.model}/{slug(args.norm)}/seed{args.seed}")
+    result = train(cfg, out)
+    if args.info_every:
+        print(f"information-plane records: {out / 'info.csv'}", file=sys.stderr)
+    print(json.dumps(result["final"], indent=1))
+    print(f"run directory: {out}", file=sys.stderr)
+    return 0
+
+
+def _grid(args: argparse.Namespace, name: str, preset) -> int:
+    from .sweep import run_grid, summarize
+    results_dir = Path(args.results_dir or f"results/{name}")
+    runs_dir = Path(args.runs_dir or f"runs/{name}")
+    results = run_grid(name, preset, results_dir, runs_dir, progress=not args.no_progress, **_overrides(args))
+    table = summarize(results, results_dir, f"ibnorm {name}", _command())
+    print(table)
+    print(f"\nresults: {results_dir}/table.md, {results_dir}/runs.csv; plots: {results_dir}/curves_*.png")
+    return 0
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    from .sweep import GRID_PRESETS
+    preset = GRID_PRESETS[args.preset]
+    preset = dataclasses.replace(preset, models=tuple(args.models or preset.models),
+                                 norms=tuple(args.norms or preset.norms), seeds=tuple(args.seeds or preset.seeds))
+    custom = bool(args.models or args.norms or args.seeds)
+    return _grid(args, f"{args.preset}-custom" if custom else args.preset, preset)
+
+
+def cmd_ablate(args: argparse.Namespace) -> int:
+    from .sweep import GRID_PRESETS, ablation_norms
+    base = GRID_PRESETS[args.preset]
+    norms = ablation_norms(args.kind, args.ops)
+    preset = dataclasses.replace(base, models=tuple(args.models), norms=tuple(norms), seeds=tuple(args.seeds or base.seeds))
+    return _grid(args, f"ablate-{args.kind}-{args.preset}", preset)
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    from .sweep import ABLATIONS, ALL_MODELS, GRID_PRESETS, IB_OPS
+    parser = argparse.ArgumentParser(prog="ibnorm", description="IBNorm experiments: train, compare, ablate, info, bench")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("train", help="train one model with one norm (resumes if killed)")
+    p.add_argument("--model", required=True, choices=ALL_MODELS)
+    p.add_argument("--norm", default="base", help="base, ib_power, ib_log, ib_tanh, normalnorm, dyt, a registry name; options as NAME:key=value,...")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", help="run directory (default runs/train/MODEL/NORM/seedK)")
+    p.add_argument("--no-progress", action="store_true")
+    _add_train_args(p)
+    p.set_defaults(fn=cmd_train)
+
+    for name, help_ in (("compare", "train the grid models x norms x seeds and report"),
+                        ("ablate", "the paper's ablations: strength, order, affine")):
+        p = sub.add_parser(name, help=help_)
+        if name == "ablate":
+            p.add_argument("kind", choices=ABLATIONS)
+            p.add_argument("--models", type=_csv(str), default=["vit-mini"])
+            p.add_argument("--ops", type=_csv(str), default=list(IB_OPS))
+            p.add_argument("--preset", choices=sorted(GRID_PRESETS), default="quick")
+        else:
+            p.add_argument("--preset", choices=sorted(GRID_PRESETS), default="quick")
+            p.add_argument("--models", type=_csv(str))
+            p.add_argument("--norms", type=_norm_list)
+        p.add_argument("--seeds", type=_csv(int))
+        p.add_argument("--results-dir")
+        p.add_argument("--runs-dir")
+        p.add_argument("--no-progress", action="store_true")
+        _add_train_args(p)
+        p.set_defaults(fn=cmd_compare if name == "compare" else cmd_ablate)
+
+    try:
+        from .info.cli import add_info_parser
+        add_info_parser(sub)
+    except ImportError:
+        pass
+    try:
+        from .bench import add_bench_parser
+        add_bench_parser(sub)
+    except ImportError:
+        pass
+
+    args = parser.parse_args(argv)
+    try:
+        return args.fn(args)
+    except (ValueError, FileNotFoundError) as e:
+        print(f"ibnorm {args.command}: error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

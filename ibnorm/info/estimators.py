@@ -1,0 +1,174 @@
+"""Mutual-information estimators, in nats, behind one function :func:`mutual_information`.
+
+- ``"ksg"``: Kraskov, Stoegbauer & Grassberger (2004), algorithm 1: k nearest neighbours in the
+  joint space under the max-norm (KD-tree), ``I = psi(k) + psi(n) - <psi(n_x + 1) + psi(n_y + 1)>``.
+  With integer labels ``y`` it switches to the discrete-continuous form of Ross (2014):
+  ``I = psi(n) - <psi(n_y)> + psi(k) - <psi(m)>``.
+- ``"renyi"``: the matrix-based Renyi alpha-order entropy of Giraldo, Rao & Principe (2014). Gaussian
+  Gram matrix ``K_ij = exp(-|t_i - t_j|^2 / (2 sigma^2))``, normalized ``A = K / tr(K)``,
+  ``S_alpha(A) = log(sum_i lambda_i(A)^alpha) / (1 - alpha)``; joint ``A_xy = A_x * A_y / tr(A_x * A_y)``
+  (Hadamard product); ``I = S(A_x) + S(A_y) - S(A_xy)``. Defaults: ``alpha = 1.01`` (close to
+  Shannon, as information-plane studies use), ``sigma = width_scale * median pairwise distance``
+  (``width_scale = 1``). Integer labels use the indicator kernel ``K_ij = [y_i == y_j]``. Cost is
+  ``O(n^2 d + n^3)``: it depends on the number of samples, not the width of the layer.
+- ``"binning"``: equal-width bins per dimension (``bins = 30`` between each column's min and max),
+  each sample's bin tuple a symbol, plug-in ``I = H(X) + H(Y) - H(X, Y)`` as in Shwartz-Ziv & Tishby
+  (2017). Strongly biased in more than a few dimensions: kept because it is the classic reference.
+"""
+from __future__ import annotations
+
+from typing import Any, Optional
+
+import numpy as np
+from scipy.spatial import cKDTree
+from scipy.special import digamma
+
+METHODS = ("ksg", "renyi", "binning")
+
+
+def _as_array(a: Any, name: str) -> np.ndarray:
+    try:
+        import torch
+        if isinstance(a, torch.Tensor):
+            a = a.detach().cpu().double().numpy() if a.is_floating_point() else a.detach().cpu().numpy()
+    except ImportError:  # pragma: no cover
+        pass
+    a = np.asarray(a)
+    if a.ndim == 1:
+        a = a[:, None]
+    if a.ndim != 2:
+        raise ValueError(f"{name} must have shape [n] or [n, d]; got shape {a.shape}")
+    if a.dtype.kind not in "biuf":
+        raise TypeError(f"{name} must be numeric; got dtype {a.dtype}")
+    if a.dtype.kind == "f" and not np.isfinite(a).all():
+        raise ValueError(f"{name} must be finite; it has {int((~np.isfinite(a)).sum())} non-finite values")
+    return a
+
+
+def _is_discrete(y: np.ndarray) -> bool:
+    return y.shape[1] == 1 and y.dtype.kind in "biu"
+
+
+def _validate(x: Any, y: Any, k: int) -> tuple[np.ndarray, np.ndarray]:
+    x, y = _as_array(x, "x"), _as_array(y, "y")
+    if len(x) != len(y):
+        raise ValueError(f"x and y must have the same number of samples; got {len(x)} and {len(y)}")
+    if len(x) < max(2 * k, 10):
+        raise ValueError(f"x and y need at least {max(2 * k, 10)} samples; got {len(x)}")
+    return x, y
+
+
+def _jitter(a: np.ndarray, seed: int) -> np.ndarray:
+    """Tiny noise breaks ties (kNN estimators assume continuous data), deterministic under ``seed``."""
+    a = a.astype(np.float64)
+    scale = 1e-10 * (np.abs(a).mean() + 1e-12)
+    return a + scale * np.random.default_rng(seed).standard_normal(a.shape)
+
+
+def ksg(x: np.ndarray, y: np.ndarray, k: int = 3, seed: int = 0) -> float:
+    if _is_discrete(y):
+        return _ksg_discrete(_jitter(x, seed), y[:, 0], k)
+    x, y = _jitter(x, seed), _jitter(y, seed + 1)
+    n = len(x)
+    joint = np.hstack([x, y])
+    dist, _ = cKDTree(joint).query(joint, k=k + 1, p=np.inf)
+    radius = np.nextafter(dist[:, -1], 0)  # strictly closer than the k-th neighbour
+    nx = cKDTree(x).query_ball_point(x, radius, p=np.inf, return_length=True)  # includes the point itself
+    ny = cKDTree(y).query_ball_point(y, radius, p=np.inf, return_length=True)
+    mi = digamma(k) + digamma(n) - np.mean(digamma(nx) + digamma(ny))
+    return float(max(mi, 0.0))
+
+
+def _ksg_discrete(x: np.ndarray, labels: np.ndarray, k: int) -> float:
+    n = len(x)
+    radius = np.empty(n)
+    label_count = np.empty(n)
+    k_used = np.empty(n)
+    for lab in np.unique(labels):
+        mask = labels == lab
+        count = int(mask.sum())
+        label_count[mask] = count
+        if count < 2:
+            radius[mask], k_used[mask] = 0.0, 0
+            continue
+        kk = min(k, count - 1)
+        d, _ = cKDTree(x[mask]).query(x[mask], k=kk + 1, p=np.inf)
+        radius[mask], k_used[mask] = np.nextafter(d[:, -1], 0), kk
+    keep = k_used > 0
+    if not keep.any():
+        return 0.0
+    m = cKDTree(x).query_ball_point(x[keep], radius[keep], p=np.inf, return_length=True)
+    mi = digamma(keep.sum()) - np.mean(digamma(label_count[keep])) + np.mean(digamma(k_used[keep])) - np.mean(digamma(m))
+    return float(max(mi, 0.0))
+
+
+def _gram(a: np.ndarray, width_scale: float, sigma: Optional[float]) -> np.ndarray:
+    if _is_discrete(a):
+        return (a[:, 0][:, None] == a[:, 0][None, :]).astype(np.float64)
+    a = a.astype(np.float64)
+    sq = np.sum(a * a, axis=1)
+    d2 = np.maximum(sq[:, None] + sq[None, :] - 2 * a @ a.T, 0.0)
+    if sigma is None:
+        off = np.sqrt(d2[np.triu_indices(len(a), 1)])
+        med = np.median(off[off > 0]) if (off > 0).any() else 1.0
+        sigma = width_scale * med
+    return np.exp(-d2 / (2 * sigma * sigma))
+
+
+def _renyi_entropy(gram: np.ndarray, alpha: float) -> float:
+    a = gram / np.trace(gram)
+    lam = np.clip(np.linalg.eigvalsh(a), 0.0, None)
+    if abs(alpha - 1.0) < 1e-9:
+        nz = lam[lam > 0]
+        return float(-(nz * np.log(nz)).sum())
+    return float(np.log(np.sum(lam ** alpha)) / (1 - alpha))
+
+
+def renyi(x: np.ndarray, y: np.ndarray, alpha: float = 1.01, width_scale: float = 1.0,
+          sigma_x: Optional[float] = None, sigma_y: Optional[float] = None) -> float:
+    if alpha <= 0:
+        raise ValueError(f"alpha must be > 0; got {alpha}")
+    kx, ky = _gram(x, width_scale, sigma_x), _gram(y, width_scale, sigma_y)
+    return float(max(_renyi_entropy(kx, alpha) + _renyi_entropy(ky, alpha) - _renyi_entropy(kx * ky, alpha), 0.0))
+
+
+def _symbols(a: np.ndarray, bins: int) -> np.ndarray:
+    if _is_discrete(a):
+        return np.unique(a[:, 0], return_inverse=True)[1]
+    lo, hi = a.min(axis=0), a.max(axis=0)
+    width = np.where(hi > lo, (hi - lo) / bins, 1.0)
+    idx = np.clip(((a - lo) / width).astype(np.int64), 0, bins - 1)
+    return np.unique(idx, axis=0, return_inverse=True)[1].reshape(-1)
+
+
+def _entropy(symbols: np.ndarray) -> float:
+    p = np.bincount(symbols) / len(symbols)
+    p = p[p > 0]
+    return float(-(p * np.log(p)).sum())
+
+
+def binning(x: np.ndarray, y: np.ndarray, bins: int = 30) -> float:
+    if bins < 2:
+        raise ValueError(f"bins must be >= 2; got {bins}")
+    sx, sy = _symbols(x, bins), _symbols(y, bins)
+    joint = np.unique(np.stack([sx, sy], 1), axis=0, return_inverse=True)[1].reshape(-1)
+    return max(_entropy(sx) + _entropy(sy) - _entropy(joint), 0.0)
+
+
+def mutual_information(x: Any, y: Any, method: str = "ksg", **kwargs: Any) -> float:
+    """I(x; y) in nats. ``x``, ``y``: arrays or tensors ``[n]`` or ``[n, d]``; integer ``y`` = class labels.
+
+    Options: ``ksg``: ``k=3``, ``seed=0``; ``renyi``: ``alpha=1.01``, ``width_scale=1.0``,
+    ``sigma_x``, ``sigma_y``; ``binning``: ``bins=30``.
+    """
+    if method not in METHODS:
+        raise ValueError(f"method must be one of {METHODS}; got {method!r}")
+    k = int(kwargs.get("k", 3))
+    if method == "ksg" and k < 1:
+        raise ValueError(f"k must be >= 1; got {k}")
+    x, y = _validate(x, y, k)
+    if method == "ksg":
+        return ksg(x, y, **kwargs)
+    if method == "renyi":
+        return renyi(x, y, **kwargs)
+    return binning(x, y, **kwargs)

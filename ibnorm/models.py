@@ -1,0 +1,141 @@
+"""Model presets built from ``transformers`` configs (no weights downloaded), with the norm chosen by name.
+
+``build_model("gpt2-mini", "ib_tanh")`` builds the preset and converts its norms with
+:func:`ibnorm.convert_norms`. A norm is given as ``NAME`` or ``NAME:key=value,key=value``:
+
+- ``base`` (or the family's own norm name, e.g. ``layernorm`` for GPT-2): no conversion;
+- ``ib_power`` / ``ib_log`` / ``ib_tanh`` / ``ib_none``: IBNorm with the family's grouping;
+- a full registry name such as ``ib_rms_tanh``: must match the family's grouping;
+- ``normalnorm``, ``dyt``: the peers.
+
+Keyword options go to the new layers (``ib_tanh:strength=0.3``, ``ib_log:order=standardize_then_compress``,
+``dyt:alpha_init=1.0``); ``affine=0`` removes the affine recovery (``base:affine=0`` is the base norm
+without it, built as the identity IBNorm op, which equals the base norm).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable
+
+from torch import nn
+
+from .convert import ConversionReport, convert_norms
+
+
+@dataclass(frozen=True)
+class Preset:
+    name: str
+    family: str
+    task: str  # "lm" or "vision"
+    base_norm: str  # registry name of the family's own norm
+    build: Callable[[dict], nn.Module]
+    defaults: dict
+
+
+def _gpt2(o: dict) -> nn.Module:
+    from transformers import GPT2Config, GPT2LMHeadModel
+    cfg = GPT2Config(vocab_size=o["vocab_size"], n_positions=o["context"], n_embd=o.get("width", 128),
+                     n_layer=o.get("depth", 4), n_head=4, resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0,
+                     bos_token_id=None, eos_token_id=None)
+    return GPT2LMHeadModel(cfg)
+
+
+def _llama(o: dict) -> nn.Module:
+    from transformers import LlamaConfig, LlamaForCausalLM
+    w = o.get("width", 128)
+    cfg = LlamaConfig(vocab_size=o["vocab_size"], hidden_size=w, intermediate_size=int(w * 8 / 3 // 8 * 8),
+                      num_hidden_layers=o.get("depth", 4), num_attention_heads=4, num_key_value_heads=4,
+                      max_position_embeddings=o["context"], tie_word_embeddings=True, bos_token_id=None,
+                      eos_token_id=None)
+    return LlamaForCausalLM(cfg)
+
+
+def _vit(o: dict) -> nn.Module:
+    from transformers import ViTConfig, ViTForImageClassification
+    w = o.get("width", 64)
+    cfg = ViTConfig(image_size=28, patch_size=4, num_channels=1, hidden_size=w, num_hidden_layers=o.get("depth", 4),
+                    num_attention_heads=4, intermediate_size=2 * w, num_labels=10, hidden_dropout_prob=0.0,
+                    attention_probs_dropout_prob=0.0)
+    return ViTForImageClassification(cfg)
+
+
+def _resnet(o: dict) -> nn.Module:
+    from transformers import ResNetConfig, ResNetForImageClassification
+    w = o.get("width", 16)
+    cfg = ResNetConfig(num_channels=1, embedding_size=w, hidden_sizes=[w, 2 * w, 4 * w], depths=[1, 1, 1],
+                       layer_type="basic", num_labels=10, downsample_in_first_stage=False)
+    model = ResNetForImageClassification(cfg)
+    # The 7x7/2 stem plus max-pool would shrink 28x28 to 7x7 at once; a 3x3/1 stem, as small-image ResNets use.
+    emb = model.resnet.embedder
+    emb.embedder.convolution = nn.Conv2d(1, w, kernel_size=3, stride=1, padding=1, bias=False)
+    emb.pooler = nn.Identity()
+    return model
+
+
+PRESETS: dict[str, Preset] = {
+    "gpt2-mini": Preset("gpt2-mini", "gpt2", "lm", "layernorm", _gpt2, {"context": 128, "width": 128, "depth": 4}),
+    "llama-mini": Preset("llama-mini", "llama", "lm", "rmsnorm", _llama, {"context": 128, "width": 128, "depth": 4}),
+    "vit-mini": Preset("vit-mini", "vit", "vision", "layernorm", _vit, {"width": 64, "depth": 4}),
+    "resnet-mini": Preset("resnet-mini", "resnet", "vision", "batchnorm2d", _resnet, {"width": 16}),
+}
+
+_BASE_ALIASES = {"base", "layernorm", "rmsnorm", "batchnorm2d"}
+
+
+def get_preset(name: str) -> Preset:
+    if name not in PRESETS:
+        raise ValueError(f"model must be one of {sorted(PRESETS)}; got {name!r}")
+    return PRESETS[name]
+
+
+def _parse_value(v: str) -> Any:
+    low = v.lower()
+    if low in ("true", "false"):
+        return low == "true"
+    for cast in (int, float):
+        try:
+            return cast(v)
+        except ValueError:
+            pass
+    return v
+
+
+def parse_norm_spec(spec: str) -> tuple[str, dict]:
+    """``"ib_tanh:strength=0.3,affine=0"`` -> ``("ib_tanh", {"strength": 0.3, "affine": False})``."""
+    name, _, opts = spec.partition(":")
+    kwargs = {}
+    for item in filter(None, opts.split(",")):
+        key, eq, value = item.partition("=")
+        if not eq:
+            raise ValueError(f"norm options must be key=value; got {item!r} in {spec!r}")
+        kwargs[key.strip()] = _parse_value(value.strip())
+    if "affine" in kwargs:
+        kwargs["affine"] = bool(kwargs["affine"])
+    return name.strip().lower(), kwargs
+
+
+def apply_norm(model: nn.Module, preset: Preset, norm: str) -> ConversionReport:
+    """Convert ``model``'s norms as ``norm`` says (see the module docstring)."""
+    name, kwargs = parse_norm_spec(norm)
+    if name in _BASE_ALIASES:
+        if name not in ("base", preset.base_norm):
+            raise ValueError(f"norm {name!r} is not {preset.name}'s base norm ({preset.base_norm}); use 'base'")
+        if not kwargs:
+            return ConversionReport(target="base")
+        name = "none"  # the identity op equals the base norm; it carries options such as affine=0
+    report = convert_norms(model, name, **kwargs)
+    if report.total == 0:
+        raise ValueError(f"norm {norm!r} converts no layer of {preset.name} (skipped: {report.skipped})")
+    return report
+
+
+def build_model(name: str, norm: str = "base", **overrides: Any) -> tuple[nn.Module, ConversionReport]:
+    """Build a preset (``vocab_size``/``context``/``width``/``depth`` overridable) and apply ``norm``."""
+    preset = get_preset(name)
+    import transformers
+    transformers.logging.set_verbosity_error()  # config chatter about unused generation settings
+    opts = dict(preset.defaults, **overrides)
+    opts.setdefault("vocab_size", 256)
+    model = preset.build(opts)
+    report = apply_norm(model, preset, norm)
+    return model, report

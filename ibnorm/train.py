@@ -1,0 +1,269 @@
+"""One training run: a plain PyTorch loop (nanoGPT-style) with evaluation, checkpoints and resume.
+
+- AdamW; weight decay only on matrices (``ndim >= 2``): norm gains, biases and scalar parameters
+  (DyT's alpha, a learnable strength) are not decayed.
+- Linear warmup then cosine decay to ``min_lr_ratio * lr``; gradient clipping by global norm.
+- Batches are a pure function of ``(seed, step)``: vision draws epoch permutations seeded by
+  ``(seed, epoch)``, language models random windows seeded by ``(seed, step)``. With the RNG state in
+  the checkpoint, a killed run resumes to exactly the metrics of an uninterrupted one.
+- Under ``torchrun`` (``WORLD_SIZE > 1``) the same loop runs with DistributedDataParallel: the global
+  batch ``batch_size`` is split evenly across ranks (it must divide), the loss is the mean over the
+  global batch, so ``lr`` means the same at any world size; rank 0 alone logs, checkpoints and writes
+  results. See :mod:`ibnorm.distributed`.
+- Checkpoints (``ckpt.pt``) and results (``result.json``, ``model.pt``) are written atomically.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import platform
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+import torch
+from torch import nn
+
+from . import data as D
+from .io import atomic_torch_save, atomic_write_json
+from .models import build_model, get_preset
+
+TASK_DEFAULTS = {
+    # The same hyperparameters for every norm inside a family (a fair comparison).
+    "lm": dict(batch_size=16, lr=3e-3, weight_decay=0.1, warmup_steps=20, eval_batches=16, dataset="austen"),
+    "vision": dict(batch_size=64, lr=2e-3, weight_decay=0.05, warmup_steps=20, eval_batches=0, dataset="fashion-mnist"),
+}
+# Fields that do not change what a run computes: they may differ between a checkpoint and its resume.
+_RUNTIME_FIELDS = {"checkpoint_every", "threads", "progress"}
+
+
+@dataclass
+class TrainConfig:
+    model: str = "gpt2-mini"
+    norm: str = "base"
+    seed: int = 0
+    steps: int = 200
+    batch_size: Optional[int] = None  # global batch; None = the task default
+    lr: Optional[float] = None
+    weight_decay: Optional[float] = None
+    warmup_steps: Optional[int] = None
+    min_lr_ratio: float = 0.1
+    grad_clip: float = 1.0
+    beta2: float = 0.95
+    eval_every: int = 50
+    eval_batches: Optional[int] = None  # LM: validation batches per evaluation
+    eval_examples: int = 2000  # vision: fixed test subset size (0 = all 10k)
+    train_subset: Optional[int] = None  # vision: fixed train subset (None = all 60k)
+    dataset: Optional[str] = None  # "austen" for LMs; "fashion-mnist" or "mnist" for vision
+    tokenizer: str = "byte"
+    context: int = 128
+    width: Optional[int] = None
+    depth: Optional[int] = None
+    sync_bn: bool = True  # under DDP: batch statistics over the global batch
+    info_every: int = 0  # record information-plane quantities every N steps (0 = off)
+    info_probe: int = 512
+    checkpoint_every: int = 25
+    threads: int = 0  # torch threads (0 = leave torch's default)
+    progress: bool = True
+
+    def resolved(self) -> "TrainConfig":
+        task = get_preset(self.model).task
+        out = dataclasses.replace(self)
+        for key, value in TASK_DEFAULTS[task].items():
+            if getattr(out, key) is None:
+                setattr(out, key, value)
+        if out.steps <= 0:
+            raise ValueError(f"steps must be > 0; got {out.steps}")
+        if out.batch_size <= 0:
+            raise ValueError(f"batch_size must be > 0; got {out.batch_size}")
+        return out
+
+    def fingerprint(self) -> dict:
+        return {k: v for k, v in dataclasses.asdict(self).items() if k not in _RUNTIME_FIELDS}
+
+
+def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
+    """Decay matrices only; norm gains, biases and scalars (ndim < 2) are not decayed."""
+    decay, no_decay = [], []
+    for p in model.parameters():
+        if p.requires_grad:
+            (decay if p.dim() >= 2 else no_decay).append(p)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def lr_at(step: int, cfg: TrainConfig) -> float:
+    if step < cfg.warmup_steps:
+        return cfg.lr * (step + 1) / cfg.warmup_steps
+    progress = (step - cfg.warmup_steps) / max(1, cfg.steps - cfg.warmup_steps)
+    return cfg.lr * (cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0))))
+
+
+def environment() -> dict:
+    return {"torch": torch.__version__, "python": platform.python_version(), "platform": platform.platform(),
+            "threads": torch.get_num_threads(), "cpus": os.cpu_count(),
+            "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None}
+
+
+class Task:
+    """Data and loss for one task; ``batch(step)`` returns the *global* batch of that step."""
+
+    def __init__(self, cfg: TrainConfig):
+        self.cfg = cfg
+        self.kind = get_preset(cfg.model).task
+        if self.kind == "lm":
+            if cfg.dataset != "austen":
+                raise ValueError(f"dataset must be 'austen' for language models; got {cfg.dataset!r}")
+            self.text = D.austen_data(cfg.tokenizer)
+            self.vocab_size = self.text.vocab_size
+            g = torch.Generator().manual_seed(12345)  # the same validation windows for every run
+            self.val = [D.lm_batch(self.text.val, cfg.batch_size, cfg.context, g) for _ in range(cfg.eval_batches)]
+        else:
+            self.vision = D.vision_data(cfg.dataset, cfg.train_subset, cfg.eval_examples or None)
+            self.vocab_size = None
+
+    def batch(self, step: int) -> tuple[torch.Tensor, torch.Tensor]:
+        cfg = self.cfg
+        if self.kind == "lm":
+            g = torch.Generator().manual_seed(cfg.seed * 1_000_003 + step)
+            return D.lm_batch(self.text.train, cfg.batch_size, cfg.context, g)
+        n = len(self.vision.train_y)
+        per_epoch = max(1, n // cfg.batch_size)
+        epoch, i = divmod(step, per_epoch)
+        perm = torch.randperm(n, generator=torch.Generator().manual_seed(cfg.seed * 1_000_003 + epoch))
+        idx = perm[i * cfg.batch_size:(i + 1) * cfg.batch_size]
+        return self.vision.train_x[idx], self.vision.train_y[idx]
+
+    def loss(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(mean loss, logits)."""
+        if self.kind == "lm":
+            logits = model(input_ids=x).logits
+            return nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), y.reshape(-1)), logits
+        logits = model(pixel_values=x).logits
+        return nn.functional.cross_entropy(logits, y), logits
+
+    @torch.no_grad()
+    def evaluate(self, model: nn.Module, device: torch.device) -> dict:
+        was_training = model.training
+        model.eval()
+        if self.kind == "lm":
+            losses = [float(self.loss(model, x.to(device), y.to(device))[0]) for x, y in self.val]
+            loss = sum(losses) / len(losses)
+            out = {"val_loss": loss, "val_ppl": math.exp(min(loss, 50.0)), "val_bpc": loss / math.log(2)}
+        else:
+            total, correct, n = 0.0, 0, 0
+            xs, ys = self.vision.test_x, self.vision.test_y
+            for i in range(0, len(ys), 500):
+                x, y = xs[i:i + 500].to(device), ys[i:i + 500].to(device)
+                loss, logits = self.loss(model, x, y)
+                total += float(loss) * len(y)
+                correct += int((logits.argmax(-1) == y).sum())
+                n += len(y)
+            out = {"val_loss": total / n, "val_acc": correct / n}
+        model.train(was_training)
+        return out
+
+
+def _check_resumable(ckpt: dict, cfg: TrainConfig, path: Path) -> None:
+    saved = {k: v for k, v in ckpt["config"].items() if k not in _RUNTIME_FIELDS}
+    if saved != cfg.fingerprint():
+        diff = {k: (saved.get(k), v) for k, v in cfg.fingerprint().items() if saved.get(k) != v}
+        raise ValueError(f"{path} holds a checkpoint of a different configuration {diff}; "
+                         f"use another output directory or delete it")
+
+
+def train(cfg: TrainConfig, out_dir: str | Path,
+          on_eval: Optional[Callable[[int, nn.Module, Task], None]] = None) -> dict:
+    """Train (or resume, or return the finished result of) one run in ``out_dir``."""
+    from .distributed import DistContext
+
+    cfg = cfg.resolved()
+    out_dir = Path(out_dir)
+    result_path, ckpt_path = out_dir / "result.json", out_dir / "ckpt.pt"
+    if result_path.exists():
+        result = json.loads(result_path.read_text())
+        if {k: v for k, v in result["config"].items() if k not in _RUNTIME_FIELDS} == cfg.fingerprint():
+            return result
+        raise ValueError(f"{result_path} is a finished run of a different configuration; use another output directory")
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+
+    dist = DistContext.from_env()
+    if cfg.batch_size % dist.world_size:
+        raise ValueError(f"batch_size (global) must be divisible by the world size {dist.world_size}; got {cfg.batch_size}")
+    torch.manual_seed(cfg.seed)
+    task = Task(cfg)
+    overrides = {k: getattr(cfg, k) for k in ("width", "depth") if getattr(cfg, k) is not None}
+    if task.kind == "lm":
+        overrides.update(vocab_size=task.vocab_size, context=cfg.context)
+    model, report = build_model(cfg.model, cfg.norm, **overrides)
+    model.to(dist.device)
+    model = dist.prepare_model(model, sync_bn=cfg.sync_bn)
+    opt = torch.optim.AdamW(param_groups(model, cfg.weight_decay), lr=cfg.lr, betas=(0.9, cfg.beta2),
+                            fused=False, foreach=True)
+
+    start, history, elapsed, acc = 0, [], 0.0, [0.0, 0]
+    if ckpt_path.exists():
+        ckpt = torch.load(ckpt_path, map_location=dist.device, weights_only=False)
+        _check_resumable(ckpt, cfg, ckpt_path)
+        dist.unwrap(model).load_state_dict(ckpt["model"])
+        opt.load_state_dict(ckpt["optimizer"])
+        start, history, elapsed, acc = ckpt["step"], ckpt["history"], ckpt["elapsed"], ckpt["train_acc"]
+        torch.set_rng_state(ckpt["rng"][dist.rank] if dist.rank < len(ckpt["rng"]) else ckpt["rng"][0])
+
+    bar = None
+    if cfg.progress and dist.is_main:
+        from tqdm import tqdm
+        bar = tqdm(total=cfg.steps, initial=start, desc=f"{cfg.model} {cfg.norm} s{cfg.seed}", leave=False,
+                   dynamic_ncols=True, file=sys.stderr)
+    t0 = time.time() - elapsed
+    model.train()
+    for step in range(start, cfg.steps):
+        lr = lr_at(step, cfg)
+        for group in opt.param_groups:
+            group["lr"] = lr
+        x, y = dist.shard(task.batch(step))
+        loss, _ = task.loss(model, x.to(dist.device), y.to(dist.device))
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        if cfg.grad_clip > 0:
+            nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+        opt.step()
+        loss_value = dist.mean(loss.item())
+        if not math.isfinite(loss_value):
+            raise FloatingPointError(f"loss became {loss_value} at step {step} ({cfg.model}, {cfg.norm}, seed {cfg.seed})")
+        acc = [acc[0] + loss_value, acc[1] + 1]
+        done = step + 1
+        if bar is not None:
+            bar.update(1)
+            bar.set_postfix(loss=f"{loss_value:.4f}")
+        if done % cfg.eval_every == 0 or done == cfg.steps:
+            metrics = task.evaluate(dist.unwrap(model), dist.device)
+            history.append({"step": done, "train_loss": acc[0] / acc[1], "lr": lr,
+                            "elapsed": time.time() - t0, **metrics})
+            acc = [0.0, 0]
+            if on_eval is not None:
+                on_eval(done, dist.unwrap(model), task)
+        if done % cfg.checkpoint_every == 0 and done < cfg.steps:
+            rng = dist.gather_rng()
+            if dist.is_main:
+                atomic_torch_save({"model": dist.unwrap(model).state_dict(), "optimizer": opt.state_dict(),
+                                   "step": done, "history": history, "elapsed": time.time() - t0,
+                                   "train_acc": acc, "rng": rng, "config": dataclasses.asdict(cfg)}, ckpt_path)
+            dist.barrier()
+    if bar is not None:
+        bar.close()
+    result = {"config": dataclasses.asdict(cfg), "final": history[-1], "history": history,
+              "wall_time_s": time.time() - t0, "n_params": sum(p.numel() for p in model.parameters()),
+              "norms": {"replaced": dict(report.replaced), "into": sorted({d for _, _, d in report.paths})},
+              "world_size": dist.world_size, "environment": environment()}
+    if dist.is_main:
+        atomic_torch_save(dist.unwrap(model).state_dict(), out_dir / "model.pt")
+        atomic_write_json(result_path, result)
+        if ckpt_path.exists():
+            ckpt_path.unlink()
+    dist.barrier()
+    return result
