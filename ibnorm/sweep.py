@@ -72,7 +72,8 @@ def slug(norm: str) -> str:
 
 def run_config(preset: GridPreset, model: str, norm: str, seed: int, **overrides) -> TrainConfig:
     task = get_preset(model).task
-    return TrainConfig(model=model, norm=norm, seed=seed, **(preset.lm if task == "lm" else preset.vision), **overrides)
+    settings = dict(preset.lm if task == "lm" else preset.vision, **overrides)  # command-line overrides win
+    return TrainConfig(model=model, norm=norm, seed=seed, **settings)
 
 
 def run_grid(name: str, preset: GridPreset, results_dir: Path, runs_dir: Path, progress: bool = True,

@@ -1,0 +1,131 @@
+"""Trainer: presets train with every fitting norm, kill -9 + resume gives the same metrics, sweeps resume."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from ibnorm import sweep
+from ibnorm.models import build_model
+from ibnorm.train import TrainConfig, lr_at, param_groups, train
+from test_data import needs_austen, needs_fashion
+
+pytest.importorskip("transformers")
+
+FITTING = {
+    "gpt2-mini": ["base", "ib_layer_power", "ib_layer_log", "ib_layer_tanh", "ib_layer_none", "normalnorm_layer", "dyt"],
+    "llama-mini": ["base", "ib_rms_power", "ib_rms_log", "ib_rms_tanh", "ib_rms_none", "normalnorm", "dyt"],
+    "vit-mini": ["base", "ib_layer_power", "ib_layer_log", "ib_layer_tanh", "ib_layer_none", "normalnorm_layer", "dyt"],
+    "resnet-mini": ["base", "ib_batch2d_power", "ib_batch2d_log", "ib_batch2d_tanh", "ib_batch2d_none", "normalnorm_batch2d", "dyt"],
+}
+TINY = dict(steps=3, eval_every=3, eval_batches=1, eval_examples=64, train_subset=256, batch_size=8, context=32,
+            warmup_steps=1, progress=False)
+
+
+def tiny(model, norm, **kw):
+    width = {"resnet-mini": 8}.get(model, 32)
+    return TrainConfig(model=model, norm=norm, width=width, depth=1, **dict(TINY, **kw))
+
+
+@pytest.mark.parametrize("model", list(FITTING))
+def test_every_fitting_norm_trains(model, tmp_path):
+    if model.startswith(("gpt2", "llama")):
+        pytest.importorskip("tiktoken")
+        if needs_austen.args[0]:
+            pytest.skip(needs_austen.kwargs["reason"])
+    elif needs_fashion.args[0]:
+        pytest.skip(needs_fashion.kwargs["reason"])
+    for norm in FITTING[model]:
+        r = train(tiny(model, norm), tmp_path / norm)
+        assert len(r["history"]) == 1 and r["final"]["step"] == 3
+        assert r["final"]["val_loss"] > 0 and r["norms"]["replaced"] or norm == "base"
+        assert (tmp_path / norm / "result.json").exists() and not (tmp_path / norm / "ckpt.pt").exists()
+
+
+def test_norm_that_fits_nothing_is_an_error():
+    with pytest.raises(ValueError, match="converts no layer"):
+        build_model("resnet-mini", "ib_layer_tanh", width=8)
+    with pytest.raises(ValueError, match="base norm"):
+        build_model("gpt2-mini", "rmsnorm", width=32, depth=1)
+
+
+def test_weight_decay_groups_and_schedule():
+    model, _ = build_model("vit-mini", "ib_tanh:learnable_strength=true", width=32, depth=1)
+    decay, no_decay = param_groups(model, 0.1)
+    assert all(p.dim() >= 2 for p in decay["params"]) and all(p.dim() < 2 for p in no_decay["params"])
+    assert no_decay["weight_decay"] == 0.0 and any(p.dim() == 0 for p in no_decay["params"])  # the strengths
+    cfg = TrainConfig(steps=100, lr=1.0, warmup_steps=10, min_lr_ratio=0.1)
+    assert lr_at(0, cfg) == pytest.approx(0.1) and lr_at(9, cfg) == pytest.approx(1.0)
+    assert lr_at(99, cfg) == pytest.approx(0.1, abs=1e-3) and lr_at(55, cfg) < lr_at(20, cfg)
+
+
+@needs_fashion
+def test_resume_refuses_a_different_config(tmp_path):
+    cfg = tiny("resnet-mini", "base", steps=4, checkpoint_every=2)
+    train(cfg, tmp_path)
+    with pytest.raises(ValueError, match="different configuration"):
+        train(tiny("resnet-mini", "base", steps=5), tmp_path)
+
+
+def _cmd(out, steps):
+    return [sys.executable, "-m", "ibnorm.cli", "train", "--model", "vit-mini", "--norm", "normalnorm",
+            "--width", "32", "--depth", "1", "--steps", str(steps), "--batch-size", "16", "--train-subset", "2000",
+            "--eval-every", "20", "--eval-examples", "200", "--checkpoint-every", "10", "--no-progress",
+            "--threads", "1", "--out", str(out)]
+
+
+def _metrics(path):
+    r = json.loads((Path(path) / "result.json").read_text())
+    return [{k: v for k, v in h.items() if k != "elapsed"} for h in r["history"]]
+
+
+@needs_fashion
+def test_sigkill_then_resume_matches_uninterrupted_run(tmp_path):
+    """NormalNorm's training noise makes the RNG state part of what must be restored."""
+    steps = 200
+    killed, clean = tmp_path / "killed", tmp_path / "clean"
+    proc = subprocess.Popen(_cmd(killed, steps), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    ckpt = killed / "ckpt.pt"
+    deadline = time.time() + 120
+    while time.time() < deadline and proc.poll() is None:
+        if ckpt.exists() and torch.load(ckpt, weights_only=False)["step"] >= 30:
+            break
+        time.sleep(0.05)
+    assert proc.poll() is None, "the run ended before it could be killed: " + proc.stderr.read().decode()[-2000:]
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    at_kill = torch.load(ckpt, weights_only=False)["step"]
+    assert 30 <= at_kill < steps and not (killed / "result.json").exists()
+    subprocess.run(_cmd(killed, steps), check=True, capture_output=True)
+    subprocess.run(_cmd(clean, steps), check=True, capture_output=True)
+    assert _metrics(killed) == _metrics(clean)
+    assert not ckpt.exists()
+
+
+@needs_fashion
+def test_interrupted_sweep_loses_no_finished_run(tmp_path, monkeypatch):
+    preset = sweep.GridPreset(("resnet-mini",), ("base", "ib_tanh", "ib_log"), (0,),
+                              vision=dict(TINY, width=8, depth=1))
+    calls = []
+    real_train = sweep.train
+
+    def flaky(cfg, out_dir, **kw):
+        calls.append(cfg.norm)
+        if cfg.norm == "ib_log" and calls.count("ib_log") == 1:
+            raise KeyboardInterrupt  # killed while the third run trains
+        return real_train(cfg, out_dir, **kw)
+
+    monkeypatch.setattr(sweep, "train", flaky)
+    with pytest.raises(KeyboardInterrupt):
+        sweep.run_grid("t", preset, tmp_path / "res", tmp_path / "runs", progress=False)
+    assert sorted(p.name for p in (tmp_path / "res" / "runs").iterdir()) == ["resnet-mini__base__s0.json", "resnet-mini__ib_tanh__s0.json"]
+    results = sweep.run_grid("t", preset, tmp_path / "res", tmp_path / "runs", progress=False)
+    assert calls == ["base", "ib_tanh", "ib_log", "ib_log"]  # finished runs were not trained again
+    table = sweep.summarize(results, tmp_path / "res", "t", "cmd")
+    assert "| ib_log |" in table and (tmp_path / "res" / "runs.csv").read_text().count("\n") == 4
+    assert (tmp_path / "res" / "curves_resnet-mini.png").stat().st_size > 1000
