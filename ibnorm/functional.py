@@ -67,6 +67,13 @@ def _moments(t: Tensor, dims: Sequence[int], centered: bool, reduce: Optional[Re
     return mean, reduce((t - mean).square().sum(dim=dims, keepdim=True)) / count
 
 
+def base_normalize(x: Tensor, dims: Sequence[int], centered: bool, eps: float,
+                   reduce: Optional[Reduce] = None) -> Tensor:
+    """SPEC step 1 with the group's own statistics."""
+    mean_x, var_x = _moments(x, dims, centered, reduce)
+    return (x - mean_x if centered else x) * torch.rsqrt(var_x + eps)
+
+
 def ib_core(
     x: Tensor,
     dims: Sequence[int],

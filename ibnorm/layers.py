@@ -75,6 +75,21 @@ class _IBMixin:
             return raw_to_strength(self.compression, self.strength_raw)
         return self.init_strength
 
+    def _groups(self, input: Tensor) -> tuple[Tensor, tuple[int, ...], bool]:
+        """(input viewed so that groups reduce over ``dims``, dims, centered)."""
+        raise NotImplementedError
+
+    @torch.no_grad()
+    def contraction_ratio(self, input: Tensor) -> float:
+        """The SPEC diagnostic ``var(s(u)) / var(u)`` (RMS: mean squares) of this input, averaged over groups.
+
+        Batch grouping uses the statistics of ``input`` itself (as in training).
+        """
+        x, dims, centered = self._groups(input.to(IBF.compute_dtype(input.dtype)))
+        eps = self.eps if self.eps is not None else torch.finfo(input.dtype).eps
+        u = IBF.base_normalize(x, dims, centered, eps)
+        return float(IBF.contraction_ratio(u, self.compression, self.strength, dims, centered))
+
     def _ib_repr(self) -> str:
         s = f"compression={self.compression}"
         if self.init_strength is not None:
@@ -121,6 +136,9 @@ class IBLayerNorm(_IBMixin, nn.Module):
         return IBF.ib_layer_norm(input, self.normalized_shape, self.weight, self.bias, self.eps,
                                  self.compression, self.strength, self.order)
 
+    def _groups(self, input: Tensor) -> tuple[Tensor, tuple[int, ...], bool]:
+        return input, tuple(range(input.dim() - len(self.normalized_shape), input.dim())), True
+
     def extra_repr(self) -> str:
         return (f"{self.normalized_shape}, eps={self.eps}, elementwise_affine={self.elementwise_affine}, "
                 + self._ib_repr())
@@ -152,6 +170,9 @@ class IBRMSNorm(_IBMixin, nn.Module):
     def forward(self, input: Tensor) -> Tensor:
         return IBF.ib_rms_norm(input, self.normalized_shape, self.weight, self.eps,
                                self.compression, self.strength, self.order)
+
+    def _groups(self, input: Tensor) -> tuple[Tensor, tuple[int, ...], bool]:
+        return input, tuple(range(input.dim() - len(self.normalized_shape), input.dim())), False
 
     def extra_repr(self) -> str:
         return (f"{self.normalized_shape}, eps={self.eps}, elementwise_affine={self.elementwise_affine}, "
@@ -192,6 +213,9 @@ class IBGroupNorm(_IBMixin, nn.Module):
             raise ValueError(f"input must have shape (N, {self.num_channels}, *); got {list(input.shape)}")
         return IBF.ib_group_norm(input, self.num_groups, self.weight, self.bias, self.eps,
                                  self.compression, self.strength, self.order)
+
+    def _groups(self, input: Tensor) -> tuple[Tensor, tuple[int, ...], bool]:
+        return input.reshape(input.shape[0], self.num_groups, -1), (2,), True
 
     def extra_repr(self) -> str:
         return f"{self.num_groups}, {self.num_channels}, eps={self.eps}, affine={self.affine}, " + self._ib_repr()
@@ -284,6 +308,9 @@ class _IBBatchNorm(_IBMixin, nn.Module):
         factor = self._momentum_factor()
         return IBF.ib_batch_norm(input, self.running_stats(), self.weight, self.bias, self.training,
                                  factor, self.eps, self.compression, self.strength, self.order)
+
+    def _groups(self, input: Tensor) -> tuple[Tensor, tuple[int, ...], bool]:
+        return input, (0,) + tuple(range(2, input.dim())), True
 
     def extra_repr(self) -> str:
         return (f"{self.num_features}, eps={self.eps}, momentum={self.momentum}, affine={self.affine}, "

@@ -23,7 +23,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Optional
 
 import torch
 from torch import nn
@@ -175,8 +175,7 @@ def _check_resumable(ckpt: dict, cfg: TrainConfig, path: Path) -> None:
                          f"use another output directory or delete it")
 
 
-def train(cfg: TrainConfig, out_dir: str | Path,
-          on_eval: Optional[Callable[[int, nn.Module, Task], None]] = None) -> dict:
+def train(cfg: TrainConfig, out_dir: str | Path) -> dict:
     """Train (or resume, or return the finished result of) one run in ``out_dir``."""
     from .distributed import DistContext
 
@@ -205,6 +204,13 @@ def train(cfg: TrainConfig, out_dir: str | Path,
     opt = torch.optim.AdamW(param_groups(model, cfg.weight_decay), lr=cfg.lr, betas=(0.9, cfg.beta2),
                             fused=False, foreach=True)
 
+    recorder, info_rows = None, []
+    if cfg.info_every and dist.is_main:
+        from .info.cli import make_probe
+        from .info.recorder import InfoRecorder
+        px, py = make_probe(task, cfg.info_probe)
+        recorder = InfoRecorder(dist.unwrap(model), px, py, task.kind, vocab_size=task.vocab_size)
+
     start, history, elapsed, acc = 0, [], 0.0, [0.0, 0]
     if ckpt_path.exists():
         ckpt = torch.load(ckpt_path, map_location=dist.device, weights_only=False)
@@ -213,6 +219,9 @@ def train(cfg: TrainConfig, out_dir: str | Path,
         opt.load_state_dict(ckpt["optimizer"])
         start, history, elapsed, acc = ckpt["step"], ckpt["history"], ckpt["elapsed"], ckpt["train_acc"]
         torch.set_rng_state(ckpt["rng"][dist.rank] if dist.rank < len(ckpt["rng"]) else ckpt["rng"][0])
+        info_rows = ckpt.get("info", [])
+    elif recorder is not None:
+        info_rows += recorder.record(0)
 
     bar = None
     if cfg.progress and dist.is_main:
@@ -245,14 +254,15 @@ def train(cfg: TrainConfig, out_dir: str | Path,
             history.append({"step": done, "train_loss": acc[0] / acc[1], "lr": lr,
                             "elapsed": time.time() - t0, **metrics})
             acc = [0.0, 0]
-            if on_eval is not None:
-                on_eval(done, dist.unwrap(model), task)
+        if recorder is not None and (done % cfg.info_every == 0 or done == cfg.steps):
+            info_rows += recorder.record(done)
         if done % cfg.checkpoint_every == 0 and done < cfg.steps:
             rng = dist.gather_rng()
             if dist.is_main:
                 atomic_torch_save({"model": dist.unwrap(model).state_dict(), "optimizer": opt.state_dict(),
                                    "step": done, "history": history, "elapsed": time.time() - t0,
-                                   "train_acc": acc, "rng": rng, "config": dataclasses.asdict(cfg)}, ckpt_path)
+                                   "train_acc": acc, "rng": rng, "info": info_rows,
+                                   "config": dataclasses.asdict(cfg)}, ckpt_path)
             dist.barrier()
     if bar is not None:
         bar.close()
@@ -262,6 +272,10 @@ def train(cfg: TrainConfig, out_dir: str | Path,
               "world_size": dist.world_size, "environment": environment()}
     if dist.is_main:
         atomic_torch_save(dist.unwrap(model).state_dict(), out_dir / "model.pt")
+        if recorder is not None:
+            from .info.cli import write_csv
+            label = f"{cfg.model} {cfg.norm} s{cfg.seed}"
+            write_csv(out_dir / "info.csv", [dict(r, run=label, norm=cfg.norm) for r in info_rows])
         atomic_write_json(result_path, result)
         if ckpt_path.exists():
             ckpt_path.unlink()

@@ -1,7 +1,12 @@
 """Mutual-information estimators, in nats, behind one function :func:`mutual_information`.
 
-- ``"ksg"``: Kraskov, Stoegbauer & Grassberger (2004), algorithm 1: k nearest neighbours in the
-  joint space under the max-norm (KD-tree), ``I = psi(k) + psi(n) - <psi(n_x + 1) + psi(n_y + 1)>``.
+- ``"ksg"``: Kraskov, Stoegbauer & Grassberger (2004): k nearest neighbours in the joint space under
+  the max-norm (KD-tree), after scaling every column to unit variance. ``variant=2`` (default): marginal extents ``eps_x, eps_y`` of the k-NN box,
+  ``I = psi(k) - 1/k + psi(n) - <psi(n_x) + psi(n_y)>``; ``variant=1``: one radius,
+  ``I = psi(k) + psi(n) - <psi(n_x + 1) + psi(n_y + 1)>``. Measured on correlated Gaussians with
+  n = 2000, k = 3 (``tests/test_info.py``): variant 2 is within 0.05 nats for d <= 3 up to
+  rho = 0.9 (d = 2) and rho = 0.6 (d = 3), and for d = 4 at rho = 0.3; like every kNN estimator it
+  underestimates large MI in many dimensions (d = 4: -0.1 nats at rho = 0.6, -0.6 at rho = 0.9).
   With integer labels ``y`` it switches to the discrete-continuous form of Ross (2014):
   ``I = psi(n) - <psi(n_y)> + psi(k) - <psi(m)>``.
 - ``"renyi"``: the matrix-based Renyi alpha-order entropy of Giraldo, Rao & Principe (2014). Gaussian
@@ -59,23 +64,37 @@ def _validate(x: Any, y: Any, k: int) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _jitter(a: np.ndarray, seed: int) -> np.ndarray:
-    """Tiny noise breaks ties (kNN estimators assume continuous data), deterministic under ``seed``."""
+    """Each column scaled to unit standard deviation (so the max-norm weighs dimensions alike and the
+    estimate is invariant to per-dimension rescaling), plus tiny noise that breaks ties (kNN estimators
+    assume continuous data), deterministic under ``seed``."""
     a = a.astype(np.float64)
+    std = a.std(axis=0)
+    a = (a - a.mean(axis=0)) / np.where(std > 0, std, 1.0)
     scale = 1e-10 * (np.abs(a).mean() + 1e-12)
     return a + scale * np.random.default_rng(seed).standard_normal(a.shape)
 
 
-def ksg(x: np.ndarray, y: np.ndarray, k: int = 3, seed: int = 0) -> float:
+def ksg(x: np.ndarray, y: np.ndarray, k: int = 3, seed: int = 0, variant: int = 2) -> float:
+    if variant not in (1, 2):
+        raise ValueError(f"variant must be 1 or 2; got {variant}")
     if _is_discrete(y):
         return _ksg_discrete(_jitter(x, seed), y[:, 0], k)
     x, y = _jitter(x, seed), _jitter(y, seed + 1)
     n = len(x)
     joint = np.hstack([x, y])
-    dist, _ = cKDTree(joint).query(joint, k=k + 1, p=np.inf)
-    radius = np.nextafter(dist[:, -1], 0)  # strictly closer than the k-th neighbour
-    nx = cKDTree(x).query_ball_point(x, radius, p=np.inf, return_length=True)  # includes the point itself
-    ny = cKDTree(y).query_ball_point(y, radius, p=np.inf, return_length=True)
-    mi = digamma(k) + digamma(n) - np.mean(digamma(nx) + digamma(ny))
+    dist, idx = cKDTree(joint).query(joint, k=k + 1, p=np.inf)
+    if variant == 1:
+        radius = np.nextafter(dist[:, -1], 0)  # strictly closer than the k-th neighbour
+        nx = cKDTree(x).query_ball_point(x, radius, p=np.inf, return_length=True)  # includes the point itself
+        ny = cKDTree(y).query_ball_point(y, radius, p=np.inf, return_length=True)
+        mi = digamma(k) + digamma(n) - np.mean(digamma(nx) + digamma(ny))
+    else:
+        nb = idx[:, 1:]
+        eps_x = np.abs(x[nb] - x[:, None, :]).max(axis=(1, 2))
+        eps_y = np.abs(y[nb] - y[:, None, :]).max(axis=(1, 2))
+        nx = cKDTree(x).query_ball_point(x, eps_x, p=np.inf, return_length=True) - 1  # within eps_x, not i
+        ny = cKDTree(y).query_ball_point(y, eps_y, p=np.inf, return_length=True) - 1
+        mi = digamma(k) - 1.0 / k + digamma(n) - np.mean(digamma(nx) + digamma(ny))
     return float(max(mi, 0.0))
 
 
@@ -158,7 +177,7 @@ def binning(x: np.ndarray, y: np.ndarray, bins: int = 30) -> float:
 def mutual_information(x: Any, y: Any, method: str = "ksg", **kwargs: Any) -> float:
     """I(x; y) in nats. ``x``, ``y``: arrays or tensors ``[n]`` or ``[n, d]``; integer ``y`` = class labels.
 
-    Options: ``ksg``: ``k=3``, ``seed=0``; ``renyi``: ``alpha=1.01``, ``width_scale=1.0``,
+    Options: ``ksg``: ``k=3``, ``seed=0`` (tie-breaking jitter), ``variant=2``; ``renyi``: ``alpha=1.01``, ``width_scale=1.0``,
     ``sigma_x``, ``sigma_y``; ``binning``: ``bins=30``.
     """
     if method not in METHODS:

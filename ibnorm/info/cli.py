@@ -1,0 +1,106 @@
+"""``ibnorm info RUN_DIR [RUN_DIR ...]``: information quantities of finished runs, CSV and plots."""
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import json
+import sys
+from pathlib import Path
+
+import torch
+
+from ..io import atomic_write_text
+
+COLUMNS = ["run", "norm", "step", "index", "layer", "type", "I_XT", "I_TY", "IB", "beta", "method", "n", "dim",
+           "contraction", "strength"]
+
+
+def write_csv(path: Path, rows: list[dict]) -> None:
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=COLUMNS, extrasaction="ignore")
+    w.writeheader()
+    w.writerows(rows)
+    atomic_write_text(path, buf.getvalue())
+
+
+def read_csv(path: Path) -> list[dict]:
+    rows = list(csv.DictReader(path.open()))
+    for r in rows:
+        for k in ("step", "index", "n", "dim"):
+            r[k] = int(r[k])
+        for k in ("I_XT", "I_TY", "IB", "beta"):
+            r[k] = float(r[k])
+    return rows
+
+
+def make_probe(task, n: int):
+    """The first ``n`` held-out examples: the same probe for every run of a task."""
+    if task.kind == "lm":
+        xs = torch.cat([x for x, _ in task.val])[:n]
+        ys = torch.cat([y for _, y in task.val])[:n]
+        return xs, ys
+    return task.vision.test_x[:n], task.vision.test_y[:n]
+
+
+def analyse_run(run_dir: Path, method: str, beta: float, probe: int, max_dim: int) -> list[dict]:
+    """Trajectory rows from training (``info.csv``) if present, else the final model's rows."""
+    from ..models import build_model
+    from ..train import Task, TrainConfig
+    from .recorder import InfoRecorder
+
+    result = json.loads((run_dir / "result.json").read_text())
+    cfg = TrainConfig(**result["config"])
+    label = f"{cfg.model} {cfg.norm} s{cfg.seed}"
+    saved = run_dir / "info.csv"
+    if saved.exists():
+        rows = read_csv(saved)
+        if rows and rows[0]["method"] == method and rows[0]["beta"] == beta:
+            return [dict(r, run=label, norm=cfg.norm) for r in rows]
+    task = Task(cfg)
+    overrides = {k: getattr(cfg, k) for k in ("width", "depth") if getattr(cfg, k) is not None}
+    if task.kind == "lm":
+        overrides.update(vocab_size=task.vocab_size, context=cfg.context)
+    model, _ = build_model(cfg.model, cfg.norm, **overrides)
+    model.load_state_dict(torch.load(run_dir / "model.pt", weights_only=True))
+    px, py = make_probe(task, probe)
+    rec = InfoRecorder(model, px, py, task.kind, method=method, beta=beta, max_dim=max_dim, vocab_size=task.vocab_size)
+    rows = [dict(r, run=label, norm=cfg.norm) for r in rec.record(cfg.steps)]
+    write_csv(saved, rows)
+    return rows
+
+
+def cmd_info(args: argparse.Namespace) -> int:
+    from .plots import information_planes, layer_bars
+    out = Path(args.out)
+    runs: dict[str, list[dict]] = {}
+    for d in args.run_dirs:
+        d = Path(d)
+        if not (d / "result.json").exists():
+            raise FileNotFoundError(f"{d} is not a finished run (no result.json); train it first")
+        rows = analyse_run(d, args.method, args.beta, args.probe, args.max_dim)
+        runs[rows[0]["run"]] = rows
+    all_rows = [r for rows in runs.values() for r in rows]
+    write_csv(out / "info.csv", all_rows)
+    information_planes(runs, out / "info_plane.png")
+    layer_bars(runs, out / "info_layers.png")
+    for name, rows in runs.items():
+        last = max(r["step"] for r in rows)
+        fin = [r for r in rows if r["step"] == last]
+        mean_ib = sum(r["IB"] for r in fin) / len(fin)
+        pen = next((r for r in fin if r["layer"] == "penultimate"), fin[-1])
+        print(f"{name:40s} step {last}: mean IB over layers {mean_ib:.4f}; penultimate I(X;T) {pen['I_XT']:.3f} "
+              f"I(T;Y) {pen['I_TY']:.3f}")
+    print(f"wrote {out}/info.csv, {out}/info_plane.png, {out}/info_layers.png", file=sys.stderr)
+    return 0
+
+
+def add_info_parser(sub) -> None:
+    p = sub.add_parser("info", help="information planes, IB values and variance contraction of finished runs")
+    p.add_argument("run_dirs", nargs="+", metavar="RUN_DIR")
+    p.add_argument("--out", default="results/info")
+    p.add_argument("--method", default="renyi", choices=["renyi", "ksg", "binning"])
+    p.add_argument("--beta", type=float, default=0.1)
+    p.add_argument("--probe", type=int, default=512)
+    p.add_argument("--max-dim", type=int, default=256)
+    p.set_defaults(fn=cmd_info)
