@@ -48,6 +48,10 @@ def cmd_train(args: argparse.Namespace) -> int:
     cfg = TrainConfig(model=args.model, norm=args.norm, seed=args.seed, progress=not args.no_progress, **_overrides(args))
     out = Path(args.out or f"runs/train/{args.model}/{slug(args.norm)}/seed{args.seed}")
     result = train(cfg, out)
+    if "stopped_at" in result:
+        print(f"stopped after step {result['stopped_at']}; run the same command to continue ({result['checkpoint']})",
+              file=sys.stderr)
+        return 0
     if args.info_every:
         print(f"information-plane records: {out / 'info.csv'}", file=sys.stderr)
     print(json.dumps(result["final"], indent=1))

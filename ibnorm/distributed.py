@@ -24,6 +24,24 @@ def dist_timeout() -> datetime.timedelta:
     return datetime.timedelta(seconds=float(os.environ.get("IBNORM_DIST_TIMEOUT", "120")))
 
 
+class _AllReduceSum(torch.autograd.Function):
+    """Sum over the processes of a group; backward sums the incoming gradients the same way, which is
+    the exact gradient of the sum of every process's loss."""
+
+    @staticmethod
+    def forward(ctx, t: Tensor, group: Any) -> Tensor:
+        ctx.group = group
+        out = t.clone()
+        tdist.all_reduce(out, op=tdist.ReduceOp.SUM, group=group)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        grad = grad.clone()
+        tdist.all_reduce(grad, op=tdist.ReduceOp.SUM, group=ctx.group)
+        return grad, None
+
+
 
 
 class IBSyncBatchNorm(_IBBatchNorm):
@@ -51,8 +69,7 @@ class IBSyncBatchNorm(_IBBatchNorm):
         if tdist.get_world_size(self.process_group) == 1:
             return None
         group = self.process_group
-        import torch.distributed.nn.functional as dnnf
-        return lambda t: dnnf.all_reduce(t, op=tdist.ReduceOp.SUM, group=group or tdist.group.WORLD)
+        return lambda t: _AllReduceSum.apply(t, group)
 
     def forward(self, input: Tensor) -> Tensor:
         self._check_input_dim(input)
@@ -112,7 +129,13 @@ class DistContext:
         if use_cuda:
             torch.cuda.set_device(local)
         if not tdist.is_initialized():
-            tdist.init_process_group("nccl" if use_cuda else "gloo", timeout=dist_timeout())
+            try:
+                tdist.init_process_group("nccl" if use_cuda else "gloo", timeout=dist_timeout())
+            except Exception as e:  # a missing rank: the rendezvous timed out
+                raise RuntimeError(
+                    f"rank {os.environ.get('RANK')} of {world}: not every rank joined the process group within "
+                    f"{dist_timeout().total_seconds():.0f} s (IBNORM_DIST_TIMEOUT); is a rank missing or did "
+                    f"one fail to start? ({type(e).__name__}: {e})") from e
         return cls(tdist.get_rank(), tdist.get_world_size(), local,
                    torch.device("cuda", local) if use_cuda else torch.device("cpu"))
 

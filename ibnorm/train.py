@@ -38,7 +38,7 @@ TASK_DEFAULTS = {
     "vision": dict(batch_size=64, lr=2e-3, weight_decay=0.05, warmup_steps=20, eval_batches=0, dataset="fashion-mnist"),
 }
 # Fields that do not change what a run computes: they may differ between a checkpoint and its resume.
-_RUNTIME_FIELDS = {"checkpoint_every", "threads", "progress"}
+_RUNTIME_FIELDS = {"checkpoint_every", "threads", "progress", "stop_after"}
 
 
 @dataclass
@@ -67,6 +67,7 @@ class TrainConfig:
     info_every: int = 0  # record information-plane quantities every N steps (0 = off)
     info_probe: int = 512
     checkpoint_every: int = 25
+    stop_after: int = 0  # stop with a checkpoint after this step, to continue later (0 = run to the end)
     threads: int = 0  # torch threads (0 = leave torch's default)
     progress: bool = True
 
@@ -167,6 +168,15 @@ class Task:
         return out
 
 
+def load_canonical_state(model: nn.Module, state: dict) -> None:
+    """Load a single-process state dict into ``model``, which may hold synchronized batch norms with
+    extra buffers (the identity op's unused step-3 statistics): only those may be missing."""
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    bad = [k for k in missing if not k.rsplit(".", 1)[-1] in ("running_mean_c", "running_var_c", "running_var_u")]
+    if bad or unexpected:
+        raise ValueError(f"checkpoint does not fit the model: missing {bad}, unexpected {unexpected}")
+
+
 def _check_resumable(ckpt: dict, cfg: TrainConfig, path: Path) -> None:
     saved = {k: v for k, v in ckpt["config"].items() if k not in _RUNTIME_FIELDS}
     if saved != cfg.fingerprint():
@@ -199,6 +209,8 @@ def train(cfg: TrainConfig, out_dir: str | Path) -> dict:
     if task.kind == "lm":
         overrides.update(vocab_size=task.vocab_size, context=cfg.context)
     model, report = build_model(cfg.model, cfg.norm, **overrides)
+    # Checkpoints hold the single-process layout, so a run resumes under any world size.
+    own_keys = set(model.state_dict())
     model.to(dist.device)
     model = dist.prepare_model(model, sync_bn=cfg.sync_bn)
     opt = torch.optim.AdamW(param_groups(model, cfg.weight_decay), lr=cfg.lr, betas=(0.9, cfg.beta2),
@@ -215,7 +227,7 @@ def train(cfg: TrainConfig, out_dir: str | Path) -> dict:
     if ckpt_path.exists():
         ckpt = torch.load(ckpt_path, map_location=dist.device, weights_only=False)
         _check_resumable(ckpt, cfg, ckpt_path)
-        dist.unwrap(model).load_state_dict(ckpt["model"])
+        load_canonical_state(dist.unwrap(model), ckpt["model"])
         opt.load_state_dict(ckpt["optimizer"])
         start, history, elapsed, acc = ckpt["step"], ckpt["history"], ckpt["elapsed"], ckpt["train_acc"]
         torch.set_rng_state(ckpt["rng"][dist.rank] if dist.rank < len(ckpt["rng"]) else ckpt["rng"][0])
@@ -259,11 +271,16 @@ def train(cfg: TrainConfig, out_dir: str | Path) -> dict:
         if done % cfg.checkpoint_every == 0 and done < cfg.steps:
             rng = dist.gather_rng()
             if dist.is_main:
-                atomic_torch_save({"model": dist.unwrap(model).state_dict(), "optimizer": opt.state_dict(),
+                state = {k: v for k, v in dist.unwrap(model).state_dict().items() if k in own_keys}
+                atomic_torch_save({"model": state, "optimizer": opt.state_dict(),
                                    "step": done, "history": history, "elapsed": time.time() - t0,
                                    "train_acc": acc, "rng": rng, "info": info_rows,
                                    "config": dataclasses.asdict(cfg)}, ckpt_path)
             dist.barrier()
+            if cfg.stop_after and done >= cfg.stop_after:
+                if bar is not None:
+                    bar.close()
+                return {"stopped_at": done, "checkpoint": str(ckpt_path)}
     if bar is not None:
         bar.close()
     result = {"config": dataclasses.asdict(cfg), "final": history[-1], "history": history,
@@ -271,7 +288,8 @@ def train(cfg: TrainConfig, out_dir: str | Path) -> dict:
               "norms": {"replaced": dict(report.replaced), "into": sorted({d for _, _, d in report.paths})},
               "world_size": dist.world_size, "environment": environment()}
     if dist.is_main:
-        atomic_torch_save(dist.unwrap(model).state_dict(), out_dir / "model.pt")
+        atomic_torch_save({k: v for k, v in dist.unwrap(model).state_dict().items() if k in own_keys},
+                          out_dir / "model.pt")
         if recorder is not None:
             from .info.cli import write_csv
             label = f"{cfg.model} {cfg.norm} s{cfg.seed}"

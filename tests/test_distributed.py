@@ -1,0 +1,165 @@
+"""Multi-process training on CPU with gloo: synchronized batch IBNorm, DDP training and resume across world sizes."""
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
+import ibnorm
+from ibnorm.distributed import IBSyncBatchNorm, convert_sync_ibnorm
+from test_data import needs_fashion
+
+OPS = [("power", 0.3), ("log", 0.8), ("tanh", 1.3), ("none", None)]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def full_batch():
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(8, 3, 5, 4, generator=g) * torch.randn(8, 3, 5, 4, generator=g).exp() + 2
+    w = torch.randn(8, 3, 5, 4, generator=g)  # loss = sum(y * w): a fixed, non-trivial upstream gradient
+    return x, w
+
+
+def make_layer(cls, op, lam):
+    m = cls(3, compression=op, strength=lam, momentum=0.3)
+    with torch.no_grad():
+        m.weight.copy_(torch.tensor([0.5, 1.5, 2.0]))
+        m.bias.copy_(torch.tensor([0.1, -0.2, 0.3]))
+    return m
+
+
+def run_layer_steps(m, x, w, steps=2):
+    for _ in range(steps):
+        xg = x.detach().clone().requires_grad_(True)
+        m.zero_grad()
+        y = m(xg)
+        (y * w).sum().backward()
+    return y.detach(), xg.grad, m.weight.grad.clone(), m.bias.grad.clone()
+
+
+def _worker(rank, world, port, out):
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=world)
+    torch.set_num_threads(1)
+    x, w = full_batch()
+    per = x.shape[0] // world
+    sl = slice(rank * per, (rank + 1) * per)
+    results = {}
+    for op, lam in OPS:
+        m = make_layer(IBSyncBatchNorm, op, lam)
+        y, gx, gw, gb = run_layer_steps(m, x[sl], w[sl])
+        for g in (gw, gb):
+            dist.all_reduce(g)  # what DDP does with parameter gradients (sum; the loss is a sum here)
+        ys = [torch.zeros_like(y) for _ in range(world)]
+        gxs = [torch.zeros_like(gx) for _ in range(world)]
+        dist.all_gather(ys, y)
+        dist.all_gather(gxs, gx)
+        results[op] = {"y": torch.cat(ys), "gx": torch.cat(gxs), "gw": gw, "gb": gb,
+                       "buffers": {k: v.clone() for k, v in m.state_dict().items() if "running" in k or "num_batches" in k}}
+    torch.save(results, Path(out) / f"rank{rank}.pt")
+    dist.destroy_process_group()
+
+
+def test_sync_ibnorm_on_two_processes_equals_one_process_on_the_whole_batch(tmp_path):
+    mp.spawn(_worker, args=(2, free_port(), str(tmp_path)), nprocs=2, join=True)
+    r0, r1 = (torch.load(tmp_path / f"rank{i}.pt") for i in range(2))
+    x, w = full_batch()
+    for op, lam in OPS:
+        ref = make_layer(ibnorm.IBBatchNorm2d, op, lam)
+        y, gx, gw, gb = run_layer_steps(ref, x, w)
+        got = r0[op]
+        for name, a, b in (("output", got["y"], y), ("input grad", got["gx"], gx), ("weight grad", got["gw"], gw),
+                           ("bias grad", got["gb"], gb)):
+            torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5, msg=f"{op}: {name}")
+        for k, v in got["buffers"].items():
+            torch.testing.assert_close(v, ref.state_dict()[k], atol=1e-5, rtol=1e-5, msg=f"{op}: {k}")
+            assert torch.equal(v, r1[op]["buffers"][k]), f"{op}: {k} differs between ranks"
+
+
+def test_convert_sync_ibnorm_keeps_state():
+    model = torch.nn.Sequential(torch.nn.BatchNorm2d(3), ibnorm.IBBatchNorm2d(3, compression="tanh", strength=0.7))
+    with torch.no_grad():
+        model[0].running_mean.fill_(0.5)
+        model[1].running_var_c.fill_(0.25)
+    model.eval()
+    conv = convert_sync_ibnorm(model)
+    assert all(isinstance(m, IBSyncBatchNorm) for m in conv)
+    assert conv[0].compression == "none" and conv[1].compression == "tanh" and conv[1].init_strength == 0.7
+    assert float(conv[0].running_mean[0]) == 0.5 and float(conv[1].running_var_c[0]) == 0.25 and not conv[0].training
+    x = torch.randn(4, 3, 2, 2)
+    torch.testing.assert_close(conv(x), model(x))  # outside a process group it is the plain layer
+
+
+def _torchrun(nproc, args, env_extra=None, timeout=300):
+    env = dict(os.environ, OMP_NUM_THREADS="1", **(env_extra or {}))
+    cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={nproc}", "--master_port", str(free_port()),
+           "-m", "ibnorm.cli", "train", *args]
+    return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout)
+
+
+def _train_args(out, batch, steps, **extra):
+    args = ["--model", "resnet-mini", "--width", "8", "--batch-size", str(batch), "--steps", str(steps),
+            "--train-subset", "512", "--eval-every", "2", "--eval-examples", "128", "--warmup-steps", "1",
+            "--checkpoint-every", "2", "--threads", "1", "--no-progress", "--out", str(out)]
+    for k, v in extra.items():
+        args += ["--" + k.replace("_", "-"), str(v)]
+    return args
+
+
+def _history(out):
+    return json.loads((Path(out) / "result.json").read_text())["history"]
+
+
+@needs_fashion
+@pytest.mark.parametrize("norm", ["base", "ib_tanh"])
+def test_ddp_two_processes_match_one_process_with_the_global_batch(tmp_path, norm):
+    two = _torchrun(2, _train_args(tmp_path / "two", 32, 6, norm=norm))
+    assert two.returncode == 0, two.stderr[-3000:]
+    one = subprocess.run([sys.executable, "-m", "ibnorm.cli", "train", *_train_args(tmp_path / "one", 32, 6, norm=norm)],
+                         capture_output=True, text=True, timeout=300)
+    assert one.returncode == 0, one.stderr[-3000:]
+    h2, h1 = _history(tmp_path / "two"), _history(tmp_path / "one")
+    assert json.loads((tmp_path / "two" / "result.json").read_text())["world_size"] == 2
+    for a, b in zip(h2, h1):
+        assert a["train_loss"] == pytest.approx(b["train_loss"], rel=1e-4)
+        assert a["val_loss"] == pytest.approx(b["val_loss"], rel=1e-4)
+
+
+@needs_fashion
+def test_checkpoint_from_two_processes_resumes_under_one(tmp_path):
+    out = tmp_path / "run"
+    first = _torchrun(2, _train_args(out, 32, 8, norm="ib_log", stop_after=4))
+    assert first.returncode == 0, first.stderr[-3000:]
+    assert (out / "ckpt.pt").exists() and not (out / "result.json").exists()
+    assert torch.load(out / "ckpt.pt", weights_only=False)["step"] == 4
+    rest = subprocess.run([sys.executable, "-m", "ibnorm.cli", "train", *_train_args(out, 32, 8, norm="ib_log")],
+                          capture_output=True, text=True, timeout=300)
+    assert rest.returncode == 0, rest.stderr[-3000:]
+    ref = subprocess.run([sys.executable, "-m", "ibnorm.cli", "train", *_train_args(tmp_path / "ref", 32, 8, norm="ib_log")],
+                         capture_output=True, text=True, timeout=300)
+    assert ref.returncode == 0
+    for a, b in zip(_history(out), _history(tmp_path / "ref")):
+        assert a["val_loss"] == pytest.approx(b["val_loss"], rel=1e-4)
+
+
+def test_missing_rank_fails_fast_with_a_clear_error(tmp_path):
+    env = dict(os.environ, MASTER_ADDR="127.0.0.1", MASTER_PORT=str(free_port()), WORLD_SIZE="2", RANK="0",
+               LOCAL_RANK="0", IBNORM_DIST_TIMEOUT="5")
+    t0 = time.time()
+    proc = subprocess.run([sys.executable, "-c", "from ibnorm.distributed import DistContext; DistContext.from_env()"],
+                          env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode != 0 and time.time() - t0 < 60
+    assert "not every rank joined" in proc.stderr and "IBNORM_DIST_TIMEOUT" in proc.stderr
