@@ -127,7 +127,7 @@ def _normalized_shape(normalized_shape: Union[int, Sequence[int]]) -> tuple[int,
     return tuple(normalized_shape)
 
 
-def _check_trailing(x: Tensor, shape: tuple[int, ...]) -> None:
+def check_trailing(x: Tensor, shape: tuple[int, ...]) -> None:
     if not isinstance(x, Tensor):
         raise TypeError(f"input must be a torch.Tensor; got {type(x).__name__}")
     if not x.is_floating_point():
@@ -148,7 +148,7 @@ def ib_layer_norm(
 ) -> Tensor:
     """IBNorm with LayerNorm's grouping: each group is the last ``len(normalized_shape)`` dims."""
     shape = _normalized_shape(normalized_shape)
-    _check_trailing(x, shape)
+    check_trailing(x, shape)
     check_order(order)
     dims = tuple(range(x.dim() - len(shape), x.dim()))
     xc = x.to(compute_dtype(x.dtype))
@@ -167,7 +167,7 @@ def ib_rms_norm(
 ) -> Tensor:
     """IBNorm with RMSNorm's grouping (no centering). ``eps=None`` means ``finfo(input dtype).eps``, as ``nn.RMSNorm``."""
     shape = _normalized_shape(normalized_shape)
-    _check_trailing(x, shape)
+    check_trailing(x, shape)
     check_order(order)
     if eps is None:
         eps = torch.finfo(x.dtype).eps
@@ -245,7 +245,7 @@ def ib_batch_norm(
             raise ValueError(f"Expected more than 1 value per channel when training, got input size {list(x.shape)}")
         z, stats = ib_core(xc, dims, True, eps, compression, strength, order, reduce=reduce)
         if training and running_stats is not None:
-            _update_running(running_stats, stats, momentum, count)
+            update_running(running_stats, stats, momentum, count)
     else:
         run = GroupStats(*[None if t is None else t.to(xc.dtype).reshape(view) for t in running_stats])
         z, _ = ib_core(xc, dims, True, eps, compression, strength, order, running=run)
@@ -253,7 +253,7 @@ def ib_batch_norm(
 
 
 @torch.no_grad()
-def _update_running(running: GroupStats, batch: GroupStats, momentum: float, count: int) -> None:
+def update_running(running: GroupStats, batch: GroupStats, momentum: float, count: int) -> None:
     unbias = count / max(count - 1, 1)
     for buf, new, is_var in (
         (running.mean_x, batch.mean_x, False),

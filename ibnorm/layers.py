@@ -3,7 +3,9 @@
 Every layer takes its base norm's constructor arguments, then the keyword-only IBNorm ones:
 ``compression`` (``power``/``log``/``tanh``/``none``), ``strength`` (lambda; ``None`` = the op's
 default), ``learnable_strength`` (train lambda, reparameterized to stay in the op's range; beyond the
-paper) and ``order`` (``compress_then_standardize`` = the SPEC, or ``standardize_then_compress``).
+paper), ``order`` (``compress_then_standardize`` = the SPEC, or ``standardize_then_compress``) and
+``impl`` (``auto``: the fast path of :mod:`ibnorm.kernels`; ``reference``: :mod:`ibnorm.functional`
+itself; the environment variable ``IBNORM_IMPL=reference`` forces the reference for ``auto`` layers).
 """
 from __future__ import annotations
 
@@ -14,6 +16,7 @@ import torch
 from torch import Tensor, nn
 
 from . import functional as IBF
+from .kernels import check_impl, fast_ib_norm, use_fast_path
 from .compress import (check_order, get_compression, raw_to_strength, resolve_strength,
                        strength_to_raw)
 
@@ -50,7 +53,8 @@ class _IBMixin:
     order: str
 
     def _init_ib(self, compression: str, strength: Optional[float], learnable_strength: bool, order: str,
-                 factory: dict) -> None:
+                 factory: dict, impl: str = "auto") -> None:
+        self.impl = check_impl(impl)
         self.compression = get_compression(compression).name
         self.order = check_order(order)
         self.init_strength = resolve_strength(self.compression, strength)
@@ -108,7 +112,7 @@ class IBLayerNorm(_IBMixin, nn.Module):
     def __init__(self, normalized_shape: _shape_t, eps: float = 1e-5, elementwise_affine: bool = True,
                  bias: bool = True, device=None, dtype=None, *, compression: str = "power",
                  strength: Optional[float] = None, learnable_strength: bool = False,
-                 order: str = IBF.COMPRESS_THEN_STANDARDIZE) -> None:
+                 order: str = IBF.COMPRESS_THEN_STANDARDIZE, impl: str = "auto") -> None:
         super().__init__()
         factory = {"device": device, "dtype": dtype}
         self.normalized_shape = _to_shape(normalized_shape)
@@ -122,7 +126,7 @@ class IBLayerNorm(_IBMixin, nn.Module):
             self.bias = nn.Parameter(torch.empty(self.normalized_shape, **factory))
         else:
             self.register_parameter("bias", None)
-        self._init_ib(compression, strength, learnable_strength, order, factory)
+        self._init_ib(compression, strength, learnable_strength, order, factory, impl)
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
@@ -133,6 +137,11 @@ class IBLayerNorm(_IBMixin, nn.Module):
         self._reset_strength()
 
     def forward(self, input: Tensor) -> Tensor:
+        if use_fast_path(self.impl):
+            IBF.check_trailing(input, self.normalized_shape)
+            dims = tuple(range(input.dim() - len(self.normalized_shape), input.dim()))
+            return fast_ib_norm(input, dims, True, self.eps, self.compression, self.strength, self.order,
+                                self.weight, self.bias, self.normalized_shape)[0]
         return IBF.ib_layer_norm(input, self.normalized_shape, self.weight, self.bias, self.eps,
                                  self.compression, self.strength, self.order)
 
@@ -149,7 +158,8 @@ class IBRMSNorm(_IBMixin, nn.Module):
 
     def __init__(self, normalized_shape: _shape_t, eps: Optional[float] = None, elementwise_affine: bool = True,
                  device=None, dtype=None, *, compression: str = "power", strength: Optional[float] = None,
-                 learnable_strength: bool = False, order: str = IBF.COMPRESS_THEN_STANDARDIZE) -> None:
+                 learnable_strength: bool = False, order: str = IBF.COMPRESS_THEN_STANDARDIZE,
+                 impl: str = "auto") -> None:
         super().__init__()
         factory = {"device": device, "dtype": dtype}
         self.normalized_shape = _to_shape(normalized_shape)
@@ -159,7 +169,7 @@ class IBRMSNorm(_IBMixin, nn.Module):
             self.weight = nn.Parameter(torch.empty(self.normalized_shape, **factory))
         else:
             self.register_parameter("weight", None)
-        self._init_ib(compression, strength, learnable_strength, order, factory)
+        self._init_ib(compression, strength, learnable_strength, order, factory, impl)
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
@@ -168,6 +178,12 @@ class IBRMSNorm(_IBMixin, nn.Module):
         self._reset_strength()
 
     def forward(self, input: Tensor) -> Tensor:
+        if use_fast_path(self.impl):
+            IBF.check_trailing(input, self.normalized_shape)
+            dims = tuple(range(input.dim() - len(self.normalized_shape), input.dim()))
+            eps = torch.finfo(input.dtype).eps if self.eps is None else self.eps
+            return fast_ib_norm(input, dims, False, eps, self.compression, self.strength, self.order,
+                                self.weight, None, self.normalized_shape)[0]
         return IBF.ib_rms_norm(input, self.normalized_shape, self.weight, self.eps,
                                self.compression, self.strength, self.order)
 
@@ -184,7 +200,8 @@ class IBGroupNorm(_IBMixin, nn.Module):
 
     def __init__(self, num_groups: int, num_channels: int, eps: float = 1e-5, affine: bool = True,
                  device=None, dtype=None, *, compression: str = "power", strength: Optional[float] = None,
-                 learnable_strength: bool = False, order: str = IBF.COMPRESS_THEN_STANDARDIZE) -> None:
+                 learnable_strength: bool = False, order: str = IBF.COMPRESS_THEN_STANDARDIZE,
+                 impl: str = "auto") -> None:
         super().__init__()
         factory = {"device": device, "dtype": dtype}
         self.num_groups = _check_positive_int("num_groups", num_groups)
@@ -199,7 +216,7 @@ class IBGroupNorm(_IBMixin, nn.Module):
         else:
             self.register_parameter("weight", None)
             self.register_parameter("bias", None)
-        self._init_ib(compression, strength, learnable_strength, order, factory)
+        self._init_ib(compression, strength, learnable_strength, order, factory, impl)
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
@@ -211,6 +228,13 @@ class IBGroupNorm(_IBMixin, nn.Module):
     def forward(self, input: Tensor) -> Tensor:
         if input.dim() < 2 or input.shape[1] != self.num_channels:
             raise ValueError(f"input must have shape (N, {self.num_channels}, *); got {list(input.shape)}")
+        if use_fast_path(self.impl) and input.is_floating_point():
+            spatial = tuple(input.shape[2:])
+            per = self.num_channels // self.num_groups
+            xg = input.reshape(input.shape[0], self.num_groups, per, *spatial)  # groups reduce over dims 2..
+            y, _ = fast_ib_norm(xg, tuple(range(2, xg.dim())), True, self.eps, self.compression, self.strength,
+                                self.order, self.weight, self.bias, (self.num_groups, per) + (1,) * len(spatial))
+            return y.reshape(input.shape)
         return IBF.ib_group_norm(input, self.num_groups, self.weight, self.bias, self.eps,
                                  self.compression, self.strength, self.order)
 
@@ -239,7 +263,7 @@ class _IBBatchNorm(_IBMixin, nn.Module):
     def __init__(self, num_features: int, eps: float = 1e-5, momentum: Optional[float] = 0.1, affine: bool = True,
                  track_running_stats: bool = True, device=None, dtype=None, *, compression: str = "power",
                  strength: Optional[float] = None, learnable_strength: bool = False,
-                 order: str = IBF.COMPRESS_THEN_STANDARDIZE) -> None:
+                 order: str = IBF.COMPRESS_THEN_STANDARDIZE, impl: str = "auto") -> None:
         super().__init__()
         factory = {"device": device, "dtype": dtype}
         self.num_features = _check_positive_int("num_features", num_features)
@@ -264,7 +288,7 @@ class _IBBatchNorm(_IBMixin, nn.Module):
         else:
             for name in names + ("num_batches_tracked",):
                 self.register_buffer(name, None)
-        self._init_ib(compression, strength, learnable_strength, order, factory)
+        self._init_ib(compression, strength, learnable_strength, order, factory, impl)
         self.reset_parameters()
 
     def reset_running_stats(self) -> None:
@@ -306,7 +330,19 @@ class _IBBatchNorm(_IBMixin, nn.Module):
     def forward(self, input: Tensor) -> Tensor:
         self._check_input_dim(input)
         factor = self._momentum_factor()
-        return IBF.ib_batch_norm(input, self.running_stats(), self.weight, self.bias, self.training,
+        running = self.running_stats()
+        if use_fast_path(self.impl) and (self.training or running is None) and input.is_floating_point():
+            count = input.numel() // self.num_features
+            if self.training and count <= 1:
+                raise ValueError(f"Expected more than 1 value per channel when training, got input size {list(input.shape)}")
+            dims = (0,) + tuple(range(2, input.dim()))
+            wview = (self.num_features,) + (1,) * (input.dim() - 2)
+            y, stats = fast_ib_norm(input, dims, True, self.eps, self.compression, self.strength, self.order,
+                                    self.weight, self.bias, wview)
+            if self.training and running is not None:
+                IBF.update_running(running, IBF.GroupStats(*[t if t.numel() else None for t in stats]), factor, count)
+            return y
+        return IBF.ib_batch_norm(input, running, self.weight, self.bias, self.training,
                                  factor, self.eps, self.compression, self.strength, self.order)
 
     def _groups(self, input: Tensor) -> tuple[Tensor, tuple[int, ...], bool]:

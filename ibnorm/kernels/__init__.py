@@ -1,0 +1,50 @@
+"""Fast paths of :mod:`ibnorm.functional`, chosen automatically by the layers.
+
+- :mod:`ibnorm.kernels.fused`: one autograd Function for every grouping (hand-derived backward,
+  saves only the input and per-group statistics), plain PyTorch ops;
+- :mod:`ibnorm.kernels.cpu`: a C++/OpenMP kernel for last-dimension groups (layer and RMS grouping)
+  in float32, built on first use with ``torch.utils.cpp_extension``; when the compiler or the build is
+  missing the fused Function is used instead.
+
+The layers' ``impl`` argument (``"auto"``, ``"fused"``, ``"reference"``) or the environment variable
+``IBNORM_IMPL=reference`` forces the reference path of :mod:`ibnorm.functional`.
+"""
+from __future__ import annotations
+
+import os
+from typing import Optional, Sequence
+
+from torch import Tensor
+
+from .fused import IBNormFunction, fused_ib_norm
+
+IMPLS = ("auto", "fused", "reference")
+
+
+def check_impl(impl: str) -> str:
+    if impl not in IMPLS:
+        raise ValueError(f"impl must be one of {IMPLS}; got {impl!r}")
+    return impl
+
+
+def use_fast_path(impl: str) -> bool:
+    """Whether a layer with this ``impl`` takes the fast path now."""
+    if impl == "reference":
+        return False
+    if impl == "fused":
+        return True
+    return os.environ.get("IBNORM_IMPL", "auto") != "reference"
+
+
+def fast_ib_norm(x: Tensor, dims: Sequence[int], centered: bool, eps: float, compression: str, strength,
+                 order: str, weight: Optional[Tensor], bias: Optional[Tensor], wview: Sequence[int]):
+    """The fastest available implementation for this call: ``(y, stats)`` as :func:`fused_ib_norm`."""
+    from . import cpu
+    if cpu.supports(x, dims, compression, strength, order):
+        y = cpu.ib_norm_rows(x, centered, eps, compression, strength, order, weight, bias)
+        if y is not None:
+            return y, None
+    return fused_ib_norm(x, dims, centered, eps, compression, strength, order, weight, bias, wview)
+
+
+__all__ = ["IBNormFunction", "fused_ib_norm", "fast_ib_norm", "use_fast_path", "check_impl", "IMPLS"]

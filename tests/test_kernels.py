@@ -1,0 +1,155 @@
+"""Fast paths against the reference: outputs and every gradient, odd shapes, dtypes, memory, convergence."""
+import pytest
+import torch
+from torch import nn
+
+import ibnorm
+from ibnorm.kernels import fused_ib_norm
+
+TOL = {torch.float64: (1e-10, 1e-10), torch.float32: (2e-5, 2e-5), torch.bfloat16: (2e-2, 2e-2), torch.float16: (4e-3, 4e-3)}
+OPS = [("power", 0.7), ("log", 1.3), ("tanh", 0.6), ("none", None)]
+SHAPES = {"layer": [(1, 1, 1023), (5, 123, 123), (64, 768)], "rms": [(1, 1, 1023), (5, 123, 123)],
+          "group": [(3, 12, 7, 5)], "batch2d": [(6, 5, 7, 3)], "batch1d": [(9, 5)]}
+
+
+def build(grouping, shape, op, lam, impl, dtype, learnable=False, order="compress_then_standardize"):
+    kw = dict(compression=op, strength=lam, impl=impl, dtype=dtype, learnable_strength=learnable and op != "none", order=order)
+    if grouping == "layer":
+        m = ibnorm.IBLayerNorm(shape[-1], **kw)
+    elif grouping == "rms":
+        m = ibnorm.IBRMSNorm(shape[-1], **kw)
+    elif grouping == "group":
+        m = ibnorm.IBGroupNorm(3, shape[1], **kw)
+    elif grouping == "batch2d":
+        m = ibnorm.IBBatchNorm2d(shape[1], **kw)
+    else:
+        m = ibnorm.IBBatchNorm1d(shape[1], **kw)
+    torch.manual_seed(1)
+    with torch.no_grad():
+        for name, p in m.named_parameters():
+            if name != "strength_raw":
+                p.copy_((torch.rand_like(p.float()) + 0.5).to(p.dtype))
+    return m
+
+
+def run(m, x, gy):
+    x = x.detach().clone().requires_grad_(True)
+    y = m(x)
+    y.backward(gy)
+    grads = {n: p.grad.detach().clone() for n, p in m.named_parameters()}
+    return y.detach(), x.grad.detach(), grads
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16, torch.float64])
+@pytest.mark.parametrize("op,lam", OPS)
+@pytest.mark.parametrize("grouping", list(SHAPES))
+def test_fast_equals_reference(grouping, op, lam, dtype):
+    rtol, atol = TOL[dtype]
+    for shape in SHAPES[grouping]:
+        torch.manual_seed(0)
+        x = (torch.randn(shape) * torch.randn(shape).exp() * 3 + 1).to(dtype)
+        gy = torch.randn(shape).to(dtype)
+        for learnable in (False, True):
+            fast = build(grouping, shape, op, lam, "auto", dtype, learnable)
+            ref = build(grouping, shape, op, lam, "reference", dtype, learnable)
+            yf, gxf, gpf = run(fast, x, gy)
+            yr, gxr, gpr = run(ref, x, gy)
+            scale = 1 + yr.float().abs().max()
+            torch.testing.assert_close(yf, yr, rtol=rtol, atol=atol * scale)
+            gscale = 1 + gxr.float().abs().max()
+            torch.testing.assert_close(gxf, gxr, rtol=rtol, atol=atol * gscale)
+            for n in gpr:
+                s = 1 + gpr[n].float().abs().max()
+                torch.testing.assert_close(gpf[n], gpr[n], rtol=rtol * 10, atol=atol * s * 10, msg=f"{n} {shape}")
+            for b in ("running_mean", "running_var", "running_mean_c", "running_var_c", "running_var_u"):
+                if hasattr(fast, b):
+                    torch.testing.assert_close(getattr(fast, b), getattr(ref, b), rtol=rtol, atol=atol)
+
+
+@pytest.mark.parametrize("order", ibnorm.ORDERS)
+def test_non_contiguous_input_and_order(order):
+    base = torch.randn(16, 40, 3).exp()
+    x = base.transpose(1, 2)  # (16, 3, 40), not contiguous
+    assert not x.is_contiguous()
+    gy = torch.randn(16, 3, 40)
+    f = build("layer", (1, 40), "tanh", 0.8, "auto", torch.float32, True, order)
+    r = build("layer", (1, 40), "tanh", 0.8, "reference", torch.float32, True, order)
+    for a, b in zip(run(f, x, gy)[:2], run(r, x, gy)[:2]):
+        torch.testing.assert_close(a, b, rtol=2e-5, atol=2e-5)
+
+
+@pytest.mark.parametrize("grouping", ["layer", "rms", "group", "batch2d"])
+@pytest.mark.parametrize("op,lam", OPS[:3])
+def test_fused_function_gradcheck(grouping, op, lam):
+    shape = SHAPES[grouping][0] if grouping != "layer" else (3, 4, 7)
+    shape = (3, 4, 7) if grouping == "rms" else shape
+    x = (torch.randn(shape, dtype=torch.float64).exp() * 2).requires_grad_(True)
+    m = build(grouping, shape, op, lam, "fused", torch.float64, learnable=True)
+    raw = m.strength_raw
+
+    def f(inp, *ps):
+        return torch.func.functional_call(m, {n: p for (n, _), p in zip(m.named_parameters(), ps)}, (inp,))
+
+    m.train()
+    assert torch.autograd.gradcheck(f, (x,) + tuple(m.parameters()), eps=1e-6, atol=1e-6)
+    assert raw is not None
+
+
+def saved_bytes(fn, x):
+    total = [0]
+
+    def pack(t):
+        total[0] += t.numel() * t.element_size() if t.data_ptr() != x.data_ptr() else 0
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        y = fn(x)
+    return total[0] + x.numel() * x.element_size(), y
+
+
+@pytest.mark.parametrize("op", ["power", "log", "tanh"])
+def test_fast_path_saves_no_more_than_layernorm(op):
+    x = torch.randn(512, 256, requires_grad=True)
+    ln_bytes, _ = saved_bytes(nn.LayerNorm(256), x)
+    fast_bytes, _ = saved_bytes(ibnorm.IBLayerNorm(256, compression=op, strength=0.7), x)
+    ref_bytes, _ = saved_bytes(ibnorm.IBLayerNorm(256, compression=op, strength=0.7, impl="reference"), x)
+    assert fast_bytes <= ln_bytes * 1.01 + 4096
+    assert ref_bytes > 3 * ln_bytes  # what the fused Function avoids
+
+
+def test_env_var_forces_reference(monkeypatch):
+    calls = []
+    import ibnorm.layers as L
+    real = L.fast_ib_norm
+    monkeypatch.setattr(L, "fast_ib_norm", lambda *a, **k: calls.append(1) or real(*a, **k))
+    m = ibnorm.IBLayerNorm(8)
+    m(torch.randn(2, 8))
+    assert calls == [1]
+    monkeypatch.setenv("IBNORM_IMPL", "reference")
+    m(torch.randn(2, 8))
+    assert calls == [1]
+    with pytest.raises(ValueError, match="impl must be"):
+        ibnorm.IBLayerNorm(8, impl="gpu")
+
+
+def test_convergence_parity_fast_vs_reference():
+    """A mini model trained with the fast path and with the reference ends at the same loss."""
+    def train(impl):
+        torch.manual_seed(0)
+        model = nn.Sequential(nn.Linear(16, 64), ibnorm.IBLayerNorm(64, compression="power", strength=0.7, impl=impl),
+                              nn.GELU(), nn.Linear(64, 64), ibnorm.IBRMSNorm(64, compression="tanh", impl=impl),
+                              nn.GELU(), nn.Linear(64, 4))
+        opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
+        g = torch.Generator().manual_seed(1)
+        w = torch.randn(16, 4, generator=g)
+        for _ in range(150):
+            x = torch.randn(64, 16, generator=g)
+            loss = nn.functional.cross_entropy(model(x), (x @ w).argmax(-1))
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+        return loss.item()
+
+    fast, ref = train("auto"), train("reference")
+    assert fast == pytest.approx(ref, rel=2e-3, abs=2e-3)
+    assert fast < 0.7  # and it did learn
