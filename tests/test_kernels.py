@@ -153,3 +153,37 @@ def test_convergence_parity_fast_vs_reference():
     fast, ref = train("auto"), train("reference")
     assert fast == pytest.approx(ref, rel=2e-3, abs=2e-3)
     assert fast < 0.7  # and it did learn
+
+
+def test_cpu_extension_builds_where_a_compiler_exists():
+    import shutil
+    from ibnorm.kernels import cpu
+    if shutil.which("c++") is None and shutil.which("g++") is None:
+        pytest.skip("no C++ compiler here: the fused path is used")
+    if torch.backends.cpu.get_cpu_capability() not in ("AVX2", "AVX512"):
+        pytest.skip("no vectorized build for this CPU")
+    assert cpu.load() is not None, cpu._failed
+    assert cpu.supports(torch.randn(4, 8), (1,), "tanh", 0.5, "compress_then_standardize")
+
+
+def test_fallback_when_the_extension_cannot_be_built(monkeypatch):
+    from ibnorm.kernels import cpu
+    import torch.utils.cpp_extension as ext
+
+    def broken(*a, **k):
+        raise OSError("no compiler")
+
+    monkeypatch.setattr(cpu, "_module", None)
+    monkeypatch.setattr(cpu, "_failed", None)
+    monkeypatch.setattr(ext, "load", broken)
+    x = torch.randn(6, 33).exp().requires_grad_(True)
+    m = ibnorm.IBLayerNorm(33, compression="log", strength=0.9)
+    with pytest.warns(UserWarning, match="could not be built"):
+        y = m(x)
+    assert cpu.load() is None and "no compiler" in cpu._failed
+    y.sum().backward()
+    ref = ibnorm.IBLayerNorm(33, compression="log", strength=0.9, impl="reference")
+    torch.testing.assert_close(y, ref(x))
+    monkeypatch.setattr(cpu, "_failed", None)
+    monkeypatch.setenv("IBNORM_CPU_EXT", "0")
+    assert cpu.load() is None and "IBNORM_CPU_EXT" in cpu._failed

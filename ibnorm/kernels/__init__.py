@@ -40,10 +40,13 @@ def fast_ib_norm(x: Tensor, dims: Sequence[int], centered: bool, eps: float, com
                  order: str, weight: Optional[Tensor], bias: Optional[Tensor], wview: Sequence[int]):
     """The fastest available implementation for this call: ``(y, stats)`` as :func:`fused_ib_norm`."""
     from . import cpu
-    if cpu.supports(x, dims, compression, strength, order):
-        y = cpu.ib_norm_rows(x, centered, eps, compression, strength, order, weight, bias)
-        if y is not None:
-            return y, None
+    group_shape = tuple(x.shape[d] for d in dims)
+    # The C++ kernel applies the affine map per element of a group: layer and RMS grouping.
+    if tuple(wview) == group_shape and cpu.supports(x, dims, compression, strength, order):
+        m = 1
+        for d in dims:
+            m *= x.shape[d]
+        return cpu.ib_norm_rows(x, centered, eps, compression, strength, order, weight, bias, m), None
     return fused_ib_norm(x, dims, centered, eps, compression, strength, order, weight, bias, wview)
 
 

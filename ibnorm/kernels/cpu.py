@@ -1,10 +1,107 @@
-"""C++ CPU kernel (placeholder until built): returns None so the fused Function is used."""
+"""The C++/OpenMP CPU kernel for last-dimension groups (layer and RMS grouping), float32 math.
+
+Built on first use with ``torch.utils.cpp_extension.load`` (cached in ``$TORCH_EXTENSIONS_DIR``, by
+default ``~/.cache/torch_extensions``), vectorized for the CPU capability torch reports (AVX-512 or
+AVX2). Without a compiler, on another CPU, or with ``IBNORM_CPU_EXT=0``, :func:`load` returns None
+and callers use :mod:`ibnorm.kernels.fused`. Half-precision inputs are converted to float32 for the
+kernel and the output converted back; the saved tensor is the original input.
+"""
 from __future__ import annotations
 
+import os
+import threading
+import warnings
+from pathlib import Path
+from typing import Optional
 
-def supports(x, dims, compression, strength, order) -> bool:
-    return False
+import torch
+from torch import Tensor
+
+from ..functional import COMPRESS_THEN_STANDARDIZE
+
+OP_CODES = {"power": 0, "log": 1, "tanh": 2, "none": 3}
+_FLAGS = {
+    "AVX512": ["-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512dq", "-mfma", "-DCPU_CAPABILITY_AVX512",
+               "-DCPU_CAPABILITY=AVX512"],
+    "AVX2": ["-mavx2", "-mfma", "-mf16c", "-DCPU_CAPABILITY_AVX2", "-DCPU_CAPABILITY=AVX2"],
+}
+_lock = threading.Lock()
+_module = None
+_failed: Optional[str] = None
 
 
-def ib_norm_rows(*args, **kwargs):
-    return None
+def load():
+    """The compiled extension, or None (with one warning saying why) when it cannot be had."""
+    global _module, _failed
+    if _module is not None or _failed is not None:
+        return _module
+    with _lock:
+        if _module is not None or _failed is not None:
+            return _module
+        if os.environ.get("IBNORM_CPU_EXT", "1") == "0":
+            _failed = "disabled by IBNORM_CPU_EXT=0"
+            return None
+        cap = torch.backends.cpu.get_cpu_capability()
+        if cap not in _FLAGS:
+            _failed = f"CPU capability {cap} has no vectorized build"
+            return None
+        try:
+            from torch.utils.cpp_extension import load as cpp_load
+            src = Path(__file__).with_name("csrc") / "ibnorm_cpu.cpp"
+            _module = cpp_load(name=f"ibnorm_cpu_{cap.lower()}", sources=[str(src)],
+                               extra_cflags=["-O3", "-fopenmp", *_FLAGS[cap]], extra_ldflags=["-fopenmp"],
+                               verbose=False)
+        except Exception as e:  # no compiler, no headers, a build error: fall back, say so once
+            _failed = f"{type(e).__name__}: {str(e)[:300]}"
+            warnings.warn(f"ibnorm: the C++ CPU kernel could not be built ({_failed}); using the PyTorch fused path")
+            return None
+    return _module
+
+
+def supports(x: Tensor, dims, compression: str, strength, order: str) -> bool:
+    """Last-dimension groups on CPU, float32/bfloat16/float16 input, and a built extension."""
+    if x.device.type != "cpu" or x.dtype not in (torch.float32, torch.bfloat16, torch.float16):
+        return False
+    if tuple(dims) != tuple(range(x.dim() - len(dims), x.dim())) or x.numel() == 0:
+        return False
+    return load() is not None
+
+
+class CPURowsFunction(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, weight, bias, lam_t, m, centered, eps, op, lam, cts):
+        ext = load()
+        x2 = x.reshape(-1, m).to(torch.float32).contiguous()
+        lam_v = float(lam_t) if lam_t is not None else (lam if lam is not None else 1.0)
+        w = weight.reshape(-1).float().contiguous() if weight is not None else None
+        b = bias.reshape(-1).float().contiguous() if bias is not None else None
+        y, stats = ext.forward(x2, w, b, lam_v, OP_CODES[op], centered, cts, eps)
+        ctx.save_for_backward(x, weight, lam_t, stats)
+        ctx.cfg = (m, centered, eps, op, lam_v, cts, bias is not None)
+        return y.reshape(x.shape).to(x.dtype)
+
+    @staticmethod
+    def backward(ctx, gy):
+        x, weight, lam_t, stats = ctx.saved_tensors
+        m, centered, eps, op, lam_v, cts, has_bias = ctx.cfg
+        ext = load()
+        need_dw = weight is not None and ctx.needs_input_grad[1]
+        need_db = has_bias and ctx.needs_input_grad[2]
+        need_dl = lam_t is not None and ctx.needs_input_grad[3]
+        w = weight.reshape(-1).float().contiguous() if weight is not None else None
+        gx, gw, gb, gl = ext.backward(gy.reshape(-1, m).to(torch.float32).contiguous(),
+                                      x.reshape(-1, m).to(torch.float32).contiguous(), w, stats, lam_v,
+                                      OP_CODES[op], centered, cts, eps, need_dw, need_db, need_dl)
+        gx = gx.reshape(x.shape).to(x.dtype)
+        gw = gw.reshape(weight.shape).to(weight.dtype) if need_dw else None
+        gb = gb.reshape(weight.shape if weight is not None else -1).to(x.dtype) if need_db else None
+        glam = gl.to(lam_t.dtype) if need_dl else None
+        return gx, gw, gb, glam, None, None, None, None, None, None
+
+
+def ib_norm_rows(x: Tensor, centered: bool, eps: float, compression: str, strength, order: str,
+                 weight: Optional[Tensor], bias: Optional[Tensor], m: int) -> Tensor:
+    lam_t = strength if isinstance(strength, Tensor) else None
+    lam = None if lam_t is not None else strength
+    return CPURowsFunction.apply(x, weight, bias, lam_t, m, centered, float(eps), compression, lam,
+                                 order == COMPRESS_THEN_STANDARDIZE)
