@@ -141,14 +141,14 @@ static inline double hsum(const Vec& v) {
   return s;
 }
 
-// Returns y [R, M] and per-row statistics [R, 6]: mu, r, m_c, k, v_c, v_u.
+// Returns y [R, M] and per-row statistics [R, 2]: mu, r (what nn.LayerNorm saves; the rest is recomputed).
 std::vector<at::Tensor> ib_forward(const at::Tensor& x, const c10::optional<at::Tensor>& weight,
                                    const c10::optional<at::Tensor>& bias, double lam_d, int64_t op, bool centered,
                                    bool cts, double eps_d) {
   TORCH_CHECK(x.dim() == 2 && x.scalar_type() == at::kFloat && x.is_contiguous(), "x must be contiguous float32 [R, M]");
   const int64_t R = x.size(0), M = x.size(1);
   auto y = at::empty_like(x);
-  auto stats = at::zeros({R, 6}, x.options());
+  auto stats = at::zeros({R, 2}, x.options());
   const float* X = x.data_ptr<float>();
   float* Y = y.data_ptr<float>();
   float* S = stats.data_ptr<float>();
@@ -231,8 +231,8 @@ std::vector<at::Tensor> ib_forward(const at::Tensor& x, const c10::optional<at::
           z.store(yr + j, n);
         }
       }
-      float* st = S + i * 6;
-      st[0] = muf; st[1] = r; st[2] = m_c; st[3] = k; st[4] = v_c; st[5] = v_u;
+      S[i * 2] = muf;
+      S[i * 2 + 1] = r;
     }
     (void)dummy;
   });
@@ -264,65 +264,71 @@ std::vector<at::Tensor> ib_backward(const at::Tensor& gy, const at::Tensor& x, c
     float* dw = dw_part.data_ptr<float>() + tid * M;
     float* db = db_part.data_ptr<float>() + tid * M;
     double dl_acc = 0;
-    std::vector<float> gu_buf(M), d_buf(M), ds_buf(M), dl_buf(need_dl_k ? M : 0);
+    std::vector<float> gu_buf(M), c_buf(M), ds_buf(M), dl_buf(need_dl_k ? M : 0);
+    const bool standardize = op != NONE && cts;
     for (int64_t i = begin; i < end; ++i) {
       const float* xr = X + i * M;
       const float* gr = G + i * M;
       float* gxr = GX + i * M;
-      const float* st = S + i * 6;
-      const float mu = st[0], r = st[1], m_c = st[2], k = st[3], v_c = st[4], v_u = st[5];
-      const Vec vmu(mu), vr(r), vmc(m_c), vk(k);
-      // Pass A: recompute u, s, s', ds/dlam; affine gradients; g_z sums (or g_u directly).
-      double G1 = 0, G2 = 0, SU = 0, SUU = 0;
-      Vec aG1(0.f), aG2(0.f), aSU(0.f), aSUU(0.f), aDL(0.f);
+      const float mu = S[i * 2], r = S[i * 2 + 1];
+      const Vec vmu(mu), vr(r);
+      // Pass A: recompute u, s, s', ds/dlam and the group sums of step 3; g_u directly when there is no step 3.
+      Vec aSU(0.f), aSUU(0.f), aDL(0.f), aUU(0.f), aC(0.f), aCC(0.f), aGZ(0.f), aGZC(0.f);
       for (int64_t j = 0; j < M; j += W) {
         int64_t n = std::min<int64_t>(W, M - j);
         Vec u = (Vec::loadu(xr + j, n) - vmu) * vr;
         Vec g = Vec::loadu(gr + j, n);
         Vec gz = Wt ? g * Vec::loadu(Wt + j, n) : g;
-        Vec z = u, ds(1.f), dlv(0.f), c = u;
+        Vec ds(1.f), dlv(0.f), c = u;
         if (op != NONE) {
           if (n == W) terms(op, u, lam, true, need_dl_k, c, ds, dlv);
           else {
             float ub[W], cb[W], dsb[W], dlb[W];
             u.store(ub, n);
             for (int64_t t = 0; t < n; ++t) { dlb[t] = 0.f; terms(op, ub[t], lam, true, need_dl_k, cb[t], dsb[t], dlb[t]); }
-            c = Vec::loadu(cb, n); ds = Vec::loadu(dsb, n); dlv = Vec::loadu(dlb, n);
+            for (int64_t t = n; t < W; ++t) { cb[t] = 0.f; dsb[t] = 0.f; dlb[t] = 0.f; }
+            c = Vec::loadu(cb); ds = Vec::loadu(dsb); dlv = Vec::loadu(dlb);
           }
         }
-        if (op == NONE || !cts) {
-          z = c;
+        if (!standardize) {
           Vec gu = gz * ds;
           gu.store(gu_buf.data() + j, n);
           aSU = aSU + gu;
           aSUU = aSUU + gu * u;
           if (need_dl_k) aDL = aDL + gz * dlv;
+          if (need_dw) (Vec::loadu(dw + j, n) + g * c).store(dw + j, n);
         } else {
-          Vec d = centered ? c - vmc : c;
-          z = d * vk;
-          d.store(d_buf.data() + j, n);
+          c.store(c_buf.data() + j, n);
           ds.store(ds_buf.data() + j, n);
           if (need_dl_k) dlv.store(dl_buf.data() + j, n);
           gz.store(gu_buf.data() + j, n);
-          aG1 = aG1 + gz;
-          aG2 = aG2 + gz * d;
+          aC = aC + c;
+          aCC = aCC + c * c;
+          aGZ = aGZ + gz;
+          aGZC = aGZC + gz * c;
         }
-        if (need_dw) (Vec::loadu(dw + j, n) + g * z).store(dw + j, n);
         if (need_db) (Vec::loadu(db + j, n) + g).store(db + j, n);
       }
-      if (need_dl_k && (op == NONE || !cts)) dl_acc += hsum(aDL);
-      if (op != NONE && cts) {
-        G1 = centered ? hsum(aG1) / M : 0.0;
-        G2 = hsum(aG2) / M;
-        const Vec vG1(static_cast<float>(G1)), kc(static_cast<float>(k * G2 / (v_c + eps))),
-            ku(static_cast<float>(k * G2 / (v_u + eps)));
-        // Pass B: g_c, g_u and their sums.
+      if (standardize) {
+        // Step 3's statistics, recomputed: m_c, v_c from c; v_u = mean(u^2) (the data form of var(u)).
+        double su2 = 0;
+        for (int64_t j = 0; j < M; ++j) { float u = (xr[j] - mu) * r; su2 += static_cast<double>(u) * u; }
+        const double m_c = centered ? hsum(aC) / M : 0.0;
+        const double v_c = std::max(hsum(aCC) / M - m_c * m_c, 0.0);
+        const double v_u = su2 / M;
+        const double k = std::sqrt((v_u + eps) / (v_c + eps));
+        const double G1 = centered ? hsum(aGZ) / M : 0.0;
+        const double G2 = hsum(aGZC) / M - m_c * G1;
+        const Vec vG1(static_cast<float>(G1)), vk(static_cast<float>(k)), vmc(static_cast<float>(m_c)),
+            kc(static_cast<float>(k * G2 / (v_c + eps))), ku(static_cast<float>(k * G2 / (v_u + eps)));
+        // Pass B: z for the weight gradient, g_c, g_u and their sums.
         Vec adl(0.f);
         for (int64_t j = 0; j < M; j += W) {
           int64_t n = std::min<int64_t>(W, M - j);
           Vec u = (Vec::loadu(xr + j, n) - vmu) * vr;
           Vec gz = Vec::loadu(gu_buf.data() + j, n);
-          Vec d = Vec::loadu(d_buf.data() + j, n);
+          Vec d = Vec::loadu(c_buf.data() + j, n) - vmc;
+          if (need_dw) (Vec::loadu(dw + j, n) + Vec::loadu(gr + j, n) * d * vk).store(dw + j, n);
           Vec gc = (gz - vG1) * vk - kc * d;
           Vec gu = gc * Vec::loadu(ds_buf.data() + j, n) + ku * u;
           if (need_dl_k) adl = adl + gc * Vec::loadu(dl_buf.data() + j, n);
@@ -332,9 +338,11 @@ std::vector<at::Tensor> ib_backward(const at::Tensor& gy, const at::Tensor& x, c
           aSUU = aSUU + gu * u;
         }
         if (need_dl_k) dl_acc += hsum(adl);
+      } else if (need_dl_k) {
+        dl_acc += hsum(aDL);
       }
-      SU = centered ? hsum(aSU) / M : 0.0;
-      SUU = hsum(aSUU) / M;
+      const double SU = centered ? hsum(aSU) / M : 0.0;
+      const double SUU = hsum(aSUU) / M;
       const Vec vSU(static_cast<float>(SU)), vSUU(static_cast<float>(SUU));
       // Pass C: the LayerNorm (RMSNorm) backward through u.
       for (int64_t j = 0; j < M; j += W) {

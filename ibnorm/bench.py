@@ -1,0 +1,218 @@
+"""``ibnorm bench``: time and memory of IBNorm against PyTorch's norms and the peers, as ratios.
+
+Every figure is a ratio to the PyTorch base norm measured in the same round (rounds interleave all
+candidates, and the median over rounds is reported), because the machines here are shared and noisy.
+Saved-activation bytes count every tensor autograd keeps for backward (unique storages, the input
+included). Bandwidth: the forward's bytes (read input, write output) over its time, next to a copy of
+the same bytes timed in the same round. The allocator setting in force is recorded: run with
+``MALLOC_MMAP_MAX_=0 MALLOC_TRIM_THRESHOLD_=17179869184`` so that page faults of fresh 32 MiB
+tensors do not dominate (see the README's benchmark section).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Callable
+
+import torch
+from torch import nn
+
+from .io import atomic_write_json, atomic_write_text
+
+OPS = (("power", 0.7), ("log", 0.7), ("tanh", 0.7))  # strengths off 0.5 and 1, which are special-cased fast
+ROW_SHAPES = ((8192, 768), (4096, 2048), (32768, 256))
+NCHW = (64, 64, 32, 32)
+
+
+def _candidates_rows(dim: int, dtype: torch.dtype) -> dict[str, nn.Module]:
+    import ibnorm
+    kw = dict(dtype=dtype)
+    c = {"nn.LayerNorm": nn.LayerNorm(dim, **kw), "nn.RMSNorm": nn.RMSNorm(dim, **kw),
+         "DyT": ibnorm.DynamicTanh(dim, **kw), "NormalNorm": ibnorm.LayerNormalNorm(dim, **kw)}
+    for op, lam in OPS:
+        c[f"IB-{op} ref"] = ibnorm.IBLayerNorm(dim, compression=op, strength=lam, impl="reference", **kw)
+        c[f"IB-{op} fast"] = ibnorm.IBLayerNorm(dim, compression=op, strength=lam, **kw)
+    return c
+
+
+def _candidates_nchw(ch: int, dtype: torch.dtype) -> dict[str, nn.Module]:
+    import ibnorm
+    kw = dict(dtype=dtype)
+    c = {"nn.BatchNorm2d": nn.BatchNorm2d(ch, **kw), "DyT": ibnorm.DynamicTanh(ch, channels_last=False, **kw),
+         "NormalNorm": ibnorm.BatchNormalNorm2d(ch, **kw)}
+    for op, lam in OPS:
+        c[f"IB-{op} ref"] = ibnorm.IBBatchNorm2d(ch, compression=op, strength=lam, impl="reference", **kw)
+        c[f"IB-{op} fast"] = ibnorm.IBBatchNorm2d(ch, compression=op, strength=lam, **kw)
+    return c
+
+
+def saved_bytes(module: nn.Module, x: torch.Tensor) -> int:
+    seen: dict[int, int] = {}
+
+    def pack(t):
+        st = t.untyped_storage()
+        seen[st.data_ptr()] = st.nbytes()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        module(x.detach().requires_grad_(True))
+    return sum(seen.values())
+
+
+def _time(fn: Callable[[], None]) -> float:
+    t = time.perf_counter()
+    fn()
+    return time.perf_counter() - t
+
+
+def measure(cands: dict[str, nn.Module], x: torch.Tensor, base: str, rounds: int) -> dict:
+    grad = torch.randn_like(x)
+    xg = x.detach().requires_grad_(True)
+    out = torch.empty_like(x)
+
+    def fwd(m):
+        with torch.no_grad():
+            m(x)
+
+    def fwdbwd(m):
+        y = m(xg)
+        y.backward(grad)
+        xg.grad = None
+        for p in m.parameters():
+            p.grad = None
+
+    for m in cands.values():  # warm-up: builds, caches, first-touch of the buffers
+        fwd(m)
+        fwdbwd(m)
+    t_f = {k: [] for k in cands}
+    t_fb = {k: [] for k in cands}
+    t_copy = []
+    for _ in range(rounds):
+        t_copy.append(_time(lambda: out.copy_(x)))
+        for k, m in cands.items():
+            t_f[k].append(_time(lambda: fwd(m)))
+            t_fb[k].append(_time(lambda: fwdbwd(m)))
+    nbytes = 2 * x.numel() * x.element_size()
+    base_saved = saved_bytes(cands[base], x)
+    res = {}
+    for k, m in cands.items():
+        sb = saved_bytes(m, x)
+        res[k] = {
+            "fwd_ms": 1e3 * statistics.median(t_f[k]), "fwdbwd_ms": 1e3 * statistics.median(t_fb[k]),
+            "fwd_ratio": statistics.median(a / b for a, b in zip(t_f[k], t_f[base])),
+            "fwdbwd_ratio": statistics.median(a / b for a, b in zip(t_fb[k], t_fb[base])),
+            "saved_bytes": sb, "saved_ratio": sb / base_saved,
+            "fwd_GBps": nbytes / statistics.median(t_f[k]) / 1e9,
+        }
+    res["_copy"] = {"GBps": nbytes / statistics.median(t_copy) / 1e9, "ms": 1e3 * statistics.median(t_copy)}
+    return res
+
+
+def training_step_ratio(model: str, norm: str, rounds: int) -> dict:
+    from .models import build_model
+    torch.manual_seed(0)
+    m, _ = build_model(model, norm)
+    opt = torch.optim.AdamW(m.parameters(), lr=1e-4)
+    if model.startswith(("gpt2", "llama")):
+        x = torch.randint(0, 256, (16, 128))
+        kw = {"input_ids": x, "labels": x}
+    else:
+        kw = {"pixel_values": torch.randn(64, 1, 28, 28), "labels": torch.randint(0, 10, (64,))}
+
+    def step():
+        loss = m(**kw).loss
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+
+    step()
+    return [_time(step) for _ in range(rounds)]
+
+
+def run(rounds: int, quick: bool) -> dict:
+    torch.manual_seed(0)
+    results = {"rows": {}, "nchw": {}, "train_step": {}}
+    shapes = ROW_SHAPES[:1] if quick else ROW_SHAPES
+    for dtype in (torch.float32, torch.bfloat16):
+        for shape in shapes:
+            x = torch.randn(shape).to(dtype)
+            key = f"{shape[0]}x{shape[1]} {str(dtype).replace('torch.', '')}"
+            results["rows"][key] = measure(_candidates_rows(shape[1], dtype), x, "nn.LayerNorm", rounds)
+            print(f"bench: {key} done", file=sys.stderr)
+    x = torch.randn(NCHW)
+    results["nchw"]["x".join(map(str, NCHW)) + " float32"] = measure(_candidates_nchw(NCHW[1], torch.float32), x,
+                                                                     "nn.BatchNorm2d", rounds)
+    print("bench: NCHW done", file=sys.stderr)
+    for model in ("gpt2-mini", "vit-mini"):
+        norms = ["base"] + [f"ib_{op}:strength={lam}" for op, lam in OPS]
+        times = {n: [] for n in norms}
+        for _ in range(max(2, rounds // 3)):  # interleave the models so drift hits all alike
+            for n in norms:
+                times[n] += training_step_ratio(model, n, 3)
+        base = statistics.median(times["base"])
+        results["train_step"][model] = {n: {"ms": 1e3 * statistics.median(t), "ratio": statistics.median(t) / base}
+                                        for n, t in times.items()}
+        print(f"bench: {model} training step done", file=sys.stderr)
+    return results
+
+
+def to_markdown(res: dict, command: str) -> str:
+    lines = ["# Norm benchmarks (CPU)", "", f"Regenerate: `{command}`", "",
+             f"torch {res['environment']['torch']}, {res['environment']['threads']} threads, "
+             f"{res['environment']['cpu']}; allocator: {res['environment']['malloc']}. Ratios are to the PyTorch base "
+             "norm timed in the same round (median over rounds); lower is better.", ""]
+    for section, base in (("rows", "nn.LayerNorm"), ("nchw", "nn.BatchNorm2d")):
+        for key, r in res[section].items():
+            lines += [f"## {key} (base: {base}; copy of the same bytes: {r['_copy']['GBps']:.1f} GB/s)", "",
+                      "| layer | fwd ms | fwd ratio | fwd+bwd ms | fwd+bwd ratio | saved MB | saved ratio | fwd GB/s |",
+                      "|---|---|---|---|---|---|---|---|"]
+            for name, v in r.items():
+                if name.startswith("_"):
+                    continue
+                lines.append(f"| {name} | {v['fwd_ms']:.1f} | {v['fwd_ratio']:.2f} | {v['fwdbwd_ms']:.1f} | "
+                             f"{v['fwdbwd_ratio']:.2f} | {v['saved_bytes'] / 2**20:.1f} | {v['saved_ratio']:.2f} | "
+                             f"{v['fwd_GBps']:.1f} |")
+            lines.append("")
+    lines += ["## Training step (fast path), ratio to the base-norm model", "", "| model | norm | ms/step | ratio |",
+              "|---|---|---|---|"]
+    for model, r in res["train_step"].items():
+        for n, v in r.items():
+            lines.append(f"| {model} | {n} | {v['ms']:.0f} | {v['ratio']:.2f} |")
+    return "\n".join(lines) + "\n"
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    import shlex
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    res = run(args.rounds, args.quick)
+    res["environment"] = {"torch": torch.__version__, "threads": torch.get_num_threads(),
+                          "cpu": platform.processor() or platform.machine(),
+                          "capability": torch.backends.cpu.get_cpu_capability(),
+                          "malloc": "MALLOC_MMAP_MAX_=%s MALLOC_TRIM_THRESHOLD_=%s" % (
+                              os.environ.get("MALLOC_MMAP_MAX_", "default"),
+                              os.environ.get("MALLOC_TRIM_THRESHOLD_", "default"))}
+    command = " ".join(f"{k}={os.environ[k]}" for k in ("MALLOC_MMAP_MAX_", "MALLOC_TRIM_THRESHOLD_") if k in os.environ)
+    command = (command + " " if command else "") + "ibnorm " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+    res["command"] = command
+    out = Path(args.out)
+    atomic_write_json(out / "norms_cpu.json", res)
+    md = to_markdown(res, command)
+    atomic_write_text(out / "norms_cpu.md", md)
+    print(md)
+    return 0
+
+
+def add_bench_parser(sub) -> None:
+    p = sub.add_parser("bench", help="time and memory of IBNorm vs PyTorch norms and peers (ratios)")
+    p.add_argument("--rounds", type=int, default=9)
+    p.add_argument("--threads", type=int, default=0)
+    p.add_argument("--quick", action="store_true", help="one row shape only")
+    p.add_argument("--out", default="benchmarks/results")
+    p.set_defaults(fn=cmd_bench)
