@@ -2,6 +2,7 @@
 
 - :mod:`ibnorm.kernels.fused`: one autograd Function for every grouping (hand-derived backward,
   saves only the input and per-group statistics), plain PyTorch ops;
+- :mod:`ibnorm.kernels.triton_rows`: Triton kernels for the same groups on CUDA (when ``triton`` is installed);
 - :mod:`ibnorm.kernels.cpu`: a C++/OpenMP kernel for last-dimension groups (layer and RMS grouping)
   in float32, built on first use with ``torch.utils.cpp_extension``; when the compiler or the build is
   missing the fused Function is used instead.
@@ -39,13 +40,16 @@ def use_fast_path(impl: str) -> bool:
 def fast_ib_norm(x: Tensor, dims: Sequence[int], centered: bool, eps: float, compression: str, strength,
                  order: str, weight: Optional[Tensor], bias: Optional[Tensor], wview: Sequence[int]):
     """The fastest available implementation for this call: ``(y, stats)`` as :func:`fused_ib_norm`."""
-    from . import cpu
+    from . import cpu, triton_rows
     group_shape = tuple(x.shape[d] for d in dims)
-    # The C++ kernel applies the affine map per element of a group: layer and RMS grouping.
-    if tuple(wview) == group_shape and cpu.supports(x, dims, compression, strength, order):
-        m = 1
-        for d in dims:
-            m *= x.shape[d]
+    m = 1
+    for d in group_shape:
+        m *= d
+    # The row kernels apply the affine map per element of a group: layer and RMS grouping.
+    rows = tuple(wview) == group_shape and tuple(dims) == tuple(range(x.dim() - len(dims), x.dim()))
+    if rows and triton_rows.supports(x):
+        return triton_rows.ib_norm_rows(x, centered, eps, compression, strength, order, weight, bias, m), None
+    if rows and cpu.supports(x, dims, compression, strength, order):
         return cpu.ib_norm_rows(x, centered, eps, compression, strength, order, weight, bias, m), None
     return fused_ib_norm(x, dims, centered, eps, compression, strength, order, weight, bias, wview)
 

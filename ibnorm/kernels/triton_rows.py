@@ -1,0 +1,229 @@
+"""Triton kernels for last-dimension groups (layer and RMS grouping) on CUDA, forward and backward.
+
+One program per row (``BLOCK >= M``, the whole row in registers), like Liger-Kernel's LayerNorm;
+the backward recomputes ``u``, ``c`` and step 3's statistics from the input and the saved
+``(mean, rstd)``, and accumulates the affine and strength gradients per program. The math is the
+one derived in :mod:`ibnorm.kernels.fused`. Correctness is tested on CPU with ``TRITON_INTERPRET=1``
+(``tests/test_triton.py``, skipped without the ``triton`` package); it is never required by CI.
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+from torch import Tensor
+
+try:
+    import triton
+    import triton.language as tl
+    HAVE_TRITON = True
+except ImportError:  # pragma: no cover - optional dependency
+    HAVE_TRITON = False
+
+OP_CODES = {"power": 0, "log": 1, "tanh": 2, "none": 3}
+
+if HAVE_TRITON:
+    @triton.jit
+    def _log1p(a):
+        v = 1.0 + a
+        return tl.where(v == 1.0, a, tl.log(v) * a / (v - 1.0))
+
+    @triton.jit
+    def _expm1(t):
+        series = t * (1.0 + t * (0.5 + t * (1.0 / 6.0 + t * (1.0 / 24.0))))
+        return tl.where(tl.abs(t) < 1e-2, series, tl.exp(t) - 1.0)
+
+    @triton.jit
+    def _tanh(y):
+        a = tl.abs(y)
+        big = 1.0 - 2.0 / (tl.exp(2.0 * a) + 1.0)
+        z = a * a
+        series = a * (1.0 + z * (-1.0 / 3.0 + z * (2.0 / 15.0 + z * (-17.0 / 315.0))))
+        t = tl.where(a < 0.05, series, big)
+        return tl.where(y < 0, -t, t)
+
+    @triton.jit
+    def _terms(u, lam, OP: tl.constexpr):
+        """s(u), s'(u), ds/dlam(u)."""
+        a = tl.abs(u)
+        sgn = tl.where(u < 0, -1.0, 1.0)
+        if OP == 0:
+            L = _log1p(a)
+            em1 = _expm1(lam * L)
+            s = sgn * em1 / lam
+            ds = (em1 + 1.0) / (1.0 + a)
+            dl = sgn * (L * (em1 + 1.0) / lam - em1 / (lam * lam))
+        elif OP == 1:
+            la = lam * a
+            lq = _log1p(la)
+            s = sgn * lq / lam
+            ds = 1.0 / (1.0 + la)
+            dl = sgn * (a * ds / lam - lq / (lam * lam))
+        elif OP == 2:
+            t = _tanh(lam * u)
+            s = t / lam
+            ds = 1.0 - t * t
+            dl = u * ds / lam - t / (lam * lam)
+        else:
+            s = u
+            ds = u * 0.0 + 1.0
+            dl = u * 0.0
+        return s, ds, dl
+
+    @triton.jit
+    def _fwd_kernel(X, Y, Wt, Bs, Mean, Rstd, stride, M, lam, eps, OP: tl.constexpr, CENTERED: tl.constexpr,
+                    CTS: tl.constexpr, HAS_W: tl.constexpr, HAS_B: tl.constexpr, BLOCK: tl.constexpr):
+        row = tl.program_id(0)
+        cols = tl.arange(0, BLOCK)
+        mask = cols < M
+        x = tl.load(X + row * stride + cols, mask=mask, other=0.0).to(tl.float32)
+        if CENTERED:
+            mu = tl.sum(x, axis=0) / M
+        else:
+            mu = 0.0
+        xc = tl.where(mask, x - mu, 0.0)
+        var = tl.sum(xc * xc, axis=0) / M
+        r = 1.0 / tl.sqrt(var + eps)
+        u = xc * r
+        if OP == 3:
+            z = u
+        else:
+            c, _, _ = _terms(u, lam, OP)
+            c = tl.where(mask, c, 0.0)
+            if CTS:
+                if CENTERED:
+                    m_c = tl.sum(c, axis=0) / M
+                else:
+                    m_c = 0.0
+                d = tl.where(mask, c - m_c, 0.0)
+                v_c = tl.sum(d * d, axis=0) / M
+                v_u = tl.sum(u * u, axis=0) / M
+                z = d * tl.sqrt((v_u + eps) / (v_c + eps))
+            else:
+                z = c
+        if HAS_W:
+            z = z * tl.load(Wt + cols, mask=mask, other=0.0).to(tl.float32)
+        if HAS_B:
+            z = z + tl.load(Bs + cols, mask=mask, other=0.0).to(tl.float32)
+        tl.store(Y + row * stride + cols, z.to(Y.dtype.element_ty), mask=mask)
+        tl.store(Mean + row, mu)
+        tl.store(Rstd + row, r)
+
+    @triton.jit
+    def _bwd_kernel(X, G, GX, Wt, Mean, Rstd, DW, DB, DL, stride, M, R, rows_per_prog, lam, eps,
+                    OP: tl.constexpr, CENTERED: tl.constexpr, CTS: tl.constexpr, HAS_W: tl.constexpr,
+                    BLOCK: tl.constexpr):
+        pid = tl.program_id(0)
+        cols = tl.arange(0, BLOCK)
+        mask = cols < M
+        dw = tl.zeros((BLOCK,), dtype=tl.float32)
+        db = tl.zeros((BLOCK,), dtype=tl.float32)
+        dl_acc = tl.zeros((BLOCK,), dtype=tl.float32)
+        if HAS_W:
+            w = tl.load(Wt + cols, mask=mask, other=0.0).to(tl.float32)
+        else:
+            w = tl.where(mask, 1.0, 0.0)
+        for i in range(0, rows_per_prog):
+            row = pid * rows_per_prog + i
+            if row < R:
+                x = tl.load(X + row * stride + cols, mask=mask, other=0.0).to(tl.float32)
+                g = tl.load(G + row * stride + cols, mask=mask, other=0.0).to(tl.float32)
+                mu = tl.load(Mean + row)
+                r = tl.load(Rstd + row)
+                u = tl.where(mask, (x - mu) * r, 0.0)
+                gz = g * w
+                if OP == 3:
+                    z = u
+                    gu = gz
+                else:
+                    c, ds, dlam = _terms(u, lam, OP)
+                    c = tl.where(mask, c, 0.0)
+                    if CTS:
+                        if CENTERED:
+                            m_c = tl.sum(c, axis=0) / M
+                            G1 = tl.sum(gz, axis=0) / M
+                        else:
+                            m_c = 0.0
+                            G1 = 0.0
+                        d = tl.where(mask, c - m_c, 0.0)
+                        v_c = tl.sum(d * d, axis=0) / M
+                        v_u = tl.sum(u * u, axis=0) / M
+                        k = tl.sqrt((v_u + eps) / (v_c + eps))
+                        z = d * k
+                        G2 = tl.sum(gz * d, axis=0) / M
+                        gc = (gz - G1) * k - (k * G2 / (v_c + eps)) * d
+                        gu = gc * ds + (k * G2 / (v_u + eps)) * u
+                        dl_acc += tl.where(mask, gc * dlam, 0.0)
+                    else:
+                        z = c
+                        gu = gz * ds
+                        dl_acc += tl.where(mask, gz * dlam, 0.0)
+                gu = tl.where(mask, gu, 0.0)
+                if CENTERED:
+                    su = tl.sum(gu, axis=0) / M
+                else:
+                    su = 0.0
+                suu = tl.sum(gu * u, axis=0) / M
+                gx = (gu - su - u * suu) * r
+                tl.store(GX + row * stride + cols, gx.to(GX.dtype.element_ty), mask=mask)
+                dw += g * z
+                db += g
+        tl.store(DW + pid * M + cols, dw, mask=mask)
+        tl.store(DB + pid * M + cols, db, mask=mask)
+        tl.store(DL + pid, tl.sum(dl_acc, axis=0))
+
+
+class TritonRowsFunction(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, weight, bias, lam_t, m, centered, eps, op, lam, cts):
+        x2 = x.reshape(-1, m).contiguous()
+        R = x2.shape[0]
+        y = torch.empty_like(x2)
+        mean = torch.empty(R, device=x.device, dtype=torch.float32)
+        rstd = torch.empty(R, device=x.device, dtype=torch.float32)
+        lam_v = float(lam_t) if lam_t is not None else (lam if lam is not None else 1.0)
+        block = triton.next_power_of_2(m)
+        w = weight.reshape(-1) if weight is not None else x2
+        b = bias.reshape(-1) if bias is not None else x2
+        _fwd_kernel[(R,)](x2, y, w, b, mean, rstd, x2.stride(0), m, lam_v, eps, OP=OP_CODES[op],
+                          CENTERED=centered, CTS=cts, HAS_W=weight is not None, HAS_B=bias is not None, BLOCK=block)
+        ctx.save_for_backward(x, weight, lam_t, mean, rstd)
+        ctx.cfg = (m, centered, eps, op, lam_v, cts, bias is not None)
+        return y.reshape(x.shape)
+
+    @staticmethod
+    def backward(ctx, gy):
+        x, weight, lam_t, mean, rstd = ctx.saved_tensors
+        m, centered, eps, op, lam_v, cts, has_bias = ctx.cfg
+        x2 = x.reshape(-1, m).contiguous()
+        g2 = gy.reshape(-1, m).contiguous()
+        R = x2.shape[0]
+        n_prog = min(R, 4 * (torch.cuda.get_device_properties(x.device).multi_processor_count
+                             if x.is_cuda else 2))
+        rows_per_prog = (R + n_prog - 1) // n_prog
+        gx = torch.empty_like(x2)
+        dw = torch.empty(n_prog, m, device=x.device, dtype=torch.float32)
+        db = torch.empty(n_prog, m, device=x.device, dtype=torch.float32)
+        dl = torch.empty(n_prog, device=x.device, dtype=torch.float32)
+        w = weight.reshape(-1) if weight is not None else x2
+        _bwd_kernel[(n_prog,)](x2, g2, gx, w, mean, rstd, dw, db, dl, x2.stride(0), m, R, rows_per_prog, lam_v, eps,
+                               OP=OP_CODES[op], CENTERED=centered, CTS=cts, HAS_W=weight is not None,
+                               BLOCK=triton.next_power_of_2(m))
+        gw = dw.sum(0).reshape(weight.shape).to(weight.dtype) if weight is not None and ctx.needs_input_grad[1] else None
+        gb = db.sum(0).reshape(weight.shape if weight is not None else -1).to(x.dtype) \
+            if has_bias and ctx.needs_input_grad[2] else None
+        glam = dl.sum().to(lam_t.dtype) if lam_t is not None and ctx.needs_input_grad[3] else None
+        return gx.reshape(x.shape), gw, gb, glam, None, None, None, None, None, None
+
+
+def supports(x: Tensor) -> bool:
+    return HAVE_TRITON and x.is_cuda and x.dtype in (torch.float32, torch.bfloat16, torch.float16)
+
+
+def ib_norm_rows(x: Tensor, centered: bool, eps: float, compression: str, strength, order: str,
+                 weight: Optional[Tensor], bias: Optional[Tensor], m: int) -> Tensor:
+    from ..functional import COMPRESS_THEN_STANDARDIZE
+    lam_t = strength if isinstance(strength, Tensor) else None
+    lam = None if lam_t is not None else strength
+    return TritonRowsFunction.apply(x, weight, bias, lam_t, m, centered, float(eps), compression, lam,
+                                    order == COMPRESS_THEN_STANDARDIZE)
