@@ -136,6 +136,16 @@ def check_trailing(x: Tensor, shape: tuple[int, ...]) -> None:
         raise ValueError(f"input must end with normalized_shape {list(shape)}; got input of shape {list(x.shape)}")
 
 
+def _ib_last_dims(x: Tensor, normalized_shape, weight: Optional[Tensor], bias: Optional[Tensor], eps: float,
+                  centered: bool, compression: str, strength: Optional[Strength], order: str) -> Tensor:
+    shape = _normalized_shape(normalized_shape)
+    check_trailing(x, shape)
+    check_order(order)
+    dims = tuple(range(x.dim() - len(shape), x.dim()))
+    z, _ = ib_core(x.to(compute_dtype(x.dtype)), dims, centered, eps, compression, strength, order)
+    return _affine(z, weight, bias, shape).to(x.dtype)
+
+
 def ib_layer_norm(
     x: Tensor,
     normalized_shape: Union[int, Sequence[int]],
@@ -147,13 +157,7 @@ def ib_layer_norm(
     order: str = COMPRESS_THEN_STANDARDIZE,
 ) -> Tensor:
     """IBNorm with LayerNorm's grouping: each group is the last ``len(normalized_shape)`` dims."""
-    shape = _normalized_shape(normalized_shape)
-    check_trailing(x, shape)
-    check_order(order)
-    dims = tuple(range(x.dim() - len(shape), x.dim()))
-    xc = x.to(compute_dtype(x.dtype))
-    z, _ = ib_core(xc, dims, True, eps, compression, strength, order)
-    return _affine(z, weight, bias, shape).to(x.dtype)
+    return _ib_last_dims(x, normalized_shape, weight, bias, eps, True, compression, strength, order)
 
 
 def ib_rms_norm(
@@ -166,15 +170,9 @@ def ib_rms_norm(
     order: str = COMPRESS_THEN_STANDARDIZE,
 ) -> Tensor:
     """IBNorm with RMSNorm's grouping (no centering). ``eps=None`` means ``finfo(input dtype).eps``, as ``nn.RMSNorm``."""
-    shape = _normalized_shape(normalized_shape)
-    check_trailing(x, shape)
-    check_order(order)
-    if eps is None:
+    if eps is None and isinstance(x, Tensor) and x.is_floating_point():
         eps = torch.finfo(x.dtype).eps
-    dims = tuple(range(x.dim() - len(shape), x.dim()))
-    xc = x.to(compute_dtype(x.dtype))
-    z, _ = ib_core(xc, dims, False, eps, compression, strength, order)
-    return _affine(z, weight, None, shape).to(x.dtype)
+    return _ib_last_dims(x, normalized_shape, weight, None, eps, False, compression, strength, order)
 
 
 def ib_group_norm(

@@ -28,7 +28,7 @@ from typing import Optional, Sequence
 import torch
 from torch import Tensor, nn
 
-from .functional import compute_dtype
+from .functional import check_trailing, compute_dtype
 from .layers import _check_eps, _check_positive_int, _shape_t, _to_shape
 
 NEWTON_MIN_CURVATURE = 1e-2
@@ -120,8 +120,7 @@ class LayerNormalNorm(nn.Module):
 
     def forward(self, input: Tensor) -> Tensor:
         shape = self.normalized_shape
-        if input.dim() < len(shape) or tuple(input.shape[-len(shape):]) != shape:
-            raise ValueError(f"input must end with normalized_shape {list(shape)}; got {list(input.shape)}")
+        check_trailing(input, shape)
         dims = tuple(range(input.dim() - len(shape), input.dim()))
         x = input.to(compute_dtype(input.dtype))
         var, mean = torch.var_mean(x, dim=dims, correction=0, keepdim=True)

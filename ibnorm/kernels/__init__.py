@@ -17,6 +17,7 @@ from typing import Optional, Sequence
 
 from torch import Tensor
 
+from ..functional import COMPRESS_THEN_STANDARDIZE
 from .fused import IBNormFunction, fused_ib_norm
 
 IMPLS = ("auto", "fused", "reference")
@@ -47,10 +48,17 @@ def fast_ib_norm(x: Tensor, dims: Sequence[int], centered: bool, eps: float, com
         m *= d
     # The row kernels apply the affine map per element of a group: layer and RMS grouping.
     rows = tuple(wview) == group_shape and tuple(dims) == tuple(range(x.dim() - len(dims), x.dim()))
+    kernel = None
     if rows and triton_rows.supports(x):
-        return triton_rows.ib_norm_rows(x, centered, eps, compression, strength, order, weight, bias, m), None
-    if rows and cpu.supports(x, dims, compression, strength, order):
-        return cpu.ib_norm_rows(x, centered, eps, compression, strength, order, weight, bias, m), None
+        kernel = triton_rows.TritonRowsFunction
+    elif rows and cpu.supports(x, dims, compression, strength, order):
+        kernel = cpu.CPURowsFunction
+    if kernel is not None:
+        lam_t = strength if isinstance(strength, Tensor) else None
+        lam = None if lam_t is not None else strength
+        y = kernel.apply(x, weight, bias, lam_t, m, centered, float(eps), compression, lam,
+                         order == COMPRESS_THEN_STANDARDIZE)
+        return y, None
     return fused_ib_norm(x, dims, centered, eps, compression, strength, order, weight, bias, wview)
 
 

@@ -17,7 +17,6 @@ from typing import Optional
 import torch
 from torch import Tensor
 
-from ..functional import COMPRESS_THEN_STANDARDIZE
 
 OP_CODES = {"power": 0, "log": 1, "tanh": 2, "none": 3}
 _FLAGS = {
@@ -97,11 +96,3 @@ class CPURowsFunction(torch.autograd.Function):
         gb = gb.reshape(weight.shape if weight is not None else -1).to(x.dtype) if need_db else None
         glam = gl.to(lam_t.dtype) if need_dl else None
         return gx, gw, gb, glam, None, None, None, None, None, None
-
-
-def ib_norm_rows(x: Tensor, centered: bool, eps: float, compression: str, strength, order: str,
-                 weight: Optional[Tensor], bias: Optional[Tensor], m: int) -> Tensor:
-    lam_t = strength if isinstance(strength, Tensor) else None
-    lam = None if lam_t is not None else strength
-    return CPURowsFunction.apply(x, weight, bias, lam_t, m, centered, float(eps), compression, lam,
-                                 order == COMPRESS_THEN_STANDARDIZE)

@@ -218,12 +218,3 @@ class TritonRowsFunction(torch.autograd.Function):
 
 def supports(x: Tensor) -> bool:
     return HAVE_TRITON and x.is_cuda and x.dtype in (torch.float32, torch.bfloat16, torch.float16)
-
-
-def ib_norm_rows(x: Tensor, centered: bool, eps: float, compression: str, strength, order: str,
-                 weight: Optional[Tensor], bias: Optional[Tensor], m: int) -> Tensor:
-    from ..functional import COMPRESS_THEN_STANDARDIZE
-    lam_t = strength if isinstance(strength, Tensor) else None
-    lam = None if lam_t is not None else strength
-    return TritonRowsFunction.apply(x, weight, bias, lam_t, m, centered, float(eps), compression, lam,
-                                    order == COMPRESS_THEN_STANDARDIZE)
