@@ -209,6 +209,9 @@ def train(cfg: TrainConfig, out_dir: str | Path) -> dict:
     if task.kind == "lm":
         overrides.update(vocab_size=task.vocab_size, context=cfg.context)
     model, report = build_model(cfg.model, cfg.norm, **overrides)
+    if report.total:
+        from .kernels import cpu
+        cpu.load()  # a first-use build of the C++ kernel must not count as training time
     # Checkpoints hold the single-process layout, so a run resumes under any world size.
     own_keys = set(model.state_dict())
     model.to(dist.device)
