@@ -129,3 +129,26 @@ def test_interrupted_sweep_loses_no_finished_run(tmp_path, monkeypatch):
     table = sweep.summarize(results, tmp_path / "res", "t", "cmd")
     assert "| ib_log |" in table and (tmp_path / "res" / "runs.csv").read_text().count("\n") == 4
     assert (tmp_path / "res" / "curves_resnet-mini.png").stat().st_size > 1000
+
+
+def test_ablation_grids():
+    assert sweep.ablation_norms("order", ["ib_tanh"]) == ["base", "ib_tanh", "ib_tanh:order=standardize_then_compress"]
+    assert sweep.ablation_norms("affine", ["ib_log"]) == ["base", "base:affine=0", "ib_log", "ib_log:affine=0"]
+    assert "ib_power:strength=1.0" in sweep.ablation_norms("strength", ["ib_power"])
+    with pytest.raises(ValueError, match="ablation"):
+        sweep.ablation_norms("depth")
+
+
+@needs_fashion
+def test_ablate_cli_runs_and_reports(tmp_path, capsys):
+    from ibnorm.cli import main
+    rc = main(["ablate", "affine", "--models", "resnet-mini", "--ops", "ib_tanh", "--steps", "2", "--eval-every", "2",
+               "--eval-examples", "64", "--train-subset", "128", "--batch-size", "8", "--width", "8",
+               "--warmup-steps", "1", "--no-progress", "--results-dir", str(tmp_path / "res"),
+               "--runs-dir", str(tmp_path / "runs")])
+    assert rc == 0
+    out = capsys.readouterr().out
+    for norm in ("| base |", "| base:affine=0 |", "| ib_tanh |", "| ib_tanh:affine=0 |"):
+        assert norm in out
+    runs = json.loads(next((tmp_path / "res" / "runs").glob("*ib_tanh__affine-0*")).read_text())
+    assert runs["norms"]["into"] == ["IBBatchNorm2d"]
