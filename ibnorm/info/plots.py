@@ -71,7 +71,7 @@ def layer_bars(runs: dict[str, list[dict]], path: Path) -> None:
     ax2.set_xticks(range(len(layers)))
     ax2.set_xticklabels([f"{ix}" for ix, _ in layers])
     ax2.set_xlabel("layer index (norm layers in forward order; last = penultimate features)")
-    ax1.legend(fontsize=7)
+    ax1.legend(fontsize=7, ncol=len(names), loc="lower center", bbox_to_anchor=(0.5, 1.0), frameon=False)
     for ax in (ax1, ax2):
         ax.grid(alpha=0.3, axis="y")
     fig.tight_layout()
