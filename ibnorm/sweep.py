@@ -1,8 +1,8 @@
 """Grids of training runs (models x norms x seeds): ``compare`` and the paper's three ablations.
 
 Each run trains in ``runs/<grid>/<model>/<norm>/seed<k>`` (checkpoints, resumable; not committed) and
-its result JSON is copied to ``results/<grid>/runs/`` (small, committed). Finished runs are skipped,
-unfinished ones resume. The summary is ``runs.csv``, ``table.md`` (mean +- std over seeds, and the
+its result JSON is copied to ``results/<grid>/runs/`` (small, committed). Runs finished in ``runs/`` are
+skipped, unfinished ones resume; a fresh clone (no ``runs/``) trains every run again and rewrites the results. The summary is ``runs.csv``, ``table.md`` (mean +- std over seeds, and the
 paired difference of each norm against the family's base norm with its spread) and one PNG of
 validation curves per model.
 """
@@ -84,15 +84,11 @@ def run_grid(name: str, preset: GridPreset, results_dir: Path, runs_dir: Path, p
     results = []
     t0 = time.time()
     for i, (model, norm, seed) in enumerate(grid, 1):
-        saved = results_dir / "runs" / f"{model}__{slug(norm)}__s{seed}.json"
-        cfg = run_config(preset, model, norm, seed, progress=progress, **overrides)
-        if saved.exists():
-            result = json.loads(saved.read_text())
-            state = "done"
-        else:
-            result = train(cfg, runs_dir / model / slug(norm) / f"seed{seed}")
-            atomic_write_json(saved, result)
-            state = "trained"
+        run_dir = runs_dir / model / slug(norm) / f"seed{seed}"
+        state = "done" if (run_dir / "result.json").exists() else "trained"
+        # train() returns a finished run's result as it is and resumes an unfinished one.
+        result = train(run_config(preset, model, norm, seed, progress=progress, **overrides), run_dir)
+        atomic_write_json(results_dir / "runs" / f"{model}__{slug(norm)}__s{seed}.json", result)
         results.append(result)
         f = result["final"]
         metric = f"acc {f['val_acc']:.4f}" if "val_acc" in f else f"ppl {f['val_ppl']:.3f}"
