@@ -11,7 +11,6 @@ tensors do not dominate (see the README's benchmark section).
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import statistics

@@ -10,18 +10,16 @@ from __future__ import annotations
 
 import csv
 import io
-import json
-import math
 import re
 import statistics
 import sys
 import time
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Optional
 
 from .io import atomic_write_bytes, atomic_write_json, atomic_write_text
-from .models import PRESETS as MODEL_PRESETS, get_preset
+from .models import get_preset
 from .train import TrainConfig, train
 
 ALL_MODELS = ["gpt2-mini", "llama-mini", "vit-mini", "resnet-mini"]

@@ -1,5 +1,4 @@
 """Data loaders on the installed data (skipped with a reason when it is absent) and the missing-data error."""
-import os
 
 import numpy as np
 import pytest

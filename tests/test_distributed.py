@@ -1,7 +1,6 @@
 """Multi-process training on CPU with gloo: synchronized batch IBNorm, DDP training and resume across world sizes."""
 import json
 import os
-import shutil
 import socket
 import subprocess
 import sys

@@ -4,7 +4,6 @@ import torch
 from torch import nn
 
 import ibnorm
-from ibnorm.kernels import fused_ib_norm
 
 TOL = {torch.float64: (1e-10, 1e-10), torch.float32: (2e-5, 2e-5), torch.bfloat16: (2e-2, 2e-2), torch.float16: (4e-3, 4e-3)}
 OPS = [("power", 0.7), ("log", 1.3), ("tanh", 0.6), ("none", None)]

@@ -174,14 +174,10 @@ class TestBatchRunningStats:
         # The running buffers follow the SPEC's statistics of the last batches (momentum 0.5).
         x = xs[-1]
         u = (x - x.mean((0, 2, 3), keepdim=True)) / torch.sqrt(x.var((0, 2, 3), unbiased=False, keepdim=True) + 1e-5)
-        n = x.numel() // 4
         c = ibnorm.compress(u, "tanh", 1.2)
         exp_var_c = c.var((0, 2, 3), unbiased=True)
-        assert torch.allclose(bn.running_var_c, 0.5 * exp_var_c + 0.5 * _ema_prev(bn, xs, "var_c"), atol=1e-10)
+        assert torch.allclose(bn.running_var_c, 0.5 * exp_var_c + 0.5 * _ema_prev(xs), atol=1e-10)
         bn.eval()
-        y1 = bn(xs[0][:2])
-        y2 = bn(xs[0][:2] * 1.0)
-        assert torch.equal(y1, y2)
         # eval output of one sample does not depend on the rest of the batch
         torch.testing.assert_close(bn(xs[0][:1]), bn(xs[0][:3])[:1])
         # eval equals a transcription with the running statistics
@@ -217,7 +213,7 @@ class TestBatchRunningStats:
             ibnorm.IBBatchNorm1d(3)(torch.randn(1, 3))
 
 
-def _ema_prev(bn, xs, what):
+def _ema_prev(xs):
     """The running var_c before the last batch, recomputed from scratch (momentum 0.5, init 1)."""
     run = torch.ones(4, dtype=torch.float64)
     for x in xs[:-1]:

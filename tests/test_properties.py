@@ -1,5 +1,4 @@
 """Property-based: finite input gives finite output and gradients, for every grouping, op and dtype."""
-import pytest
 import torch
 from hypothesis import assume, given, settings, strategies as st
 

@@ -1,7 +1,6 @@
 import functools
 
 import pytest
-import torch
 from torch import nn
 
 import ibnorm

@@ -1,6 +1,5 @@
 """Trainer: presets train with every fitting norm, kill -9 + resume gives the same metrics, sweeps resume."""
 import json
-import os
 import signal
 import subprocess
 import sys

@@ -8,8 +8,6 @@ one derived in :mod:`ibnorm.kernels.fused`. Correctness is tested on CPU with ``
 """
 from __future__ import annotations
 
-from typing import Optional
-
 import torch
 from torch import Tensor
 
