@@ -1,6 +1,7 @@
 """ibnorm: IBNorm (Information-Bottleneck inspired normalization) layers, peers, registry and conversion."""
 from .compress import COMPRESSIONS, ORDERS, compress, get_compression
 from .convert import ConversionReport, convert_norms
+from .distributed import IBSyncBatchNorm, convert_sync_ibnorm
 from .layers import IBBatchNorm1d, IBBatchNorm2d, IBBatchNorm3d, IBGroupNorm, IBLayerNorm, IBRMSNorm
 from .peers import BatchNormalNorm1d, BatchNormalNorm2d, DynamicTanh, LayerNormalNorm
 from .registry import create_norm_layer, get_norm_layer, list_norm_layers
@@ -12,4 +13,5 @@ __all__ = [
     "IBLayerNorm", "IBRMSNorm", "IBGroupNorm", "IBBatchNorm1d", "IBBatchNorm2d", "IBBatchNorm3d",
     "LayerNormalNorm", "BatchNormalNorm1d", "BatchNormalNorm2d", "DynamicTanh",
     "get_norm_layer", "create_norm_layer", "list_norm_layers", "convert_norms", "ConversionReport",
+    "IBSyncBatchNorm", "convert_sync_ibnorm",
 ]
