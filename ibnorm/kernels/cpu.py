@@ -8,6 +8,7 @@ kernel and the output converted back; the saved tensor is the original input.
 """
 from __future__ import annotations
 
+import hashlib
 import os
 import threading
 import warnings
@@ -29,6 +30,19 @@ _module = None
 _failed: Optional[str] = None
 
 
+def _stable_source(flags: list[str]) -> Path:
+    """A copy of the source at a path named by its content and flags, so that every checkout of the same
+    version shares one build (building from each checkout's own path would rebuild whenever it changes)."""
+    code = (Path(__file__).with_name("csrc") / "ibnorm_cpu.cpp").read_bytes()
+    digest = hashlib.sha256(code + " ".join(flags).encode()).hexdigest()[:12]
+    root = Path(os.environ.get("TORCH_EXTENSIONS_DIR", Path.home() / ".cache" / "torch_extensions"))
+    dst = root / "ibnorm_sources" / f"ibnorm_cpu_{digest}" / "ibnorm_cpu.cpp"
+    if not dst.exists() or dst.read_bytes() != code:
+        from ..io import atomic_write_bytes
+        atomic_write_bytes(dst, code)
+    return dst
+
+
 def load():
     """The compiled extension, or None (with one warning saying why) when it cannot be had."""
     global _module, _failed
@@ -46,10 +60,10 @@ def load():
             return None
         try:
             from torch.utils.cpp_extension import load as cpp_load
-            src = Path(__file__).with_name("csrc") / "ibnorm_cpu.cpp"
-            _module = cpp_load(name=f"ibnorm_cpu_{cap.lower()}", sources=[str(src)],
-                               extra_cflags=["-O3", "-fopenmp", *_FLAGS[cap]], extra_ldflags=["-fopenmp"],
-                               verbose=False)
+            flags = ["-O3", "-fopenmp", *_FLAGS[cap]]
+            src = _stable_source(flags)
+            _module = cpp_load(name=src.parent.name, sources=[str(src)], extra_cflags=flags,
+                               extra_ldflags=["-fopenmp"], verbose=False)
         except Exception as e:  # no compiler, no headers, a build error: fall back, say so once
             _failed = f"{type(e).__name__}: {str(e)[:300]}"
             warnings.warn(f"ibnorm: the C++ CPU kernel could not be built ({_failed}); using the PyTorch fused path")
