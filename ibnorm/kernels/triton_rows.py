@@ -69,36 +69,42 @@ if HAVE_TRITON:
         return s, ds, dl
 
     @triton.jit
+    def _centre(v, mask, M, CENTERED: tl.constexpr):
+        """(mean, v - mean, biased variance) of one row; RMS grouping: (0, v, mean square)."""
+        v = tl.where(mask, v, 0.0)
+        if CENTERED:
+            m = tl.sum(v, axis=0) / M
+        else:
+            m = 0.0
+        d = tl.where(mask, v - m, 0.0)
+        return m, d, tl.sum(d * d, axis=0) / M
+
+    @triton.jit
+    def _step3(c, u, mask, M, eps, CENTERED: tl.constexpr):
+        """SPEC step 3's pieces for one row: d = c - mean(c) (RMS: c), k, var(c), var(u)."""
+        _, d, v_c = _centre(c, mask, M, CENTERED)
+        v_u = tl.sum(u * u, axis=0) / M
+        return d, tl.sqrt((v_u + eps) / (v_c + eps)), v_c, v_u
+
+    @triton.jit
     def _fwd_kernel(X, Y, Wt, Bs, Mean, Rstd, stride, M, lam, eps, OP: tl.constexpr, CENTERED: tl.constexpr,
                     CTS: tl.constexpr, HAS_W: tl.constexpr, HAS_B: tl.constexpr, BLOCK: tl.constexpr):
         row = tl.program_id(0)
         cols = tl.arange(0, BLOCK)
         mask = cols < M
         x = tl.load(X + row * stride + cols, mask=mask, other=0.0).to(tl.float32)
-        if CENTERED:
-            mu = tl.sum(x, axis=0) / M
-        else:
-            mu = 0.0
-        xc = tl.where(mask, x - mu, 0.0)
-        var = tl.sum(xc * xc, axis=0) / M
+        mu, xc, var = _centre(x, mask, M, CENTERED)
         r = 1.0 / tl.sqrt(var + eps)
         u = xc * r
         if OP == 3:
             z = u
         else:
             c, _, _ = _terms(u, lam, OP)
-            c = tl.where(mask, c, 0.0)
             if CTS:
-                if CENTERED:
-                    m_c = tl.sum(c, axis=0) / M
-                else:
-                    m_c = 0.0
-                d = tl.where(mask, c - m_c, 0.0)
-                v_c = tl.sum(d * d, axis=0) / M
-                v_u = tl.sum(u * u, axis=0) / M
-                z = d * tl.sqrt((v_u + eps) / (v_c + eps))
+                d, k, _, _ = _step3(c, u, mask, M, eps, CENTERED)
+                z = d * k
             else:
-                z = c
+                z = tl.where(mask, c, 0.0)
         if HAS_W:
             z = z * tl.load(Wt + cols, mask=mask, other=0.0).to(tl.float32)
         if HAS_B:
@@ -135,25 +141,19 @@ if HAVE_TRITON:
                     gu = gz
                 else:
                     c, ds, dlam = _terms(u, lam, OP)
-                    c = tl.where(mask, c, 0.0)
                     if CTS:
+                        d, k, v_c, v_u = _step3(c, u, mask, M, eps, CENTERED)
                         if CENTERED:
-                            m_c = tl.sum(c, axis=0) / M
                             G1 = tl.sum(gz, axis=0) / M
                         else:
-                            m_c = 0.0
                             G1 = 0.0
-                        d = tl.where(mask, c - m_c, 0.0)
-                        v_c = tl.sum(d * d, axis=0) / M
-                        v_u = tl.sum(u * u, axis=0) / M
-                        k = tl.sqrt((v_u + eps) / (v_c + eps))
                         z = d * k
                         G2 = tl.sum(gz * d, axis=0) / M
                         gc = (gz - G1) * k - (k * G2 / (v_c + eps)) * d
                         gu = gc * ds + (k * G2 / (v_u + eps)) * u
                         dl_acc += tl.where(mask, gc * dlam, 0.0)
                     else:
-                        z = c
+                        z = tl.where(mask, c, 0.0)
                         gu = gz * ds
                         dl_acc += tl.where(mask, gz * dlam, 0.0)
                 gu = tl.where(mask, gu, 0.0)
