@@ -115,7 +115,8 @@ def measure(cands: dict[str, nn.Module], x: torch.Tensor, base: str, rounds: int
     return res
 
 
-def training_step_ratio(model: str, norm: str, rounds: int) -> dict:
+def training_step_times(model: str, norm: str, rounds: int) -> list[float]:
+    """Seconds per training step (forward, backward, optimizer) of a preset model with ``norm``."""
     from .models import build_model
     torch.manual_seed(0)
     m, _ = build_model(model, norm)
@@ -155,7 +156,7 @@ def run(rounds: int, quick: bool) -> dict:
         times = {n: [] for n in norms}
         for _ in range(max(2, rounds // 3)):  # interleave the models so drift hits all alike
             for n in norms:
-                times[n] += training_step_ratio(model, n, 3)
+                times[n] += training_step_times(model, n, 3)
         base = statistics.median(times["base"])
         results["train_step"][model] = {n: {"ms": 1e3 * statistics.median(t), "ratio": statistics.median(t) / base}
                                         for n, t in times.items()}
