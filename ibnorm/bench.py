@@ -137,21 +137,22 @@ def training_step_times(model: str, norm: str, rounds: int) -> list[float]:
     return [_time(step) for _ in range(rounds)]
 
 
-def run(rounds: int, quick: bool) -> dict:
+def run(rounds: int, quick: bool, row_shapes: tuple[tuple[int, int], ...] = ROW_SHAPES,
+        nchw: tuple[int, int, int, int] = NCHW, models: tuple[str, ...] = ("gpt2-mini", "vit-mini")) -> dict:
     torch.manual_seed(0)
     results = {"rows": {}, "nchw": {}, "train_step": {}}
-    shapes = ROW_SHAPES[:1] if quick else ROW_SHAPES
+    shapes = row_shapes[:1] if quick else row_shapes
     for dtype in (torch.float32, torch.bfloat16):
         for shape in shapes:
             x = torch.randn(shape).to(dtype)
             key = f"{shape[0]}x{shape[1]} {str(dtype).replace('torch.', '')}"
             results["rows"][key] = measure(_candidates_rows(shape[1], dtype), x, "nn.LayerNorm", rounds)
             print(f"bench: {key} done", file=sys.stderr)
-    x = torch.randn(NCHW)
-    results["nchw"]["x".join(map(str, NCHW)) + " float32"] = measure(_candidates_nchw(NCHW[1], torch.float32), x,
+    x = torch.randn(nchw)
+    results["nchw"]["x".join(map(str, nchw)) + " float32"] = measure(_candidates_nchw(nchw[1], torch.float32), x,
                                                                      "nn.BatchNorm2d", rounds)
     print("bench: NCHW done", file=sys.stderr)
-    for model in ("gpt2-mini", "vit-mini"):
+    for model in models:
         norms = ["base"] + [f"ib_{op}:strength={lam}" for op, lam in OPS]
         times = {n: [] for n in norms}
         for _ in range(max(2, rounds // 3)):  # interleave the models so drift hits all alike

@@ -1,0 +1,33 @@
+"""`ibnorm bench` on tiny shapes: the ratios, memory accounting and report it writes (no timing asserts)."""
+import pytest
+import torch
+
+from ibnorm import bench
+
+
+def test_bench_measures_ratios_memory_and_writes_its_report():
+    pytest.importorskip("transformers")
+    res = bench.run(rounds=2, quick=False, row_shapes=((33, 64), (7, 48)), nchw=(3, 8, 5, 5), models=("vit-mini",))
+    assert set(res["rows"]) == {"33x64 float32", "7x48 float32", "33x64 bfloat16", "7x48 bfloat16"}
+    for section, base in (("rows", "nn.LayerNorm"), ("nchw", "nn.BatchNorm2d")):
+        for key, r in res[section].items():
+            assert r[base]["fwd_ratio"] == 1.0 and r[base]["fwdbwd_ratio"] == 1.0 and r[base]["saved_ratio"] == 1.0
+            for name, v in r.items():
+                if name.startswith("_"):
+                    assert v["GBps"] > 0
+                    continue
+                assert v["fwd_ms"] > 0 and v["fwdbwd_ms"] > 0 and v["saved_bytes"] > 0, (key, name)
+            # the reference path keeps every intermediate for autograd; the fused paths do not
+            assert r["IB-tanh ref"]["saved_bytes"] > r["IB-tanh fast"]["saved_bytes"], key
+    from ibnorm.kernels import cpu
+    if cpu.load() is not None:  # the C++ kernel saves what nn.LayerNorm saves (input, mean, rstd)
+        assert res["rows"]["33x64 float32"]["IB-power fast"]["saved_ratio"] == pytest.approx(1.0, abs=0.05)
+    steps = res["train_step"]["vit-mini"]
+    assert set(steps) == {"base", "ib_power:strength=0.7", "ib_log:strength=0.7", "ib_tanh:strength=0.7"}
+    assert steps["base"]["ratio"] == 1.0 and all(v["ms"] > 0 for v in steps.values())
+
+    res["environment"] = {"torch": torch.__version__, "threads": 1, "cpu": "x", "malloc": "default"}
+    md = bench.to_markdown(res, "ibnorm bench --rounds 2")
+    assert "Regenerate: `ibnorm bench --rounds 2`" in md
+    assert "## 7x48 bfloat16 (base: nn.LayerNorm" in md and "## 3x8x5x5 float32 (base: nn.BatchNorm2d" in md
+    assert md.count("| IB-log fast |") == 5 and "| vit-mini | ib_tanh:strength=0.7 |" in md
