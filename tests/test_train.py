@@ -152,3 +152,37 @@ def test_ablate_cli_runs_and_reports(tmp_path, capsys):
         assert norm in out
     runs = json.loads(next((tmp_path / "res" / "runs").glob("*ib_tanh__affine-0*")).read_text())
     assert runs["norms"]["into"] == ["IBBatchNorm2d"]
+
+
+@needs_fashion
+def test_info_during_training_and_ibnorm_info_over_seeds(tmp_path):
+    """`--info-every` records during training; `ibnorm info` merges seeds into means, spreads and paired deltas."""
+    import csv
+    from ibnorm.cli import main
+    dirs = []
+    for norm in ("base", "ib_tanh"):
+        for seed in (0, 1):
+            out = tmp_path / f"{norm}-s{seed}"
+            train(tiny("vit-mini", norm, seed=seed, steps=4, eval_every=4, info_every=2, info_probe=48), out)
+            rows = list(csv.DictReader((out / "info.csv").open()))
+            assert sorted({int(r["step"]) for r in rows}) == [0, 2, 4]
+            assert {r["run"] for r in rows} == {f"vit-mini {norm} s{seed}"}
+            dirs.append(str(out))
+    assert main(["info", *dirs, "--out", str(tmp_path / "info")]) == 0
+    summary = list(csv.DictReader((tmp_path / "info" / "info_summary.csv").open()))
+    assert {r["norm"] for r in summary} == {"vit-mini base", "vit-mini ib_tanh"}
+    assert all(r["seeds"] == "2" and r["step"] == "4" for r in summary)
+    per_seed = {(r["run"], r["index"]): float(r["IB"]) for r in csv.DictReader((tmp_path / "info" / "info.csv").open())
+                if r["step"] == "4"}
+    for r in summary:
+        if r["norm"] == "vit-mini ib_tanh":  # the paired delta is the mean of per-seed differences
+            diffs = [per_seed[(f"vit-mini ib_tanh s{s}", r["index"])] - per_seed[(f"vit-mini base s{s}", r["index"])]
+                     for s in (0, 1)]
+            assert float(r["dIB"]) == pytest.approx(sum(diffs) / 2)
+            assert r["contraction"] == "" or 0 < float(r["contraction"]) < 1
+        else:
+            assert r["dIB"] == ""
+    md = (tmp_path / "info" / "info_summary.md").read_text()
+    assert "| vit-mini ib_tanh | 2 |" in md and "Mean IB over all recorded layers" in md
+    for png in ("info_plane.png", "info_layers.png"):
+        assert (tmp_path / "info" / png).read_bytes()[:4] == b"\x89PNG"

@@ -72,6 +72,7 @@ def analyse_run(run_dir: Path, method: str, beta: float, probe: int, max_dim: in
 
 def cmd_info(args: argparse.Namespace) -> int:
     from .plots import information_planes, layer_bars
+    from .summary import SUMMARY_COLUMNS, group_by_norm, mean_rows, summary_table
     out = Path(args.out)
     runs: dict[str, list[dict]] = {}
     for d in args.run_dirs:
@@ -80,18 +81,23 @@ def cmd_info(args: argparse.Namespace) -> int:
             raise FileNotFoundError(f"{d} is not a finished run (no result.json); train it first")
         rows = analyse_run(d, args.method, args.beta, args.probe, args.max_dim)
         runs[rows[0]["run"]] = rows
-    all_rows = [r for rows in runs.values() for r in rows]
-    write_csv(out / "info.csv", all_rows)
-    information_planes(runs, out / "info_plane.png")
-    layer_bars(runs, out / "info_layers.png")
-    for name, rows in runs.items():
-        last = max(r["step"] for r in rows)
-        fin = [r for r in rows if r["step"] == last]
-        mean_ib = sum(r["IB"] for r in fin) / len(fin)
-        pen = next((r for r in fin if r["layer"] == "penultimate"), fin[-1])
-        print(f"{name:40s} step {last}: mean IB over layers {mean_ib:.4f}; penultimate I(X;T) {pen['I_XT']:.3f} "
-              f"I(T;Y) {pen['I_TY']:.3f}")
-    print(f"wrote {out}/info.csv, {out}/info_plane.png, {out}/info_layers.png", file=sys.stderr)
+    write_csv(out / "info.csv", [r for rows in runs.values() for r in rows])
+    groups = group_by_norm(runs)
+    # several seeds of one norm: one panel (the seed mean) and bars with the seed spread
+    merged = {(f"{name} (mean of {len(seeds)} seeds)" if len(seeds) > 1 else f"{name} s{next(iter(seeds))}"):
+              mean_rows(seeds) for name, seeds in groups.items()}
+    information_planes(merged, out / "info_plane.png")
+    layer_bars(merged, out / "info_layers.png")
+    table, report = summary_table(groups, args.base)
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=SUMMARY_COLUMNS, extrasaction="ignore")
+    w.writeheader()
+    w.writerows(table)
+    atomic_write_text(out / "info_summary.csv", buf.getvalue())
+    atomic_write_text(out / "info_summary.md", f"# Information quantities ({args.method}, beta = {args.beta:g})\n\n"
+                      + report)
+    print(report)
+    print(f"wrote {out}/info.csv, info_summary.csv, info_summary.md, info_plane.png, info_layers.png", file=sys.stderr)
     return 0
 
 
@@ -103,4 +109,6 @@ def add_info_parser(sub) -> None:
     p.add_argument("--beta", type=float, default=0.1)
     p.add_argument("--probe", type=int, default=512)
     p.add_argument("--max-dim", type=int, default=256)
+    p.add_argument("--base", default=None, help="the norm differences are taken to, as 'MODEL NORM' "
+                   "(default: the run whose norm is 'base', else the first)")
     p.set_defaults(fn=cmd_info)

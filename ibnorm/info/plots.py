@@ -50,7 +50,8 @@ def information_planes(runs: dict[str, list[dict]], path: Path) -> None:
 
 
 def layer_bars(runs: dict[str, list[dict]], path: Path) -> None:
-    """Per-layer bars at each run's last recorded step: IB value, and the contraction ratio of IBNorm layers."""
+    """Per-layer bars at each run's last recorded step: IB value (error bars: ``IB_sd``, the seed spread, where
+    given), and the contraction ratio of IBNorm layers."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -63,10 +64,15 @@ def layer_bars(runs: dict[str, list[dict]], path: Path) -> None:
     for j, name in enumerate(names):
         by_index = {r["index"]: r for r in last[name]}
         xs = [i + (j - (len(names) - 1) / 2) * width for i in range(len(layers))]
-        ax1.bar(xs, [by_index[ix]["IB"] if ix in by_index else 0 for ix, _ in layers], width, label=name)
+        err = [by_index[ix].get("IB_sd", 0.0) if ix in by_index else 0 for ix, _ in layers]
+        ax1.bar(xs, [by_index[ix]["IB"] if ix in by_index else 0 for ix, _ in layers], width, label=name,
+                yerr=err if any(err) else None, error_kw={"elinewidth": 0.7, "capsize": 1.5})
         ax2.bar(xs, [float(by_index[ix]["contraction"]) if ix in by_index and by_index[ix]["contraction"] != "" else 0
                      for ix, _ in layers], width, label=name)
-    ax1.set_ylabel(f"IB value I(T;Y) - {last[names[0]][0]['beta']:g} I(X;T)")
+    ib = [(float(r["IB"]), float(r.get("IB_sd", 0.0))) for rs in last.values() for r in rs]
+    lo, hi = min(v - e for v, e in ib), max(v + e for v, e in ib)
+    ax1.set_ylim(lo - 0.15 * (hi - lo) - 1e-3, hi + 0.1 * (hi - lo) + 1e-3)  # zoomed: the differences are small
+    ax1.set_ylabel(f"IB value I(T;Y) - {last[names[0]][0]['beta']:g} I(X;T)\n(axis does not start at 0)")
     ax2.set_ylabel("var(s(u)) / var(u)")
     ax2.set_xticks(range(len(layers)))
     ax2.set_xticklabels([f"{ix}" for ix, _ in layers])
