@@ -191,7 +191,7 @@ def to_markdown(res: dict, command: str) -> str:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
-    import shlex
+    from .cli import command_line
     if args.threads:
         torch.set_num_threads(args.threads)
     res = run(args.rounds, args.quick)
@@ -202,7 +202,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
                               os.environ.get("MALLOC_MMAP_MAX_", "default"),
                               os.environ.get("MALLOC_TRIM_THRESHOLD_", "default"))}
     command = " ".join(f"{k}={os.environ[k]}" for k in ("MALLOC_MMAP_MAX_", "MALLOC_TRIM_THRESHOLD_") if k in os.environ)
-    command = (command + " " if command else "") + "ibnorm " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+    command = (command + " " if command else "") + command_line()
     res["command"] = command
     out = Path(args.out)
     atomic_write_json(out / "norms_cpu.json", res)

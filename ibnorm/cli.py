@@ -19,14 +19,18 @@ def _norm_list(s: str) -> list[str]:
     return [x for x in (s.split(";") if ":" in s else s.split(",")) if x]
 
 
-def _command() -> str:
+def command_line() -> str:
+    """The command as typed, to be recorded next to what it wrote."""
     return "ibnorm " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+
+
+_OWN_FLAGS = {"model", "norm", "seed", "progress"}  # TrainConfig fields with flags of their own (or none)
 
 
 def _add_train_args(p: argparse.ArgumentParser) -> None:
     from .train import TrainConfig
     for f in dataclasses.fields(TrainConfig):
-        if f.name in ("model", "norm", "seed", "progress"):
+        if f.name in _OWN_FLAGS:
             continue
         flag = "--" + f.name.replace("_", "-")
         if f.type in ("bool",) or isinstance(f.default, bool):
@@ -38,7 +42,7 @@ def _add_train_args(p: argparse.ArgumentParser) -> None:
 
 def _overrides(args: argparse.Namespace) -> dict:
     from .train import TrainConfig
-    names = {f.name for f in dataclasses.fields(TrainConfig)} - {"model", "norm", "seed", "progress"}
+    names = {f.name for f in dataclasses.fields(TrainConfig)} - _OWN_FLAGS
     return {k: v for k, v in vars(args).items() if k in names and v is not None}
 
 
@@ -64,7 +68,7 @@ def _grid(args: argparse.Namespace, name: str, preset) -> int:
     results_dir = Path(args.results_dir or f"results/{name}")
     runs_dir = Path(args.runs_dir or f"runs/{name}")
     results = run_grid(name, preset, results_dir, runs_dir, progress=not args.no_progress, **_overrides(args))
-    table = summarize(results, results_dir, f"ibnorm {name}", _command())
+    table = summarize(results, results_dir, f"ibnorm {name}", command_line())
     print(table)
     print(f"\nresults: {results_dir}/table.md, {results_dir}/runs.csv; plots: {results_dir}/curves_*.png")
     return 0

@@ -42,15 +42,13 @@ class _AllReduceSum(torch.autograd.Function):
         return grad, None
 
 
-
-
 class IBSyncBatchNorm(_IBBatchNorm):
     """Batch-grouped IBNorm whose statistics (steps 1 and 3) are those of the global batch.
 
     Like ``nn.SyncBatchNorm``: input ``(N, C, *)``; in training, every mean and variance is summed
     over the processes of ``process_group`` (two passes, differentiable all-reduces, so the backward
     is exact); running statistics are therefore identical on every rank. Outside a process group,
-    or in eval, it is :class:`ibnorm.IBBatchNorm2d` for any input rank.
+    or in eval, it is :class:`ibnorm.IBBatchNorm2d` for any input rank (fast path included).
     """
 
     def __init__(self, num_features: int, eps: float = 1e-5, momentum: Optional[float] = 0.1, affine: bool = True,
@@ -63,19 +61,13 @@ class IBSyncBatchNorm(_IBBatchNorm):
         if input.dim() < 2 or input.shape[1] != self.num_features:
             raise ValueError(f"input must have shape (N, {self.num_features}, *); got {list(input.shape)}")
 
-    def _reduce(self):
+    def _reduce(self) -> Optional[IBF.Reduce]:
         if not (self.training and tdist.is_available() and tdist.is_initialized()):
             return None
         if tdist.get_world_size(self.process_group) == 1:
             return None
         group = self.process_group
         return lambda t: _AllReduceSum.apply(t, group)
-
-    def forward(self, input: Tensor) -> Tensor:
-        self._check_input_dim(input)
-        factor = self._momentum_factor()
-        return IBF.ib_batch_norm(input, self.running_stats(), self.weight, self.bias, self.training, factor,
-                                 self.eps, self.compression, self.strength, self.order, reduce=self._reduce())
 
 
 def convert_sync_ibnorm(module: nn.Module, process_group: Any = None) -> nn.Module:
@@ -90,7 +82,7 @@ def convert_sync_ibnorm(module: nn.Module, process_group: Any = None) -> nn.Modu
         out = IBSyncBatchNorm(module.num_features, module.eps, module.momentum, module.affine,
                               module.track_running_stats, process_group, compression=module.compression,
                               strength=module.init_strength, learnable_strength=module.learnable_strength,
-                              order=module.order)
+                              order=module.order, impl=module.impl)
     elif isinstance(module, nn.modules.batchnorm._BatchNorm) and not isinstance(module, nn.SyncBatchNorm):
         out = IBSyncBatchNorm(module.num_features, module.eps, module.momentum, module.affine,
                               module.track_running_stats, process_group, compression="none")

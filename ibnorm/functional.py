@@ -239,8 +239,8 @@ def ib_batch_norm(
         count = x.numel() // ch
         if reduce is not None:
             count = int(reduce(torch.tensor(float(count), device=x.device)).item())
-        if training and count <= 1:
-            raise ValueError(f"Expected more than 1 value per channel when training, got input size {list(x.shape)}")
+        if training:
+            check_batch_count(count, x)
         z, stats = ib_core(xc, dims, True, eps, compression, strength, order, reduce=reduce)
         if training and running_stats is not None:
             update_running(running_stats, stats, momentum, count)
@@ -248,6 +248,12 @@ def ib_batch_norm(
         run = GroupStats(*[None if t is None else t.to(xc.dtype).reshape(view) for t in running_stats])
         z, _ = ib_core(xc, dims, True, eps, compression, strength, order, running=run)
     return _affine(z, weight, bias, view).to(x.dtype)
+
+
+def check_batch_count(count: int, x: Tensor) -> None:
+    """Batch statistics in training need more than one value per channel (as ``nn.BatchNorm``)."""
+    if count <= 1:
+        raise ValueError(f"Expected more than 1 value per channel when training, got input size {list(x.shape)}")
 
 
 @torch.no_grad()

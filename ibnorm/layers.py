@@ -139,7 +139,7 @@ class IBLayerNorm(_IBMixin, nn.Module):
     def forward(self, input: Tensor) -> Tensor:
         if use_fast_path(self.impl):
             IBF.check_trailing(input, self.normalized_shape)
-            dims = tuple(range(input.dim() - len(self.normalized_shape), input.dim()))
+            _, dims, _ = self._groups(input)
             return fast_ib_norm(input, dims, True, self.eps, self.compression, self.strength, self.order,
                                 self.weight, self.bias, self.normalized_shape)[0]
         return IBF.ib_layer_norm(input, self.normalized_shape, self.weight, self.bias, self.eps,
@@ -180,7 +180,7 @@ class IBRMSNorm(_IBMixin, nn.Module):
     def forward(self, input: Tensor) -> Tensor:
         if use_fast_path(self.impl):
             IBF.check_trailing(input, self.normalized_shape)
-            dims = tuple(range(input.dim() - len(self.normalized_shape), input.dim()))
+            _, dims, _ = self._groups(input)
             eps = torch.finfo(input.dtype).eps if self.eps is None else self.eps
             return fast_ib_norm(input, dims, False, eps, self.compression, self.strength, self.order,
                                 self.weight, None, self.normalized_shape)[0]
@@ -327,14 +327,20 @@ class _IBBatchNorm(_IBMixin, nn.Module):
         return IBF.GroupStats(self.running_mean, self.running_var, self.running_mean_c,
                               self.running_var_c, self.running_var_u)
 
+    def _reduce(self) -> Optional[IBF.Reduce]:
+        """How batch statistics are summed over processes; None: this process's batch only."""
+        return None
+
     def forward(self, input: Tensor) -> Tensor:
         self._check_input_dim(input)
         factor = self._momentum_factor()
         running = self.running_stats()
-        if use_fast_path(self.impl) and (self.training or running is None) and input.is_floating_point():
+        reduce = self._reduce()
+        if (reduce is None and use_fast_path(self.impl) and (self.training or running is None)
+                and input.is_floating_point()):
             count = input.numel() // self.num_features
-            if self.training and count <= 1:
-                raise ValueError(f"Expected more than 1 value per channel when training, got input size {list(input.shape)}")
+            if self.training:
+                IBF.check_batch_count(count, input)
             dims = (0,) + tuple(range(2, input.dim()))
             wview = (self.num_features,) + (1,) * (input.dim() - 2)
             y, stats = fast_ib_norm(input, dims, True, self.eps, self.compression, self.strength, self.order,
@@ -343,7 +349,7 @@ class _IBBatchNorm(_IBMixin, nn.Module):
                 IBF.update_running(running, IBF.GroupStats(*[t if t.numel() else None for t in stats]), factor, count)
             return y
         return IBF.ib_batch_norm(input, running, self.weight, self.bias, self.training,
-                                 factor, self.eps, self.compression, self.strength, self.order)
+                                 factor, self.eps, self.compression, self.strength, self.order, reduce=reduce)
 
     def _groups(self, input: Tensor) -> tuple[Tensor, tuple[int, ...], bool]:
         return input, (0,) + tuple(range(2, input.dim())), True

@@ -28,23 +28,23 @@ class Preset:
     family: str
     task: str  # "lm" or "vision"
     base_norm: str  # registry name of the family's own norm
-    build: Callable[[dict], nn.Module]
+    build: Callable[[dict], nn.Module]  # gets ``defaults`` updated with the caller's overrides
     defaults: dict
 
 
 def _gpt2(o: dict) -> nn.Module:
     from transformers import GPT2Config, GPT2LMHeadModel
-    cfg = GPT2Config(vocab_size=o["vocab_size"], n_positions=o["context"], n_embd=o.get("width", 128),
-                     n_layer=o.get("depth", 4), n_head=4, resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0,
+    cfg = GPT2Config(vocab_size=o["vocab_size"], n_positions=o["context"], n_embd=o["width"],
+                     n_layer=o["depth"], n_head=4, resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0,
                      bos_token_id=None, eos_token_id=None)
     return GPT2LMHeadModel(cfg)
 
 
 def _llama(o: dict) -> nn.Module:
     from transformers import LlamaConfig, LlamaForCausalLM
-    w = o.get("width", 128)
+    w = o["width"]
     cfg = LlamaConfig(vocab_size=o["vocab_size"], hidden_size=w, intermediate_size=int(w * 8 / 3 // 8 * 8),
-                      num_hidden_layers=o.get("depth", 4), num_attention_heads=4, num_key_value_heads=4,
+                      num_hidden_layers=o["depth"], num_attention_heads=4, num_key_value_heads=4,
                       max_position_embeddings=o["context"], tie_word_embeddings=True, bos_token_id=None,
                       eos_token_id=None)
     return LlamaForCausalLM(cfg)
@@ -52,8 +52,8 @@ def _llama(o: dict) -> nn.Module:
 
 def _vit(o: dict) -> nn.Module:
     from transformers import ViTConfig, ViTForImageClassification
-    w = o.get("width", 64)
-    cfg = ViTConfig(image_size=28, patch_size=4, num_channels=1, hidden_size=w, num_hidden_layers=o.get("depth", 4),
+    w = o["width"]
+    cfg = ViTConfig(image_size=28, patch_size=4, num_channels=1, hidden_size=w, num_hidden_layers=o["depth"],
                     num_attention_heads=4, intermediate_size=2 * w, num_labels=10, hidden_dropout_prob=0.0,
                     attention_probs_dropout_prob=0.0)
     return ViTForImageClassification(cfg)
@@ -61,7 +61,7 @@ def _vit(o: dict) -> nn.Module:
 
 def _resnet(o: dict) -> nn.Module:
     from transformers import ResNetConfig, ResNetForImageClassification
-    w = o.get("width", 16)
+    w = o["width"]
     cfg = ResNetConfig(num_channels=1, embedding_size=w, hidden_sizes=[w, 2 * w, 4 * w], depths=[1, 1, 1],
                        layer_type="basic", num_labels=10, downsample_in_first_stage=False)
     model = ResNetForImageClassification(cfg)

@@ -84,7 +84,25 @@ class TrainConfig:
         return out
 
     def fingerprint(self) -> dict:
-        return {k: v for k, v in dataclasses.asdict(self).items() if k not in _RUNTIME_FIELDS}
+        return fingerprint_of(dataclasses.asdict(self))
+
+    @property
+    def label(self) -> str:
+        """How a run is named in logs and information records (:mod:`ibnorm.info.summary` parses it)."""
+        return f"{self.model} {self.norm} s{self.seed}"
+
+
+def fingerprint_of(config: dict) -> dict:
+    """A config (as saved in checkpoints and results) without the fields that do not change the run."""
+    return {k: v for k, v in config.items() if k not in _RUNTIME_FIELDS}
+
+
+def model_overrides(cfg: TrainConfig, task: "Task") -> dict:
+    """The :func:`ibnorm.models.build_model` arguments this run sets."""
+    overrides = {k: getattr(cfg, k) for k in ("width", "depth") if getattr(cfg, k) is not None}
+    if task.kind == "lm":
+        overrides.update(vocab_size=task.vocab_size, context=cfg.context)
+    return overrides
 
 
 def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
@@ -178,7 +196,7 @@ def load_canonical_state(model: nn.Module, state: dict) -> None:
 
 
 def _check_resumable(ckpt: dict, cfg: TrainConfig, path: Path) -> None:
-    saved = {k: v for k, v in ckpt["config"].items() if k not in _RUNTIME_FIELDS}
+    saved = fingerprint_of(ckpt["config"])
     if saved != cfg.fingerprint():
         diff = {k: (saved.get(k), v) for k, v in cfg.fingerprint().items() if saved.get(k) != v}
         raise ValueError(f"{path} holds a checkpoint of a different configuration {diff}; "
@@ -194,7 +212,7 @@ def train(cfg: TrainConfig, out_dir: str | Path) -> dict:
     result_path, ckpt_path = out_dir / "result.json", out_dir / "ckpt.pt"
     if result_path.exists():
         result = json.loads(result_path.read_text())
-        if {k: v for k, v in result["config"].items() if k not in _RUNTIME_FIELDS} == cfg.fingerprint():
+        if fingerprint_of(result["config"]) == cfg.fingerprint():
             return result
         raise ValueError(f"{result_path} is a finished run of a different configuration; use another output directory")
     if cfg.threads:
@@ -205,10 +223,7 @@ def train(cfg: TrainConfig, out_dir: str | Path) -> dict:
         raise ValueError(f"batch_size (global) must be divisible by the world size {dist.world_size}; got {cfg.batch_size}")
     torch.manual_seed(cfg.seed)
     task = Task(cfg)
-    overrides = {k: getattr(cfg, k) for k in ("width", "depth") if getattr(cfg, k) is not None}
-    if task.kind == "lm":
-        overrides.update(vocab_size=task.vocab_size, context=cfg.context)
-    model, report = build_model(cfg.model, cfg.norm, **overrides)
+    model, report = build_model(cfg.model, cfg.norm, **model_overrides(cfg, task))
     if report.total:
         from .kernels import cpu
         cpu.load()  # a first-use build of the C++ kernel must not count as training time
@@ -241,7 +256,7 @@ def train(cfg: TrainConfig, out_dir: str | Path) -> dict:
     bar = None
     if cfg.progress and dist.is_main:
         from tqdm import tqdm
-        bar = tqdm(total=cfg.steps, initial=start, desc=f"{cfg.model} {cfg.norm} s{cfg.seed}", leave=False,
+        bar = tqdm(total=cfg.steps, initial=start, desc=cfg.label, leave=False,
                    dynamic_ncols=True, file=sys.stderr)
     t0 = time.time() - elapsed
     model.train()
@@ -295,8 +310,7 @@ def train(cfg: TrainConfig, out_dir: str | Path) -> dict:
                           out_dir / "model.pt")
         if recorder is not None:
             from .info.cli import write_csv
-            label = f"{cfg.model} {cfg.norm} s{cfg.seed}"
-            write_csv(out_dir / "info.csv", [dict(r, run=label, norm=cfg.norm) for r in info_rows])
+            write_csv(out_dir / "info.csv", [dict(r, run=cfg.label, norm=cfg.norm) for r in info_rows])
         atomic_write_json(result_path, result)
         if ckpt_path.exists():
             ckpt_path.unlink()

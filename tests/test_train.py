@@ -186,3 +186,9 @@ def test_info_during_training_and_ibnorm_info_over_seeds(tmp_path):
     assert "| vit-mini ib_tanh | 2 |" in md and "Mean IB over all recorded layers" in md
     for png in ("info_plane.png", "info_layers.png"):
         assert (tmp_path / "info" / png).read_bytes()[:4] == b"\x89PNG"
+    # other settings than training recorded with: the final model is analysed apart; info.csv is kept
+    recorded = (Path(dirs[0]) / "info.csv").read_bytes()
+    assert main(["info", dirs[0], "--beta", "0.5", "--probe", "48", "--out", str(tmp_path / "info2")]) == 0
+    assert (Path(dirs[0]) / "info.csv").read_bytes() == recorded
+    final = list(csv.DictReader((Path(dirs[0]) / "info-final-renyi-beta0.5-probe48-dim256.csv").open()))
+    assert {r["step"] for r in final} == {"4"} and {r["beta"] for r in final} == {"0.5"}

@@ -44,29 +44,33 @@ def make_probe(task, n: int):
 
 
 def analyse_run(run_dir: Path, method: str, beta: float, probe: int, max_dim: int) -> list[dict]:
-    """Trajectory rows from training (``info.csv``) if present, else the final model's rows."""
+    """The trajectory recorded during training (``info.csv``) when it used these settings; otherwise the
+    final model's rows, computed once and kept beside it (``info.csv`` itself is never overwritten)."""
     from ..models import build_model
-    from ..train import Task, TrainConfig
-    from .recorder import InfoRecorder
+    from ..train import Task, TrainConfig, model_overrides
+    from .recorder import DEFAULT_MAX_DIM, InfoRecorder
 
     result = json.loads((run_dir / "result.json").read_text())
     cfg = TrainConfig(**result["config"])
-    label = f"{cfg.model} {cfg.norm} s{cfg.seed}"
-    saved = run_dir / "info.csv"
-    if saved.exists():
-        rows = read_csv(saved)
-        if rows and rows[0]["method"] == method and rows[0]["beta"] == beta:
-            return [dict(r, run=label, norm=cfg.norm) for r in rows]
+    recorded = run_dir / "info.csv"
+    # the trainer records with the recorder's defaults, its own probe size, Renyi and beta 0.1
+    if recorded.exists() and probe == cfg.info_probe and max_dim == DEFAULT_MAX_DIM:
+        rows = read_csv(recorded)
+        if rows and all(r["method"] == method and r["beta"] == beta for r in rows):
+            return [dict(r, run=cfg.label, norm=cfg.norm) for r in rows]
+    final = run_dir / f"info-final-{method}-beta{beta:g}-probe{probe}-dim{max_dim}.csv"
+    if final.exists():
+        return [dict(r, run=cfg.label, norm=cfg.norm) for r in read_csv(final)]
+    if recorded.exists():
+        print(f"{recorded} was recorded with other settings; analysing the final model only ({final.name})",
+              file=sys.stderr)
     task = Task(cfg)
-    overrides = {k: getattr(cfg, k) for k in ("width", "depth") if getattr(cfg, k) is not None}
-    if task.kind == "lm":
-        overrides.update(vocab_size=task.vocab_size, context=cfg.context)
-    model, _ = build_model(cfg.model, cfg.norm, **overrides)
+    model, _ = build_model(cfg.model, cfg.norm, **model_overrides(cfg, task))
     model.load_state_dict(torch.load(run_dir / "model.pt", weights_only=True))
     px, py = make_probe(task, probe)
     rec = InfoRecorder(model, px, py, task.kind, method=method, beta=beta, max_dim=max_dim, vocab_size=task.vocab_size)
-    rows = [dict(r, run=label, norm=cfg.norm) for r in rec.record(cfg.steps)]
-    write_csv(saved, rows)
+    rows = [dict(r, run=cfg.label, norm=cfg.norm) for r in rec.record(cfg.steps)]
+    write_csv(final, rows)
     return rows
 
 
@@ -102,13 +106,14 @@ def cmd_info(args: argparse.Namespace) -> int:
 
 
 def add_info_parser(sub) -> None:
+    from .recorder import DEFAULT_MAX_DIM
     p = sub.add_parser("info", help="information planes, IB values and variance contraction of finished runs")
     p.add_argument("run_dirs", nargs="+", metavar="RUN_DIR")
     p.add_argument("--out", default="results/info")
     p.add_argument("--method", default="renyi", choices=["renyi", "ksg", "binning"])
     p.add_argument("--beta", type=float, default=0.1)
     p.add_argument("--probe", type=int, default=512)
-    p.add_argument("--max-dim", type=int, default=256)
+    p.add_argument("--max-dim", type=int, default=DEFAULT_MAX_DIM)
     p.add_argument("--base", default=None, help="the norm differences are taken to, as 'MODEL NORM' "
                    "(default: the run whose norm is 'base', else the first)")
     p.set_defaults(fn=cmd_info)

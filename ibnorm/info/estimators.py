@@ -142,7 +142,7 @@ def _ksg_gaussian_corrected(x: np.ndarray, y: np.ndarray, k: int, seed: int, var
     n, dx = len(x), x.shape[1]
     sx, sy = normal_scores(x, seed), normal_scores(y, seed + 1)
     corr = np.corrcoef(np.hstack([sx, sy]), rowvar=False)
-    if corr.ndim == 0 or np.linalg.eigvalsh(corr).min() < 1e-8:
+    if np.linalg.eigvalsh(corr).min() < 1e-8:
         raise ValueError(
             f"bias_correction='gaussian' needs a non-singular joint correlation of x and y ({dx} + {y.shape[1]} "
             f"dimensions, n = {n}): remove constant or linearly dependent columns, or use bias_correction='none'")

@@ -1,18 +1,9 @@
 """Information-plane and per-layer plots (PNG, matplotlib Agg)."""
 from __future__ import annotations
 
-import io
 from pathlib import Path
 
-from ..io import atomic_write_bytes
-
-
-def _save(fig, path: Path) -> None:
-    import matplotlib.pyplot as plt
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=110)
-    plt.close(fig)
-    atomic_write_bytes(path, buf.getvalue())
+from ..io import atomic_save_figure
 
 
 def information_planes(runs: dict[str, list[dict]], path: Path) -> None:
@@ -46,7 +37,7 @@ def information_planes(runs: dict[str, list[dict]], path: Path) -> None:
         ax.axis("off")
     fig.suptitle("Information planes (numbers: layer index, last step)", fontsize=10)
     fig.tight_layout()
-    _save(fig, path)
+    atomic_save_figure(fig, path)
 
 
 def layer_bars(runs: dict[str, list[dict]], path: Path) -> None:
@@ -81,4 +72,4 @@ def layer_bars(runs: dict[str, list[dict]], path: Path) -> None:
     for ax in (ax1, ax2):
         ax.grid(alpha=0.3, axis="y")
     fig.tight_layout()
-    _save(fig, path)
+    atomic_save_figure(fig, path)

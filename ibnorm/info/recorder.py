@@ -22,6 +22,8 @@ from ..layers import _IBMixin
 from ..peers import PEERS
 from .estimators import mutual_information
 
+DEFAULT_MAX_DIM = 256
+
 
 def is_norm_layer(module: nn.Module) -> bool:
     return isinstance(module, (_IBMixin,) + PEERS) or norm_kind(module) is not None
@@ -49,7 +51,7 @@ class InfoRecorder:
     """Records I(X;T), I(T;Y), the IB value and IBNorm diagnostics per norm layer on a probe set."""
 
     def __init__(self, model: nn.Module, probe_x: Tensor, probe_y: Tensor, kind: str = "vision", *,
-                 method: str = "renyi", beta: float = 0.1, max_dim: int = 256, vocab_size: Optional[int] = None,
+                 method: str = "renyi", beta: float = 0.1, max_dim: int = DEFAULT_MAX_DIM, vocab_size: Optional[int] = None,
                  estimator_kwargs: Optional[dict] = None) -> None:
         if len(probe_x) != len(probe_y):
             raise ValueError(f"probe_x and probe_y must have the same length; got {len(probe_x)} and {len(probe_y)}")

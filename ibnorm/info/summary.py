@@ -52,7 +52,7 @@ def mean_rows(seeds: dict[int, list[dict]]) -> list[dict]:
     return out
 
 
-def final_ib(rows: list[dict]) -> dict[int, dict]:
+def final_rows(rows: list[dict]) -> dict[int, dict]:
     last = max(r["step"] for r in rows)
     return {r["index"]: r for r in rows if r["step"] == last}
 
@@ -62,7 +62,7 @@ def summary_table(groups: dict[str, dict[int, list[dict]]], base: str | None = N
     ``base``, matched by seed), as CSV rows and a markdown report."""
     names = list(groups)
     base = base if base in groups else next((n for n in names if n.endswith(" base")), names[0])
-    base_final = {seed: final_ib(rows) for seed, rows in groups[base].items()}
+    base_final = {seed: final_rows(rows) for seed, rows in groups[base].items()}
     table, lines = [], []
     lines += [f"Final recorded step; mean ± sd over seeds; ΔIB: IB minus {base!r}'s IB at the same layer, paired "
               "by seed (mean ± sd of the differences; '-' where no seed pairs).", "",
@@ -70,7 +70,7 @@ def summary_table(groups: dict[str, dict[int, list[dict]]], base: str | None = N
               "|---|---|---|---|---|---|---|---|"]
     for name in names:
         seeds = groups[name]
-        finals = {seed: final_ib(rows) for seed, rows in seeds.items()}
+        finals = {seed: final_rows(rows) for seed, rows in seeds.items()}
         indices = sorted(set.intersection(*(set(f) for f in finals.values())))
         for ix in indices:
             rs = [finals[s][ix] for s in finals]
@@ -94,7 +94,7 @@ def summary_table(groups: dict[str, dict[int, list[dict]]], base: str | None = N
               "| norm | seeds | mean IB over layers | Δ vs base |", "|---|---|---|---|"]
     base_means = {s: statistics.fmean(float(r["IB"]) for r in f.values()) for s, f in base_final.items()}
     for name in names:
-        means = {s: statistics.fmean(float(r["IB"]) for r in final_ib(rows).values()) for s, rows in groups[name].items()}
+        means = {s: statistics.fmean(float(r["IB"]) for r in final_rows(rows).values()) for s, rows in groups[name].items()}
         deltas = [means[s] - base_means[s] for s in means if s in base_means]
         delta = "-" if name == base or not deltas else f"{statistics.fmean(deltas):+.3f} ± {_sd(deltas):.3f}"
         vals = list(means.values())

@@ -21,6 +21,14 @@ from ..functional import COMPRESS_THEN_STANDARDIZE
 from .fused import IBNormFunction, fused_ib_norm
 
 IMPLS = ("auto", "fused", "reference")
+OP_CODES = {"power": 0, "log": 1, "tanh": 2, "none": 3}  # the compiled kernels' op numbering
+
+
+def strength_value(lam_t: Optional[Tensor], lam: Optional[float]) -> float:
+    """The strength as the compiled kernels take it: a number (1.0 stands in for the identity op's none)."""
+    if lam_t is not None:
+        return float(lam_t)
+    return lam if lam is not None else 1.0
 
 
 def check_impl(impl: str) -> str:
@@ -51,7 +59,7 @@ def fast_ib_norm(x: Tensor, dims: Sequence[int], centered: bool, eps: float, com
     kernel = None
     if rows and triton_rows.supports(x):
         kernel = triton_rows.TritonRowsFunction
-    elif rows and cpu.supports(x, dims, compression, strength, order):
+    elif rows and cpu.supports(x, dims):
         kernel = cpu.CPURowsFunction
     if kernel is not None:
         lam_t = strength if isinstance(strength, Tensor) else None

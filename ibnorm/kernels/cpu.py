@@ -18,8 +18,8 @@ from typing import Optional
 import torch
 from torch import Tensor
 
+from . import OP_CODES, strength_value
 
-OP_CODES = {"power": 0, "log": 1, "tanh": 2, "none": 3}
 _FLAGS = {
     "AVX512": ["-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512dq", "-mfma", "-DCPU_CAPABILITY_AVX512",
                "-DCPU_CAPABILITY=AVX512"],
@@ -71,7 +71,7 @@ def load():
     return _module
 
 
-def supports(x: Tensor, dims, compression: str, strength, order: str) -> bool:
+def supports(x: Tensor, dims) -> bool:
     """Last-dimension groups on CPU, float32/bfloat16/float16 input, and a built extension."""
     if x.device.type != "cpu" or x.dtype not in (torch.float32, torch.bfloat16, torch.float16):
         return False
@@ -85,7 +85,7 @@ class CPURowsFunction(torch.autograd.Function):
     def forward(ctx, x, weight, bias, lam_t, m, centered, eps, op, lam, cts):
         ext = load()
         x2 = x.reshape(-1, m).to(torch.float32).contiguous()
-        lam_v = float(lam_t) if lam_t is not None else (lam if lam is not None else 1.0)
+        lam_v = strength_value(lam_t, lam)
         w = weight.reshape(-1).float().contiguous() if weight is not None else None
         b = bias.reshape(-1).float().contiguous() if bias is not None else None
         y, stats = ext.forward(x2, w, b, lam_v, OP_CODES[op], centered, cts, eps)

@@ -76,11 +76,10 @@ class IBNormFunction(torch.autograd.Function):
         lam_v = lam_t.to(f) if lam_t is not None else lam
         if centered:
             var, mu = torch.var_mean(xf, dim=dims, correction=0, keepdim=True)
-            u = (xf - mu) * torch.rsqrt(var + eps)
         else:
             mu, var = None, _mean(xf * xf, dims)
-            u = xf * torch.rsqrt(var + eps)
         r = torch.rsqrt(var + eps)
+        u = (xf - mu) * r if centered else xf * r
         m_c = v_c = v_u = k = None
         if op == "none":
             z = u

@@ -11,6 +11,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from . import OP_CODES, strength_value
+
 try:
     import triton
     import triton.language as tl
@@ -18,7 +20,6 @@ try:
 except ImportError:  # pragma: no cover - optional dependency
     HAVE_TRITON = False
 
-OP_CODES = {"power": 0, "log": 1, "tanh": 2, "none": 3}
 
 if HAVE_TRITON:
     @triton.jit
@@ -179,7 +180,7 @@ class TritonRowsFunction(torch.autograd.Function):
         y = torch.empty_like(x2)
         mean = torch.empty(R, device=x.device, dtype=torch.float32)
         rstd = torch.empty(R, device=x.device, dtype=torch.float32)
-        lam_v = float(lam_t) if lam_t is not None else (lam if lam is not None else 1.0)
+        lam_v = strength_value(lam_t, lam)
         block = triton.next_power_of_2(m)
         w = weight.reshape(-1) if weight is not None else x2
         b = bias.reshape(-1) if bias is not None else x2
