@@ -57,7 +57,7 @@ def fast_ib_norm(x: Tensor, dims: Sequence[int], centered: bool, eps: float, com
     # The row kernels apply the affine map per element of a group: layer and RMS grouping.
     rows = tuple(wview) == group_shape and tuple(dims) == tuple(range(x.dim() - len(dims), x.dim()))
     kernel = None
-    if rows and triton_rows.supports(x):
+    if rows and triton_rows.supports(x, m):
         kernel = triton_rows.TritonRowsFunction
     elif rows and cpu.supports(x, dims):
         kernel = cpu.CPURowsFunction

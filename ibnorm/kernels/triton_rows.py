@@ -215,5 +215,9 @@ class TritonRowsFunction(torch.autograd.Function):
         return gx.reshape(x.shape), gw, gb, glam, None, None, None, None, None, None
 
 
-def supports(x: Tensor) -> bool:
-    return HAVE_TRITON and x.is_cuda and x.dtype in (torch.float32, torch.bfloat16, torch.float16)
+MAX_ROW = 65536  # one row lives in registers (BLOCK >= M); wider rows take the fused Function
+
+
+def supports(x: Tensor, m: int) -> bool:
+    return (HAVE_TRITON and x.is_cuda and x.dtype in (torch.float32, torch.bfloat16, torch.float16)
+            and m <= MAX_ROW)
