@@ -8,7 +8,7 @@ from typing import Any, Optional
 import torch
 from torch import nn
 
-from .compress import ALIASES, COMPRESSIONS
+from .ops import ALIASES, COMPRESSIONS
 from .layers import IB_CLASS_BY_GROUPING, IB_LAYERS
 from .peers import PEERS, DynamicTanh
 from .registry import IB_GROUPINGS, _REGISTRY, canonical_name

@@ -1,27 +1,14 @@
-"""Multi-process training support: the process context the trainer uses, and synchronized batch IBNorm.
-
-Launch with ``torchrun`` (see the README): the trainer reads ``RANK``/``WORLD_SIZE``/``LOCAL_RANK``,
-joins the process group (gloo on CPU, NCCL on CUDA) and wraps the model in
-``DistributedDataParallel``. ``IBNORM_DIST_TIMEOUT`` (seconds, default 120) bounds every collective
-and the start-up rendezvous, so a failed or missing rank ends the job with an error, not a hang.
-"""
+"""Synchronized batch IBNorm: batch statistics over every process of a group, with an exact backward."""
 from __future__ import annotations
 
-import datetime
-import os
-from dataclasses import dataclass
 from typing import Any, Optional
 
 import torch
 import torch.distributed as tdist
 from torch import Tensor, nn
 
-from . import functional as IBF
 from .layers import _IBBatchNorm
-
-
-def dist_timeout() -> datetime.timedelta:
-    return datetime.timedelta(seconds=float(os.environ.get("IBNORM_DIST_TIMEOUT", "120")))
+from .reference import Reduce
 
 
 class _AllReduceSum(torch.autograd.Function):
@@ -61,7 +48,7 @@ class IBSyncBatchNorm(_IBBatchNorm):
         if input.dim() < 2 or input.shape[1] != self.num_features:
             raise ValueError(f"input must have shape (N, {self.num_features}, *); got {list(input.shape)}")
 
-    def _reduce(self) -> Optional[IBF.Reduce]:
+    def _reduce(self) -> Optional[Reduce]:
         if not (self.training and tdist.is_available() and tdist.is_initialized()):
             return None
         if tdist.get_world_size(self.process_group) == 1:
@@ -99,76 +86,3 @@ def convert_sync_ibnorm(module: nn.Module, process_group: Any = None) -> nn.Modu
     for name, child in module.named_children():
         out.add_module(name, convert_sync_ibnorm(child, process_group))
     return out
-
-
-@dataclass
-class DistContext:
-    """Where this process stands: rank, world size, device. World size 1 means no process group."""
-
-    rank: int = 0
-    world_size: int = 1
-    local_rank: int = 0
-    device: torch.device = torch.device("cpu")
-
-    @classmethod
-    def from_env(cls) -> "DistContext":
-        world = int(os.environ.get("WORLD_SIZE", "1"))
-        if world <= 1:
-            dev = torch.device("cuda") if torch.cuda.is_available() and os.environ.get("IBNORM_DEVICE") == "cuda" else torch.device("cpu")
-            return cls(device=dev)
-        local = int(os.environ.get("LOCAL_RANK", "0"))
-        use_cuda = torch.cuda.is_available() and os.environ.get("IBNORM_DEVICE", "cuda") == "cuda"
-        if use_cuda:
-            torch.cuda.set_device(local)
-        if not tdist.is_initialized():
-            try:
-                tdist.init_process_group("nccl" if use_cuda else "gloo", timeout=dist_timeout())
-            except Exception as e:  # a missing rank: the rendezvous timed out
-                raise RuntimeError(
-                    f"rank {os.environ.get('RANK')} of {world}: not every rank joined the process group within "
-                    f"{dist_timeout().total_seconds():.0f} s (IBNORM_DIST_TIMEOUT); is a rank missing or did "
-                    f"one fail to start? ({type(e).__name__}: {e})") from e
-        return cls(tdist.get_rank(), tdist.get_world_size(), local,
-                   torch.device("cuda", local) if use_cuda else torch.device("cpu"))
-
-    @property
-    def is_main(self) -> bool:
-        return self.rank == 0
-
-    def prepare_model(self, model: nn.Module, sync_bn: bool = True) -> nn.Module:
-        if self.world_size == 1:
-            return model
-        if sync_bn:
-            model = convert_sync_ibnorm(model)
-        ids = [self.local_rank] if self.device.type == "cuda" else None
-        return nn.parallel.DistributedDataParallel(model, device_ids=ids)
-
-    @staticmethod
-    def unwrap(model: nn.Module) -> nn.Module:
-        return model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
-
-    def shard(self, batch: tuple[Tensor, ...]) -> tuple[Tensor, ...]:
-        """This rank's contiguous slice of the global batch."""
-        if self.world_size == 1:
-            return batch
-        per = batch[0].shape[0] // self.world_size
-        return tuple(t[self.rank * per:(self.rank + 1) * per] for t in batch)
-
-    def mean(self, value: float) -> float:
-        if self.world_size == 1:
-            return value
-        t = torch.tensor([value], dtype=torch.float64, device=self.device)
-        tdist.all_reduce(t)
-        return float(t) / self.world_size
-
-    def gather_rng(self) -> list[Tensor]:
-        state = torch.get_rng_state()
-        if self.world_size == 1:
-            return [state]
-        out: list[Any] = [None] * self.world_size
-        tdist.all_gather_object(out, state)
-        return out
-
-    def barrier(self) -> None:
-        if self.world_size > 1:
-            tdist.barrier()

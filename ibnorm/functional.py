@@ -1,282 +1,150 @@
-"""SPEC steps 1-4 for every grouping: the one reference implementation of IBNorm.
+"""The functional API of IBNorm: one function per grouping, like ``torch.nn.functional.layer_norm``.
 
-For one group with values ``x`` (biased statistics, the layer's ``eps``):
+Each takes the base norm's arguments, then ``compression``, ``strength`` (a float, or a tensor for a
+learned strength), ``order`` and ``impl``, and dispatches:
 
-1. base normalization   ``u = (x - mean(x)) / sqrt(var(x) + eps)``   (RMS: ``u = x / sqrt(mean(x^2) + eps)``)
-2. compression          ``c = s(u)``                                  (see :mod:`ibnorm.compress`)
-3. standardization      ``z = (c - mean(c)) * sqrt((var(u) + eps) / (var(c) + eps))``
-                        (RMS: ``z = c * sqrt((mean(u^2) + eps) / (mean(c^2) + eps))``)
-4. recovery             ``y = weight * z + bias``
+- ``impl="auto"``: the fastest kernel that runs this input: Triton on CUDA (layer and RMS grouping),
+  the C++ kernel on CPU (layer and RMS grouping, once built), otherwise the autograd Function;
+- ``"triton"``, ``"cpu"``, ``"autograd"``: that kernel, or a ``ValueError`` when it cannot run the input;
+- ``"reference"``: :mod:`ibnorm.reference`, the plain transcription of the definition;
+- ``None``: ``IBNORM_IMPL`` (:mod:`ibnorm.config`), default ``auto``.
 
-``order="standardize_then_compress"`` stops after step 2 (the paper's order ablation). The ``none``
-compression skips step 3, since ``c = u`` gives ``z = u`` exactly.
-
-Precision policy: statistics, compression and the affine map are computed in float32 (float64
-inputs stay float64), and the result is cast back to the input dtype, as PyTorch's fused CPU norms
-do for half types. Fast paths (:mod:`ibnorm.kernels`) must match this module.
+Every path computes the same function (``tests/test_kernels.py``); the kernels save only the input and
+per-group statistics for backward.
 """
 from __future__ import annotations
 
 import math
-from typing import Callable, NamedTuple, Optional, Sequence, Union
+from typing import Optional, Sequence, Union
 
 import torch
 from torch import Tensor
 
-from .compress import Strength, check_order, compress, get_compression
-
-COMPRESS_THEN_STANDARDIZE = "compress_then_standardize"
-
-
-class GroupStats(NamedTuple):
-    """Per-group statistics of one forward pass (shapes broadcast against the input)."""
-
-    mean_x: Optional[Tensor]  # None for RMS grouping
-    var_x: Tensor  # var(x) (RMS: mean(x^2)), biased
-    mean_c: Optional[Tensor]  # None when step 3 is skipped or RMS grouping
-    var_c: Optional[Tensor]  # var(c) (RMS: mean(c^2)), biased; None when step 3 is skipped
-    var_u: Optional[Tensor]  # var(u) (RMS: mean(u^2)), biased; None when step 3 is skipped
+from . import reference as R
+from .config import resolve_impl
+from .kernels import cpu
+from .kernels.autograd import ib_norm_autograd
+from .ops import COMPRESS_THEN_STANDARDIZE, Strength, check_order
+from .reference import GroupStats, Reduce
 
 
-def compute_dtype(dtype: torch.dtype) -> torch.dtype:
-    return torch.float64 if dtype == torch.float64 else torch.float32
+def _row_kernel(x: Tensor, m: int, impl: str):
+    """The compiled kernel that runs last-dimension groups of ``m`` values of ``x`` under ``impl``, or None."""
+    if impl in ("auto", "triton") and x.is_cuda:
+        from .kernels import triton_rows  # imports triton: only when a CUDA tensor arrives
+        if triton_rows.supports(x, m):
+            return triton_rows.TritonRowsFunction
+    if impl in ("auto", "cpu") and cpu.supports(x):
+        return cpu.CPURowsFunction
+    return None
 
 
-def _strength_as(strength: Optional[Strength], like: Tensor) -> Optional[Strength]:
-    if isinstance(strength, Tensor):
-        return strength.to(like.dtype)
-    return strength
+def _kernel(x: Tensor, dims: Sequence[int], centered: bool, eps: float, compression: str, strength: Optional[Strength],
+            order: str, weight: Optional[Tensor], bias: Optional[Tensor], wview: Sequence[int],
+            impl: str) -> tuple[Tensor, Optional[tuple]]:
+    """``(y, statistics)`` from a kernel; the statistics (``(mean_x, var_x, mean_c, var_c, var_u)``, empty
+    tensors for those unused) come from the autograd Function only, the row kernels give None."""
+    group_shape = tuple(x.shape[d] for d in dims)
+    # The row kernels apply the affine map per element of a group: layer and RMS grouping.
+    rows = tuple(wview) == group_shape and tuple(dims) == tuple(range(x.dim() - len(dims), x.dim()))
+    kernel = _row_kernel(x, math.prod(group_shape), impl) if rows else None
+    if kernel is not None:
+        lam_t = strength if isinstance(strength, Tensor) else None
+        lam = None if lam_t is not None else strength
+        y = kernel.apply(x, weight, bias, lam_t, math.prod(group_shape), centered, float(eps), compression, lam,
+                         order == COMPRESS_THEN_STANDARDIZE)
+        return y, None
+    if impl in ("cpu", "triton"):
+        device = "CUDA" if impl == "triton" else "CPU"
+        raise ValueError(f"impl={impl!r} runs layer and RMS grouping of float32/bfloat16/float16 {device} tensors"
+                         f"{' once the C++ kernel is built' if impl == 'cpu' else ' with triton installed'}; got a "
+                         f"{x.dtype} {x.device.type} input grouped over dims {tuple(dims)}: use impl='auto'")
+    return ib_norm_autograd(x, dims, centered, eps, compression, strength, order, weight, bias, wview)
 
 
-Reduce = Callable[[Tensor], Tensor]  # sums a tensor over processes (differentiably); None = this process only
+def _trailing_dims(x: Tensor, shape: tuple[int, ...]) -> tuple[int, ...]:
+    return tuple(range(x.dim() - len(shape), x.dim()))
 
 
-def _moments(t: Tensor, dims: Sequence[int], centered: bool, reduce: Optional[Reduce] = None) -> tuple[Optional[Tensor], Tensor]:
-    """(mean, biased var) when centered, else (None, mean square), over ``dims`` (and processes with ``reduce``)."""
-    dims = tuple(dims)
-    if reduce is None:
-        if centered:
-            var, mean = torch.var_mean(t, dim=dims, correction=0, keepdim=True)
-            return mean, var
-        return None, t.square().mean(dim=dims, keepdim=True)
-    # Two passes (mean, then centred squares) over all processes: as accurate as the local var_mean.
-    count = reduce(torch.tensor(float(math.prod(t.shape[d] for d in dims)), dtype=t.dtype, device=t.device))
-    if not centered:
-        return None, reduce(t.square().sum(dim=dims, keepdim=True)) / count
-    mean = reduce(t.sum(dim=dims, keepdim=True)) / count
-    return mean, reduce((t - mean).square().sum(dim=dims, keepdim=True)) / count
-
-
-def base_normalize(x: Tensor, dims: Sequence[int], centered: bool, eps: float,
-                   reduce: Optional[Reduce] = None) -> Tensor:
-    """SPEC step 1 with the group's own statistics."""
-    mean_x, var_x = _moments(x, dims, centered, reduce)
-    return (x - mean_x if centered else x) * torch.rsqrt(var_x + eps)
-
-
-def ib_core(
-    x: Tensor,
-    dims: Sequence[int],
-    centered: bool,
-    eps: float,
-    compression: str,
-    strength: Optional[Strength],
-    order: str = COMPRESS_THEN_STANDARDIZE,
-    running: Optional[GroupStats] = None,
-    reduce: Optional[Reduce] = None,
-) -> tuple[Tensor, GroupStats]:
-    """SPEC steps 1-3 on ``x`` (already in the compute dtype), groups reduced over ``dims``.
-
-    With ``running`` given (batch grouping in eval), its statistics replace the batch's.
-    Returns ``z`` and the statistics of this pass (the running ones when ``running`` was used).
-    ``reduce`` sums over processes, so that the statistics are those of the global batch.
-    """
-    op = get_compression(compression)
-    strength = _strength_as(strength, x)
-    if running is None:
-        mean_x, var_x = _moments(x, dims, centered, reduce)
-    else:
-        mean_x, var_x = running.mean_x, running.var_x
-    u = (x - mean_x if centered else x) * torch.rsqrt(var_x + eps)
-    if not op.has_strength:
-        return u, GroupStats(mean_x, var_x, None, None, None)
-    c = compress(u, op.name, strength)
-    if order != COMPRESS_THEN_STANDARDIZE:
-        return c, GroupStats(mean_x, var_x, None, None, None)
-    if running is None:
-        _, var_u = _moments(u, dims, centered, reduce)
-        mean_c, var_c = _moments(c, dims, centered, reduce)
-    else:
-        var_u, mean_c, var_c = running.var_u, running.mean_c, running.var_c
-    scale = torch.sqrt((var_u + eps) / (var_c + eps))
-    z = (c - mean_c if centered else c) * scale
-    return z, GroupStats(mean_x, var_x, mean_c, var_c, var_u)
-
-
-def _affine(z: Tensor, weight: Optional[Tensor], bias: Optional[Tensor], view: Sequence[int]) -> Tensor:
-    if weight is not None:
-        z = z * weight.to(z.dtype).reshape(view)
-    if bias is not None:
-        z = z + bias.to(z.dtype).reshape(view)
-    return z
-
-
-def _normalized_shape(normalized_shape: Union[int, Sequence[int]]) -> tuple[int, ...]:
-    if isinstance(normalized_shape, int):
-        return (normalized_shape,)
-    return tuple(normalized_shape)
-
-
-def check_trailing(x: Tensor, shape: tuple[int, ...]) -> None:
-    if not isinstance(x, Tensor):
-        raise TypeError(f"input must be a torch.Tensor; got {type(x).__name__}")
-    if not x.is_floating_point():
-        raise TypeError(f"input must be a floating-point tensor; got dtype {x.dtype}")
-    if x.dim() < len(shape) or tuple(x.shape[x.dim() - len(shape):]) != shape:
-        raise ValueError(f"input must end with normalized_shape {list(shape)}; got input of shape {list(x.shape)}")
-
-
-def _ib_last_dims(x: Tensor, normalized_shape, weight: Optional[Tensor], bias: Optional[Tensor], eps: float,
-                  centered: bool, compression: str, strength: Optional[Strength], order: str) -> Tensor:
-    shape = _normalized_shape(normalized_shape)
-    check_trailing(x, shape)
-    check_order(order)
-    dims = tuple(range(x.dim() - len(shape), x.dim()))
-    z, _ = ib_core(x.to(compute_dtype(x.dtype)), dims, centered, eps, compression, strength, order)
-    return _affine(z, weight, bias, shape).to(x.dtype)
-
-
-def ib_layer_norm(
-    x: Tensor,
-    normalized_shape: Union[int, Sequence[int]],
-    weight: Optional[Tensor] = None,
-    bias: Optional[Tensor] = None,
-    eps: float = 1e-5,
-    compression: str = "power",
-    strength: Optional[Strength] = None,
-    order: str = COMPRESS_THEN_STANDARDIZE,
-) -> Tensor:
+def ib_layer_norm(input: Tensor, normalized_shape: Union[int, Sequence[int]], weight: Optional[Tensor] = None,
+                  bias: Optional[Tensor] = None, eps: float = 1e-5, compression: str = "power",
+                  strength: Optional[Strength] = None, order: str = COMPRESS_THEN_STANDARDIZE,
+                  impl: Optional[str] = "auto") -> Tensor:
     """IBNorm with LayerNorm's grouping: each group is the last ``len(normalized_shape)`` dims."""
-    return _ib_last_dims(x, normalized_shape, weight, bias, eps, True, compression, strength, order)
-
-
-def ib_rms_norm(
-    x: Tensor,
-    normalized_shape: Union[int, Sequence[int]],
-    weight: Optional[Tensor] = None,
-    eps: Optional[float] = None,
-    compression: str = "power",
-    strength: Optional[Strength] = None,
-    order: str = COMPRESS_THEN_STANDARDIZE,
-) -> Tensor:
-    """IBNorm with RMSNorm's grouping (no centering). ``eps=None`` means ``finfo(input dtype).eps``, as ``nn.RMSNorm``."""
-    if eps is None and isinstance(x, Tensor) and x.is_floating_point():
-        eps = torch.finfo(x.dtype).eps
-    return _ib_last_dims(x, normalized_shape, weight, None, eps, False, compression, strength, order)
-
-
-def ib_group_norm(
-    x: Tensor,
-    num_groups: int,
-    weight: Optional[Tensor] = None,
-    bias: Optional[Tensor] = None,
-    eps: float = 1e-5,
-    compression: str = "power",
-    strength: Optional[Strength] = None,
-    order: str = COMPRESS_THEN_STANDARDIZE,
-) -> Tensor:
-    """IBNorm with GroupNorm's grouping: per sample, per group of ``C // num_groups`` channels (and all spatial dims)."""
-    if not isinstance(x, Tensor) or not x.is_floating_point():
-        raise TypeError("input must be a floating-point torch.Tensor")
-    if x.dim() < 2:
-        raise ValueError(f"input must have shape (N, C, *); got input of shape {list(x.shape)}")
+    impl = resolve_impl(impl)
+    if impl == "reference":
+        return R.ib_layer_norm(input, normalized_shape, weight, bias, eps, compression, strength, order)
+    shape = R.normalized_shape_of(normalized_shape)
+    R.check_trailing(input, shape)
     check_order(order)
-    n, ch = x.shape[0], x.shape[1]
+    return _kernel(input, _trailing_dims(input, shape), True, eps, compression, strength, order, weight, bias,
+                   shape, impl)[0]
+
+
+def ib_rms_norm(input: Tensor, normalized_shape: Union[int, Sequence[int]], weight: Optional[Tensor] = None,
+                eps: Optional[float] = None, compression: str = "power", strength: Optional[Strength] = None,
+                order: str = COMPRESS_THEN_STANDARDIZE, impl: Optional[str] = "auto") -> Tensor:
+    """IBNorm with RMSNorm's grouping (no centering). ``eps=None`` means ``finfo(input dtype).eps``, as ``nn.RMSNorm``."""
+    impl = resolve_impl(impl)
+    if impl == "reference":
+        return R.ib_rms_norm(input, normalized_shape, weight, eps, compression, strength, order)
+    shape = R.normalized_shape_of(normalized_shape)
+    R.check_trailing(input, shape)
+    check_order(order)
+    eps = torch.finfo(input.dtype).eps if eps is None else eps
+    return _kernel(input, _trailing_dims(input, shape), False, eps, compression, strength, order, weight, None,
+                   shape, impl)[0]
+
+
+def ib_group_norm(input: Tensor, num_groups: int, weight: Optional[Tensor] = None, bias: Optional[Tensor] = None,
+                  eps: float = 1e-5, compression: str = "power", strength: Optional[Strength] = None,
+                  order: str = COMPRESS_THEN_STANDARDIZE, impl: Optional[str] = "auto") -> Tensor:
+    """IBNorm with GroupNorm's grouping: per sample, per group of ``C // num_groups`` channels (and all spatial dims)."""
+    R.check_channels(input)
+    if weight is not None and input.shape[1] != weight.numel():
+        raise ValueError(f"input must have shape (N, {weight.numel()}, *); got {list(input.shape)}")
+    impl = resolve_impl(impl)
+    if impl == "reference":
+        return R.ib_group_norm(input, num_groups, weight, bias, eps, compression, strength, order)
+    check_order(order)
+    n, ch, spatial = input.shape[0], input.shape[1], tuple(input.shape[2:])
     if ch % num_groups != 0:
         raise ValueError(f"input must have a channel count divisible by num_groups={num_groups}; got C={ch}")
-    xc = x.to(compute_dtype(x.dtype)).reshape(n, num_groups, -1)
-    z, _ = ib_core(xc, (2,), True, eps, compression, strength, order)
-    z = z.reshape(x.shape)
-    view = [ch] + [1] * (x.dim() - 2)
-    return _affine(z, weight, bias, view).to(x.dtype)
+    per = ch // num_groups
+    xg = input.reshape(n, num_groups, per, *spatial)  # groups reduce over dims 2..
+    y, _ = _kernel(xg, tuple(range(2, xg.dim())), True, eps, compression, strength, order, weight, bias,
+                   (num_groups, per) + (1,) * len(spatial), impl)
+    return y.reshape(input.shape)
 
 
-def ib_batch_norm(
-    x: Tensor,
-    running_stats: Optional[GroupStats],
-    weight: Optional[Tensor] = None,
-    bias: Optional[Tensor] = None,
-    training: bool = True,
-    momentum: float = 0.1,
-    eps: float = 1e-5,
-    compression: str = "power",
-    strength: Optional[Strength] = None,
-    order: str = COMPRESS_THEN_STANDARDIZE,
-    reduce: Optional[Reduce] = None,
-) -> Tensor:
+def ib_batch_norm(input: Tensor, running_stats: Optional[GroupStats], weight: Optional[Tensor] = None,
+                  bias: Optional[Tensor] = None, training: bool = True, momentum: float = 0.1, eps: float = 1e-5,
+                  compression: str = "power", strength: Optional[Strength] = None,
+                  order: str = COMPRESS_THEN_STANDARDIZE, reduce: Optional[Reduce] = None,
+                  impl: Optional[str] = "auto") -> Tensor:
     """IBNorm with BatchNorm's grouping: per channel (dim 1) over the batch and spatial dims.
 
-    ``running_stats`` holds the running buffers (``mean_x``, ``var_x``, ``mean_c``, ``var_c``,
-    ``var_u``, each of shape ``[C]``) or is ``None``. In training (or without running buffers) the
-    batch statistics are used; in training the buffers are updated in place with
-    ``(1 - momentum) * old + momentum * new``, variances with the unbiased ``n / (n - 1)`` factor,
-    exactly as ``nn.BatchNorm`` does. ``momentum`` here is the already-resolved factor (for a
-    cumulative average the caller passes ``1 / num_batches_tracked``). In eval the buffers replace
-    the batch statistics in steps 1 and 3. ``reduce`` (sum over processes) makes the batch
-    statistics those of the global batch (:class:`ibnorm.distributed.IBSyncBatchNorm`).
+    ``running_stats`` (the five running buffers, or None), ``training``, ``momentum`` (the resolved factor)
+    and ``reduce`` (a sum over processes) are as in :func:`ibnorm.reference.ib_batch_norm`. The kernels
+    take batch statistics of this process; eval with running statistics, and statistics summed over
+    processes, run on the reference.
     """
-    if not isinstance(x, Tensor) or not x.is_floating_point():
-        raise TypeError("input must be a floating-point torch.Tensor")
-    if x.dim() < 2:
-        raise ValueError(f"input must have shape (N, C, *); got input of shape {list(x.shape)}")
-    check_order(order)
-    ch = x.shape[1]
-    dims = (0,) + tuple(range(2, x.dim()))
-    view = [1, ch] + [1] * (x.dim() - 2)
-    xc = x.to(compute_dtype(x.dtype))
+    impl = resolve_impl(impl)
     use_batch = training or running_stats is None
-    if use_batch:
-        count = x.numel() // ch
-        if reduce is not None:
-            count = int(reduce(torch.tensor(float(count), device=x.device)).item())
-        if training:
-            check_batch_count(count, x)
-        z, stats = ib_core(xc, dims, True, eps, compression, strength, order, reduce=reduce)
-        if training and running_stats is not None:
-            update_running(running_stats, stats, momentum, count)
-    else:
-        run = GroupStats(*[None if t is None else t.to(xc.dtype).reshape(view) for t in running_stats])
-        z, _ = ib_core(xc, dims, True, eps, compression, strength, order, running=run)
-    return _affine(z, weight, bias, view).to(x.dtype)
+    if impl == "reference" or reduce is not None or not use_batch:
+        return R.ib_batch_norm(input, running_stats, weight, bias, training, momentum, eps, compression, strength,
+                               order, reduce)
+    R.check_channels(input)
+    check_order(order)
+    count = input.numel() // input.shape[1]
+    if training:
+        R.check_batch_count(count, input)
+    dims = (0,) + tuple(range(2, input.dim()))
+    wview = (input.shape[1],) + (1,) * (input.dim() - 2)
+    y, stats = _kernel(input, dims, True, eps, compression, strength, order, weight, bias, wview, impl)
+    if training and running_stats is not None:
+        R.update_running(running_stats, GroupStats(*[t if t.numel() else None for t in stats]), momentum, count)
+    return y
 
 
-def check_batch_count(count: int, x: Tensor) -> None:
-    """Batch statistics in training need more than one value per channel (as ``nn.BatchNorm``)."""
-    if count <= 1:
-        raise ValueError(f"Expected more than 1 value per channel when training, got input size {list(x.shape)}")
-
-
-@torch.no_grad()
-def update_running(running: GroupStats, batch: GroupStats, momentum: float, count: int) -> None:
-    unbias = count / max(count - 1, 1)
-    for buf, new, is_var in (
-        (running.mean_x, batch.mean_x, False),
-        (running.var_x, batch.var_x, True),
-        (running.mean_c, batch.mean_c, False),
-        (running.var_c, batch.var_c, True),
-        (running.var_u, batch.var_u, True),
-    ):
-        if buf is None or new is None:
-            continue  # a statistic this configuration does not use
-        new = new.detach().reshape(-1).to(buf.dtype)
-        if is_var:
-            new = new * unbias
-        buf.mul_(1.0 - momentum).add_(new, alpha=momentum)
-
-
-def contraction_ratio(u: Tensor, compression: str, strength: Optional[Strength], dims: Sequence[int], centered: bool = True) -> Tensor:
-    """The SPEC's diagnostic ``var(s(u)) / var(u)`` (RMS: ratio of mean squares), averaged over groups."""
-    c = compress(u, compression, _strength_as(strength, u))
-    _, vu = _moments(u, dims, centered)
-    _, vc = _moments(c, dims, centered)
-    return (vc / vu.clamp_min(torch.finfo(vu.dtype).tiny)).mean()
+__all__ = ["ib_layer_norm", "ib_rms_norm", "ib_group_norm", "ib_batch_norm"]

@@ -1,11 +1,12 @@
-"""``nn.Module`` wrappers of :mod:`ibnorm.functional` with PyTorch's norm signatures.
+"""``nn.Module`` norms with PyTorch's signatures: they own parameters, buffers and settings, and each
+``forward`` is one call of :mod:`ibnorm.functional`.
 
 Every layer takes its base norm's constructor arguments, then the keyword-only IBNorm ones:
 ``compression`` (``power``/``log``/``tanh``/``none``), ``strength`` (lambda; ``None`` = the op's
 default), ``learnable_strength`` (train lambda, reparameterized to stay in the op's range; beyond the
-paper), ``order`` (``compress_then_standardize`` = the SPEC, or ``standardize_then_compress``) and
-``impl`` (``auto``: the fast path of :mod:`ibnorm.kernels`; ``reference``: :mod:`ibnorm.functional`
-itself; the environment variable ``IBNORM_IMPL=reference`` forces the reference for ``auto`` layers).
+paper), ``order`` (``compress_then_standardize``, the definition, or ``standardize_then_compress``) and
+``impl`` (what runs, resolved once here: ``None`` takes ``IBNORM_IMPL`` from :mod:`ibnorm.config`, default
+``auto``; see :mod:`ibnorm.functional` for the values).
 """
 from __future__ import annotations
 
@@ -16,9 +17,10 @@ import torch
 from torch import Tensor, nn
 
 from . import functional as IBF
-from .kernels import check_impl, fast_ib_norm, use_fast_path
-from .compress import (check_order, get_compression, raw_to_strength, resolve_strength,
-                       strength_to_raw)
+from . import reference as R
+from .config import resolve_impl
+from .ops import (COMPRESS_THEN_STANDARDIZE, check_order, get_compression, raw_to_strength, resolve_strength,
+                  strength_to_raw)
 
 _shape_t = Union[int, Sequence[int], torch.Size]
 
@@ -46,6 +48,14 @@ def _check_eps(eps: Optional[float], allow_none: bool = False) -> Optional[float
     return float(eps)
 
 
+def reset_affine(module: nn.Module) -> None:
+    """The base norms' affine initialization: weight 1 and bias 0, each where the module has it."""
+    for name, init in (("weight", nn.init.ones_), ("bias", nn.init.zeros_)):
+        param = getattr(module, name, None)
+        if param is not None:
+            init(param)
+
+
 class _IBMixin:
     """Holds the compression op, its strength (fixed or learnable) and the order."""
 
@@ -53,8 +63,8 @@ class _IBMixin:
     order: str
 
     def _init_ib(self, compression: str, strength: Optional[float], learnable_strength: bool, order: str,
-                 factory: dict, impl: str = "auto") -> None:
-        self.impl = check_impl(impl)
+                 factory: dict, impl: Optional[str]) -> None:
+        self.impl = resolve_impl(impl)
         self.compression = get_compression(compression).name
         self.order = check_order(order)
         self.init_strength = resolve_strength(self.compression, strength)
@@ -66,6 +76,15 @@ class _IBMixin:
             self.strength_raw = nn.Parameter(torch.empty((), device=factory.get("device"), dtype=dtype))
         else:
             self.register_parameter("strength_raw", None)
+
+    def _register_affine(self, shape: Sequence[int], weight: bool, bias: bool, factory: dict) -> None:
+        """``weight`` and ``bias`` of ``shape`` as the base norm has them (None where it has none)."""
+        for name, present in (("weight", weight), ("bias", bias)):
+            self.register_parameter(name, nn.Parameter(torch.empty(tuple(shape), **factory)) if present else None)
+
+    def reset_parameters(self) -> None:
+        reset_affine(self)
+        self._reset_strength()
 
     def _reset_strength(self) -> None:
         if self.strength_raw is not None:
@@ -85,14 +104,14 @@ class _IBMixin:
 
     @torch.no_grad()
     def contraction_ratio(self, input: Tensor) -> float:
-        """The SPEC diagnostic ``var(s(u)) / var(u)`` (RMS: mean squares) of this input, averaged over groups.
+        """The diagnostic ``var(s(u)) / var(u)`` (RMS: mean squares) of this input, averaged over groups.
 
         Batch grouping uses the statistics of ``input`` itself (as in training).
         """
-        x, dims, centered = self._groups(input.to(IBF.compute_dtype(input.dtype)))
+        x, dims, centered = self._groups(input.to(R.compute_dtype(input.dtype)))
         eps = self.eps if self.eps is not None else torch.finfo(input.dtype).eps
-        u = IBF.base_normalize(x, dims, centered, eps)
-        return float(IBF.contraction_ratio(u, self.compression, self.strength, dims, centered))
+        u = R.base_normalize(x, dims, centered, eps)
+        return float(R.contraction_ratio(u, self.compression, self.strength, dims, centered))
 
     def _ib_repr(self) -> str:
         s = f"compression={self.compression}"
@@ -101,7 +120,7 @@ class _IBMixin:
                 s += f", strength={float(self.strength.detach()):.4g} (learnable)"
             else:
                 s += f", strength={self.init_strength:g}"
-        if self.order != IBF.COMPRESS_THEN_STANDARDIZE:
+        if self.order != COMPRESS_THEN_STANDARDIZE:
             s += f", order={self.order}"
         return s
 
@@ -112,38 +131,19 @@ class IBLayerNorm(_IBMixin, nn.Module):
     def __init__(self, normalized_shape: _shape_t, eps: float = 1e-5, elementwise_affine: bool = True,
                  bias: bool = True, device=None, dtype=None, *, compression: str = "power",
                  strength: Optional[float] = None, learnable_strength: bool = False,
-                 order: str = IBF.COMPRESS_THEN_STANDARDIZE, impl: str = "auto") -> None:
+                 order: str = COMPRESS_THEN_STANDARDIZE, impl: Optional[str] = None) -> None:
         super().__init__()
         factory = {"device": device, "dtype": dtype}
         self.normalized_shape = _to_shape(normalized_shape)
         self.eps = _check_eps(eps)
         self.elementwise_affine = elementwise_affine
-        if elementwise_affine:
-            self.weight = nn.Parameter(torch.empty(self.normalized_shape, **factory))
-        else:
-            self.register_parameter("weight", None)
-        if elementwise_affine and bias:
-            self.bias = nn.Parameter(torch.empty(self.normalized_shape, **factory))
-        else:
-            self.register_parameter("bias", None)
+        self._register_affine(self.normalized_shape, elementwise_affine, elementwise_affine and bias, factory)
         self._init_ib(compression, strength, learnable_strength, order, factory, impl)
         self.reset_parameters()
 
-    def reset_parameters(self) -> None:
-        if self.weight is not None:
-            nn.init.ones_(self.weight)
-        if self.bias is not None:
-            nn.init.zeros_(self.bias)
-        self._reset_strength()
-
     def forward(self, input: Tensor) -> Tensor:
-        if use_fast_path(self.impl):
-            IBF.check_trailing(input, self.normalized_shape)
-            _, dims, _ = self._groups(input)
-            return fast_ib_norm(input, dims, True, self.eps, self.compression, self.strength, self.order,
-                                self.weight, self.bias, self.normalized_shape)[0]
         return IBF.ib_layer_norm(input, self.normalized_shape, self.weight, self.bias, self.eps,
-                                 self.compression, self.strength, self.order)
+                                 self.compression, self.strength, self.order, self.impl)
 
     def _groups(self, input: Tensor) -> tuple[Tensor, tuple[int, ...], bool]:
         return input, tuple(range(input.dim() - len(self.normalized_shape), input.dim())), True
@@ -158,34 +158,20 @@ class IBRMSNorm(_IBMixin, nn.Module):
 
     def __init__(self, normalized_shape: _shape_t, eps: Optional[float] = None, elementwise_affine: bool = True,
                  device=None, dtype=None, *, compression: str = "power", strength: Optional[float] = None,
-                 learnable_strength: bool = False, order: str = IBF.COMPRESS_THEN_STANDARDIZE,
-                 impl: str = "auto") -> None:
+                 learnable_strength: bool = False, order: str = COMPRESS_THEN_STANDARDIZE,
+                 impl: Optional[str] = None) -> None:
         super().__init__()
         factory = {"device": device, "dtype": dtype}
         self.normalized_shape = _to_shape(normalized_shape)
         self.eps = _check_eps(eps, allow_none=True)
         self.elementwise_affine = elementwise_affine
-        if elementwise_affine:
-            self.weight = nn.Parameter(torch.empty(self.normalized_shape, **factory))
-        else:
-            self.register_parameter("weight", None)
+        self._register_affine(self.normalized_shape, elementwise_affine, False, factory)
         self._init_ib(compression, strength, learnable_strength, order, factory, impl)
         self.reset_parameters()
 
-    def reset_parameters(self) -> None:
-        if self.weight is not None:
-            nn.init.ones_(self.weight)
-        self._reset_strength()
-
     def forward(self, input: Tensor) -> Tensor:
-        if use_fast_path(self.impl):
-            IBF.check_trailing(input, self.normalized_shape)
-            _, dims, _ = self._groups(input)
-            eps = torch.finfo(input.dtype).eps if self.eps is None else self.eps
-            return fast_ib_norm(input, dims, False, eps, self.compression, self.strength, self.order,
-                                self.weight, None, self.normalized_shape)[0]
         return IBF.ib_rms_norm(input, self.normalized_shape, self.weight, self.eps,
-                               self.compression, self.strength, self.order)
+                               self.compression, self.strength, self.order, self.impl)
 
     def _groups(self, input: Tensor) -> tuple[Tensor, tuple[int, ...], bool]:
         return input, tuple(range(input.dim() - len(self.normalized_shape), input.dim())), False
@@ -200,8 +186,8 @@ class IBGroupNorm(_IBMixin, nn.Module):
 
     def __init__(self, num_groups: int, num_channels: int, eps: float = 1e-5, affine: bool = True,
                  device=None, dtype=None, *, compression: str = "power", strength: Optional[float] = None,
-                 learnable_strength: bool = False, order: str = IBF.COMPRESS_THEN_STANDARDIZE,
-                 impl: str = "auto") -> None:
+                 learnable_strength: bool = False, order: str = COMPRESS_THEN_STANDARDIZE,
+                 impl: Optional[str] = None) -> None:
         super().__init__()
         factory = {"device": device, "dtype": dtype}
         self.num_groups = _check_positive_int("num_groups", num_groups)
@@ -210,33 +196,13 @@ class IBGroupNorm(_IBMixin, nn.Module):
             raise ValueError(f"num_channels must be divisible by num_groups; got num_channels={num_channels}, num_groups={num_groups}")
         self.eps = _check_eps(eps)
         self.affine = affine
-        if affine:
-            self.weight = nn.Parameter(torch.empty(num_channels, **factory))
-            self.bias = nn.Parameter(torch.empty(num_channels, **factory))
-        else:
-            self.register_parameter("weight", None)
-            self.register_parameter("bias", None)
+        self._register_affine((num_channels,), affine, affine, factory)
         self._init_ib(compression, strength, learnable_strength, order, factory, impl)
         self.reset_parameters()
 
-    def reset_parameters(self) -> None:
-        if self.affine:
-            nn.init.ones_(self.weight)
-            nn.init.zeros_(self.bias)
-        self._reset_strength()
-
     def forward(self, input: Tensor) -> Tensor:
-        if input.dim() < 2 or input.shape[1] != self.num_channels:
-            raise ValueError(f"input must have shape (N, {self.num_channels}, *); got {list(input.shape)}")
-        if use_fast_path(self.impl) and input.is_floating_point():
-            spatial = tuple(input.shape[2:])
-            per = self.num_channels // self.num_groups
-            xg = input.reshape(input.shape[0], self.num_groups, per, *spatial)  # groups reduce over dims 2..
-            y, _ = fast_ib_norm(xg, tuple(range(2, xg.dim())), True, self.eps, self.compression, self.strength,
-                                self.order, self.weight, self.bias, (self.num_groups, per) + (1,) * len(spatial))
-            return y.reshape(input.shape)
         return IBF.ib_group_norm(input, self.num_groups, self.weight, self.bias, self.eps,
-                                 self.compression, self.strength, self.order)
+                                 self.compression, self.strength, self.order, self.impl)
 
     def _groups(self, input: Tensor) -> tuple[Tensor, tuple[int, ...], bool]:
         return input.reshape(input.shape[0], self.num_groups, -1), (2,), True
@@ -249,7 +215,7 @@ class _IBBatchNorm(_IBMixin, nn.Module):
     """IBNorm with ``nn.BatchNorm``'s grouping, running statistics and train/eval semantics.
 
     Running buffers: ``running_mean``/``running_var`` of ``x`` (as ``nn.BatchNorm``), and
-    ``running_mean_c``, ``running_var_c``, ``running_var_u`` for SPEC step 3, all updated with the
+    ``running_mean_c``, ``running_var_c``, ``running_var_u`` for step 3 of the definition, all updated with the
     same momentum (or a cumulative average when ``momentum=None``) and the unbiased-variance
     convention. Eval uses them in place of the batch statistics.
 
@@ -263,7 +229,7 @@ class _IBBatchNorm(_IBMixin, nn.Module):
     def __init__(self, num_features: int, eps: float = 1e-5, momentum: Optional[float] = 0.1, affine: bool = True,
                  track_running_stats: bool = True, device=None, dtype=None, *, compression: str = "power",
                  strength: Optional[float] = None, learnable_strength: bool = False,
-                 order: str = IBF.COMPRESS_THEN_STANDARDIZE, impl: str = "auto") -> None:
+                 order: str = COMPRESS_THEN_STANDARDIZE, impl: Optional[str] = None) -> None:
         super().__init__()
         factory = {"device": device, "dtype": dtype}
         self.num_features = _check_positive_int("num_features", num_features)
@@ -273,12 +239,7 @@ class _IBBatchNorm(_IBMixin, nn.Module):
         self.momentum = momentum
         self.affine = affine
         self.track_running_stats = track_running_stats
-        if affine:
-            self.weight = nn.Parameter(torch.empty(num_features, **factory))
-            self.bias = nn.Parameter(torch.empty(num_features, **factory))
-        else:
-            self.register_parameter("weight", None)
-            self.register_parameter("bias", None)
+        self._register_affine((num_features,), affine, affine, factory)
         names = ("running_mean", "running_var", "running_mean_c", "running_var_c", "running_var_u")
         if track_running_stats:
             for name in names:
@@ -301,9 +262,7 @@ class _IBBatchNorm(_IBMixin, nn.Module):
 
     def reset_parameters(self) -> None:
         self.reset_running_stats()
-        if self.affine:
-            nn.init.ones_(self.weight)
-            nn.init.zeros_(self.bias)
+        reset_affine(self)
         self._reset_strength()
 
     def _check_input_dim(self, input: Tensor) -> None:
@@ -321,35 +280,21 @@ class _IBBatchNorm(_IBMixin, nn.Module):
                 return 1.0 / float(self.num_batches_tracked)
         return 0.0 if self.momentum is None else self.momentum
 
-    def running_stats(self) -> Optional[IBF.GroupStats]:
+    def running_stats(self) -> Optional[R.GroupStats]:
         if not self.track_running_stats:
             return None
-        return IBF.GroupStats(self.running_mean, self.running_var, self.running_mean_c,
+        return R.GroupStats(self.running_mean, self.running_var, self.running_mean_c,
                               self.running_var_c, self.running_var_u)
 
-    def _reduce(self) -> Optional[IBF.Reduce]:
+    def _reduce(self) -> Optional[R.Reduce]:
         """How batch statistics are summed over processes; None: this process's batch only."""
         return None
 
     def forward(self, input: Tensor) -> Tensor:
         self._check_input_dim(input)
-        factor = self._momentum_factor()
-        running = self.running_stats()
-        reduce = self._reduce()
-        if (reduce is None and use_fast_path(self.impl) and (self.training or running is None)
-                and input.is_floating_point()):
-            count = input.numel() // self.num_features
-            if self.training:
-                IBF.check_batch_count(count, input)
-            dims = (0,) + tuple(range(2, input.dim()))
-            wview = (self.num_features,) + (1,) * (input.dim() - 2)
-            y, stats = fast_ib_norm(input, dims, True, self.eps, self.compression, self.strength, self.order,
-                                    self.weight, self.bias, wview)
-            if self.training and running is not None:
-                IBF.update_running(running, IBF.GroupStats(*[t if t.numel() else None for t in stats]), factor, count)
-            return y
-        return IBF.ib_batch_norm(input, running, self.weight, self.bias, self.training,
-                                 factor, self.eps, self.compression, self.strength, self.order, reduce=reduce)
+        return IBF.ib_batch_norm(input, self.running_stats(), self.weight, self.bias, self.training,
+                                 self._momentum_factor(), self.eps, self.compression, self.strength, self.order,
+                                 self._reduce(), self.impl)
 
     def _groups(self, input: Tensor) -> tuple[Tensor, tuple[int, ...], bool]:
         return input, (0,) + tuple(range(2, input.dim())), True

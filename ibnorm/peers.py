@@ -28,8 +28,8 @@ from typing import Optional, Sequence
 import torch
 from torch import Tensor, nn
 
-from .functional import check_trailing, compute_dtype
-from .layers import _check_eps, _check_positive_int, _shape_t, _to_shape
+from .reference import check_trailing, compute_dtype
+from .layers import _check_eps, _check_positive_int, _shape_t, _to_shape, reset_affine
 
 NEWTON_MIN_CURVATURE = 1e-2
 _SMALL = 1e-6
@@ -113,10 +113,7 @@ class LayerNormalNorm(nn.Module):
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
-        if self.weight is not None:
-            nn.init.ones_(self.weight)
-        if self.bias is not None:
-            nn.init.zeros_(self.bias)
+        reset_affine(self)
 
     def forward(self, input: Tensor) -> Tensor:
         shape = self.normalized_shape
@@ -173,9 +170,7 @@ class _BatchNormalNorm(nn.Module):
             self.running_var.fill_(1)
             self.running_lambda.fill_(1)
             self.num_batches_tracked.zero_()
-        if self.affine:
-            nn.init.ones_(self.weight)
-            nn.init.zeros_(self.bias)
+        reset_affine(self)
 
     def forward(self, input: Tensor) -> Tensor:
         if input.dim() not in self._expected_dims or input.shape[1] != self.num_features:
@@ -244,8 +239,7 @@ class DynamicTanh(nn.Module):
 
     def reset_parameters(self) -> None:
         nn.init.constant_(self.alpha, self.alpha_init)
-        nn.init.ones_(self.weight)
-        nn.init.zeros_(self.bias)
+        reset_affine(self)
 
     def forward(self, input: Tensor) -> Tensor:
         y = torch.tanh(self.alpha * input)

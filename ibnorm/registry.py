@@ -13,7 +13,7 @@ from typing import Any, Callable, Union
 
 from torch import nn
 
-from .compress import ALIASES, COMPRESSIONS
+from .ops import ALIASES, COMPRESSIONS
 from .layers import IB_CLASS_BY_GROUPING
 from .peers import BatchNormalNorm1d, BatchNormalNorm2d, DynamicTanh, LayerNormalNorm
 

@@ -1,4 +1,4 @@
-"""A direct float64 NumPy transcription of SPEC.md, independent of ibnorm's code, for tests."""
+"""A direct float64 NumPy transcription of docs/method.md, independent of ibnorm's code, for tests."""
 import numpy as np
 
 
@@ -18,7 +18,7 @@ S = {"power": s_power, "log": s_log, "tanh": s_tanh, "none": lambda u, lam: u}
 
 
 def ib_group(x, op, lam, eps, centered=True, order="compress_then_standardize"):
-    """SPEC steps 1-3 for one group given as a flat float64 array."""
+    """Steps 1-3 of the definition for one group given as a flat float64 array."""
     x = np.asarray(x, dtype=np.float64)
     if centered:
         u = (x - x.mean()) / np.sqrt(x.var() + eps)

@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from ibnorm import bench
+from ibnorm.lab import bench
 
 
 def test_bench_measures_ratios_memory_and_writes_its_report():
@@ -17,7 +17,7 @@ def test_bench_measures_ratios_memory_and_writes_its_report():
                     assert v["GBps"] > 0
                     continue
                 assert v["fwd_ms"] > 0 and v["fwdbwd_ms"] > 0 and v["saved_bytes"] > 0, (key, name)
-            # the reference path keeps every intermediate for autograd; the fused paths do not
+            # the reference path keeps every intermediate for autograd; the kernels do not
             assert r["IB-tanh ref"]["saved_bytes"] > r["IB-tanh fast"]["saved_bytes"], key
     from ibnorm.kernels import cpu
     if cpu.load() is not None:  # the C++ kernel saves what nn.LayerNorm saves (input, mean, rstd)
@@ -26,7 +26,7 @@ def test_bench_measures_ratios_memory_and_writes_its_report():
     assert set(steps) == {"base", "ib_power:strength=0.7", "ib_log:strength=0.7", "ib_tanh:strength=0.7"}
     assert steps["base"]["ratio"] == 1.0 and all(v["ms"] > 0 for v in steps.values())
 
-    res["environment"] = {"torch": torch.__version__, "threads": 1, "cpu": "x", "malloc": "default"}
+    res["environment"] = {"torch": torch.__version__, "threads": 1, "cpu": "x", "cpu_capability": "DEFAULT", "malloc": "default"}
     md = bench.to_markdown(res, "ibnorm bench --rounds 2")
     assert "Regenerate: `ibnorm bench --rounds 2`" in md
     assert "## 7x48 bfloat16 (base: nn.LayerNorm" in md and "## 3x8x5x5 float32 (base: nn.BatchNorm2d" in md

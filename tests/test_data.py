@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from ibnorm import data as D
+from ibnorm.lab import data as D
 
 
 def _have(fn):
@@ -96,7 +96,7 @@ def test_idx_reader_rejects_truncated_file(tmp_path):
 def test_rdata_reader_round_trip_on_handmade_serialization():
     """A hand-built XDR serialization of list(a = c("x", NA), b = 1:2) decodes as R would."""
     import struct
-    from ibnorm.data.rdata import unserialize
+    from ibnorm.lab.data.rdata import unserialize
 
     def i(v):
         return struct.pack(">i", v)

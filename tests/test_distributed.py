@@ -105,7 +105,7 @@ def test_convert_sync_ibnorm_keeps_state():
 def _torchrun(nproc, args, env_extra=None, timeout=300):
     env = dict(os.environ, OMP_NUM_THREADS="1", **(env_extra or {}))
     cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={nproc}", "--master_port", str(free_port()),
-           "-m", "ibnorm.cli", "train", *args]
+           "-m", "ibnorm.lab.cli", "train", *args]
     return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout)
 
 
@@ -127,7 +127,7 @@ def _history(out):
 def test_ddp_two_processes_match_one_process_with_the_global_batch(tmp_path, norm):
     two = _torchrun(2, _train_args(tmp_path / "two", 32, 6, norm=norm))
     assert two.returncode == 0, two.stderr[-3000:]
-    one = subprocess.run([sys.executable, "-m", "ibnorm.cli", "train", *_train_args(tmp_path / "one", 32, 6, norm=norm)],
+    one = subprocess.run([sys.executable, "-m", "ibnorm.lab.cli", "train", *_train_args(tmp_path / "one", 32, 6, norm=norm)],
                          capture_output=True, text=True, timeout=300)
     assert one.returncode == 0, one.stderr[-3000:]
     h2, h1 = _history(tmp_path / "two"), _history(tmp_path / "one")
@@ -144,10 +144,10 @@ def test_checkpoint_from_two_processes_resumes_under_one(tmp_path):
     assert first.returncode == 0, first.stderr[-3000:]
     assert (out / "ckpt.pt").exists() and not (out / "result.json").exists()
     assert torch.load(out / "ckpt.pt", weights_only=False)["step"] == 4
-    rest = subprocess.run([sys.executable, "-m", "ibnorm.cli", "train", *_train_args(out, 32, 8, norm="ib_log")],
+    rest = subprocess.run([sys.executable, "-m", "ibnorm.lab.cli", "train", *_train_args(out, 32, 8, norm="ib_log")],
                           capture_output=True, text=True, timeout=300)
     assert rest.returncode == 0, rest.stderr[-3000:]
-    ref = subprocess.run([sys.executable, "-m", "ibnorm.cli", "train", *_train_args(tmp_path / "ref", 32, 8, norm="ib_log")],
+    ref = subprocess.run([sys.executable, "-m", "ibnorm.lab.cli", "train", *_train_args(tmp_path / "ref", 32, 8, norm="ib_log")],
                          capture_output=True, text=True, timeout=300)
     assert ref.returncode == 0
     for a, b in zip(_history(out), _history(tmp_path / "ref")):
@@ -158,7 +158,7 @@ def test_missing_rank_fails_fast_with_a_clear_error(tmp_path):
     env = dict(os.environ, MASTER_ADDR="127.0.0.1", MASTER_PORT=str(free_port()), WORLD_SIZE="2", RANK="0",
                LOCAL_RANK="0", IBNORM_DIST_TIMEOUT="5")
     t0 = time.time()
-    proc = subprocess.run([sys.executable, "-c", "from ibnorm.distributed import DistContext; DistContext.from_env()"],
+    proc = subprocess.run([sys.executable, "-c", "from ibnorm.lab.dist_context import DistContext; DistContext.from_env()"],
                           env=env, capture_output=True, text=True, timeout=120)
     assert proc.returncode != 0 and time.time() - t0 < 60
     assert "not every rank joined" in proc.stderr and "IBNORM_DIST_TIMEOUT" in proc.stderr

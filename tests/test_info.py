@@ -5,7 +5,8 @@ import numpy as np
 import pytest
 import torch
 
-from ibnorm.info import InfoRecorder, mutual_information as mi
+from ibnorm.info import mutual_information as mi
+from ibnorm.lab.info import InfoRecorder
 
 
 def gaussians(d, rho, n=2000, seed=0):
@@ -69,7 +70,7 @@ def test_corrected_ksg_errors():
 
 
 def test_validation_script_writes_its_tables(tmp_path):
-    from ibnorm.info.validate import main
+    from ibnorm.lab.info.validate import main
     main(["--out", str(tmp_path / "v"), "--seeds", "2", "--n", "500", "--cases", "gaussian:1:0.6", "uniform:1:0.5"])
     import json
     rows = json.loads((tmp_path / "v.json").read_text())["rows"]
@@ -146,7 +147,7 @@ def test_input_validation():
 
 def test_recorder_on_a_converted_vit():
     pytest.importorskip("transformers")
-    from ibnorm.models import build_model
+    from ibnorm.lab.models import build_model
     model, _ = build_model("vit-mini", "ib_tanh", width=32, depth=1)
     torch.manual_seed(0)
     x = torch.randn(64, 1, 28, 28)

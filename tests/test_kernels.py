@@ -79,11 +79,11 @@ def test_non_contiguous_input_and_order(order):
 
 @pytest.mark.parametrize("grouping", ["layer", "rms", "group", "batch2d"])
 @pytest.mark.parametrize("op,lam", OPS[:3])
-def test_fused_function_gradcheck(grouping, op, lam):
+def test_autograd_function_gradcheck(grouping, op, lam):
     shape = SHAPES[grouping][0] if grouping != "layer" else (3, 4, 7)
     shape = (3, 4, 7) if grouping == "rms" else shape
     x = (torch.randn(shape, dtype=torch.float64).exp() * 2).requires_grad_(True)
-    m = build(grouping, shape, op, lam, "fused", torch.float64, learnable=True)
+    m = build(grouping, shape, op, lam, "autograd", torch.float64, learnable=True)
     raw = m.strength_raw
 
     def f(inp, *ps):
@@ -113,22 +113,41 @@ def test_fast_path_saves_no_more_than_layernorm(op):
     fast_bytes, _ = saved_bytes(ibnorm.IBLayerNorm(256, compression=op, strength=0.7), x)
     ref_bytes, _ = saved_bytes(ibnorm.IBLayerNorm(256, compression=op, strength=0.7, impl="reference"), x)
     assert fast_bytes <= ln_bytes * 1.01 + 4096
-    assert ref_bytes > 3 * ln_bytes  # what the fused Function avoids
+    assert ref_bytes > 3 * ln_bytes  # what the kernels avoid
 
 
-def test_env_var_forces_reference(monkeypatch):
+def test_impl_is_resolved_once_from_the_argument_or_ibnorm_impl(monkeypatch):
+    import ibnorm.functional as IBF
+    from ibnorm import config
     calls = []
-    import ibnorm.layers as L
-    real = L.fast_ib_norm
-    monkeypatch.setattr(L, "fast_ib_norm", lambda *a, **k: calls.append(1) or real(*a, **k))
+    real = IBF._kernel
+    monkeypatch.setattr(IBF, "_kernel", lambda *a, **k: calls.append(1) or real(*a, **k))
     m = ibnorm.IBLayerNorm(8)
+    assert m.impl == "auto"
     m(torch.randn(2, 8))
     assert calls == [1]
     monkeypatch.setenv("IBNORM_IMPL", "reference")
-    m(torch.randn(2, 8))
-    assert calls == [1]
+    m(torch.randn(2, 8))  # a built layer keeps its impl: the environment is not read on forward
+    assert calls == [1, 1]
+    config.reload()
+    try:
+        r = ibnorm.IBLayerNorm(8)
+        assert r.impl == "reference"
+        r(torch.randn(2, 8))
+        assert calls == [1, 1]  # the reference path takes no kernel
+        assert ibnorm.IBLayerNorm(8, impl="autograd").impl == "autograd"  # the argument wins
+    finally:
+        monkeypatch.delenv("IBNORM_IMPL")
+        config.reload()
     with pytest.raises(ValueError, match="impl must be"):
         ibnorm.IBLayerNorm(8, impl="gpu")
+
+
+def test_a_named_kernel_refuses_what_it_cannot_run():
+    with pytest.raises(ValueError, match="impl='cpu' runs layer and RMS grouping"):
+        ibnorm.IBBatchNorm2d(3, impl="cpu")(torch.randn(4, 3, 2, 2))
+    with pytest.raises(ValueError, match="impl='triton'"):
+        ibnorm.IBLayerNorm(8, impl="triton")(torch.randn(2, 8))
 
 
 def test_convergence_parity_fast_vs_reference():
@@ -158,11 +177,11 @@ def test_cpu_extension_builds_where_a_compiler_exists():
     import shutil
     from ibnorm.kernels import cpu
     if shutil.which("c++") is None and shutil.which("g++") is None:
-        pytest.skip("no C++ compiler here: the fused path is used")
+        pytest.skip("no C++ compiler here: the autograd kernel is used")
     if torch.backends.cpu.get_cpu_capability() not in ("AVX2", "AVX512"):
         pytest.skip("no vectorized build for this CPU")
     assert cpu.load() is not None, cpu._failed
-    assert cpu.supports(torch.randn(4, 8), (1,))
+    assert cpu.supports(torch.randn(4, 8))
 
 
 def test_fallback_when_the_extension_cannot_be_built(monkeypatch):
@@ -184,5 +203,6 @@ def test_fallback_when_the_extension_cannot_be_built(monkeypatch):
     ref = ibnorm.IBLayerNorm(33, compression="log", strength=0.9, impl="reference")
     torch.testing.assert_close(y, ref(x))
     monkeypatch.setattr(cpu, "_failed", None)
-    monkeypatch.setenv("IBNORM_CPU_EXT", "0")
+    from ibnorm import config
+    monkeypatch.setattr(config, "settings", config.Settings(cpu_ext=False))
     assert cpu.load() is None and "IBNORM_CPU_EXT" in cpu._failed

@@ -1,4 +1,4 @@
-"""SPEC consequences for every grouping x op, against PyTorch's norms and a float64 transcription."""
+"""Consequences of the definition (docs/method.md) for every grouping x op, against PyTorch's norms and a float64 transcription."""
 import copy
 
 import numpy as np
@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 import ibnorm
-from ibnorm.functional import contraction_ratio
+from ibnorm.reference import contraction_ratio
 from conftest import OPS, STRENGTHS
 import spec_reference as ref
 
@@ -171,7 +171,7 @@ class TestBatchRunningStats:
         for name in ("running_mean", "running_var", "running_mean_c", "running_var_c", "running_var_u"):
             assert not torch.equal(getattr(bn, name), before[name]), name
         assert int(bn.num_batches_tracked) == 3
-        # The running buffers follow the SPEC's statistics of the last batches (momentum 0.5).
+        # The running buffers follow the definition's statistics of the last batches (momentum 0.5).
         x = xs[-1]
         u = (x - x.mean((0, 2, 3), keepdim=True)) / torch.sqrt(x.var((0, 2, 3), unbiased=False, keepdim=True) + 1e-5)
         c = ibnorm.compress(u, "tanh", 1.2)

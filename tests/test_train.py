@@ -9,9 +9,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from ibnorm import sweep
-from ibnorm.models import build_model
-from ibnorm.train import TrainConfig, lr_at, param_groups, train
+from ibnorm.lab import sweep
+from ibnorm.lab.report import summarize
+from ibnorm.lab.models import build_model
+from ibnorm.lab.train import TrainConfig, lr_at, param_groups, train
 from test_data import needs_austen, needs_fashion
 
 pytest.importorskip("transformers")
@@ -72,7 +73,7 @@ def test_resume_refuses_a_different_config(tmp_path):
 
 
 def _cmd(out, steps):
-    return [sys.executable, "-m", "ibnorm.cli", "train", "--model", "vit-mini", "--norm", "normalnorm",
+    return [sys.executable, "-m", "ibnorm.lab.cli", "train", "--model", "vit-mini", "--norm", "normalnorm",
             "--width", "32", "--depth", "1", "--steps", str(steps), "--batch-size", "16", "--train-subset", "2000",
             "--eval-every", "20", "--eval-examples", "200", "--checkpoint-every", "10", "--no-progress",
             "--threads", "1", "--out", str(out)]
@@ -126,7 +127,7 @@ def test_interrupted_sweep_loses_no_finished_run(tmp_path, monkeypatch):
     assert sorted(p.name for p in (tmp_path / "res" / "runs").iterdir()) == ["resnet-mini__base__s0.json", "resnet-mini__ib_tanh__s0.json"]
     results = sweep.run_grid("t", preset, tmp_path / "res", tmp_path / "runs", progress=False)
     assert calls == ["base", "ib_tanh", "ib_log", "ib_log"]  # finished runs were not trained again
-    table = sweep.summarize(results, tmp_path / "res", "t", "cmd")
+    table = summarize(results, tmp_path / "res", "t", "cmd")
     assert "| ib_log |" in table and (tmp_path / "res" / "runs.csv").read_text().count("\n") == 4
     assert (tmp_path / "res" / "curves_resnet-mini.png").stat().st_size > 1000
 
@@ -141,7 +142,7 @@ def test_ablation_grids():
 
 @needs_fashion
 def test_ablate_cli_runs_and_reports(tmp_path, capsys):
-    from ibnorm.cli import main
+    from ibnorm.lab.cli import main
     rc = main(["ablate", "affine", "--models", "resnet-mini", "--ops", "ib_tanh", "--steps", "2", "--eval-every", "2",
                "--eval-examples", "64", "--train-subset", "128", "--batch-size", "8", "--width", "8",
                "--warmup-steps", "1", "--no-progress", "--results-dir", str(tmp_path / "res"),
@@ -158,7 +159,7 @@ def test_ablate_cli_runs_and_reports(tmp_path, capsys):
 def test_info_during_training_and_ibnorm_info_over_seeds(tmp_path):
     """`--info-every` records during training; `ibnorm info` merges seeds into means, spreads and paired deltas."""
     import csv
-    from ibnorm.cli import main
+    from ibnorm.lab.cli import main
     dirs = []
     for norm in ("base", "ib_tanh"):
         for seed in (0, 1):
@@ -166,18 +167,17 @@ def test_info_during_training_and_ibnorm_info_over_seeds(tmp_path):
             train(tiny("vit-mini", norm, seed=seed, steps=4, eval_every=4, info_every=2, info_probe=48), out)
             rows = list(csv.DictReader((out / "info.csv").open()))
             assert sorted({int(r["step"]) for r in rows}) == [0, 2, 4]
-            assert {r["run"] for r in rows} == {f"vit-mini {norm} s{seed}"}
+            assert {(r["model"], r["norm"], r["seed"]) for r in rows} == {("vit-mini", norm, str(seed))}
             dirs.append(str(out))
     assert main(["info", *dirs, "--out", str(tmp_path / "info")]) == 0
     summary = list(csv.DictReader((tmp_path / "info" / "info_summary.csv").open()))
     assert {r["norm"] for r in summary} == {"vit-mini base", "vit-mini ib_tanh"}
     assert all(r["seeds"] == "2" and r["step"] == "4" for r in summary)
-    per_seed = {(r["run"], r["index"]): float(r["IB"]) for r in csv.DictReader((tmp_path / "info" / "info.csv").open())
+    per_seed = {(r["norm"], r["seed"], r["index"]): float(r["IB"]) for r in csv.DictReader((tmp_path / "info" / "info.csv").open())
                 if r["step"] == "4"}
     for r in summary:
         if r["norm"] == "vit-mini ib_tanh":  # the paired delta is the mean of per-seed differences
-            diffs = [per_seed[(f"vit-mini ib_tanh s{s}", r["index"])] - per_seed[(f"vit-mini base s{s}", r["index"])]
-                     for s in (0, 1)]
+            diffs = [per_seed[("ib_tanh", s, r["index"])] - per_seed[("base", s, r["index"])] for s in ("0", "1")]
             assert float(r["dIB"]) == pytest.approx(sum(diffs) / 2)
             assert r["contraction"] == "" or 0 < float(r["contraction"]) < 1
         else:

@@ -33,13 +33,22 @@ SCRIPT = textwrap.dedent(r'''
                     xr = x.detach().clone().requires_grad_(True); wr = w.detach().clone().requires_grad_(True)
                     br = b.detach().clone().requires_grad_(True) if b is not None else None
                     lr = lam_t.detach().clone().requires_grad_(True) if lam_t is not None else None
-                    from ibnorm import functional as F
+                    from ibnorm import reference as F
                     kw = dict(compression=op, strength=lr, order=order)
                     yr = F.ib_layer_norm(xr, m, wr, br, 1e-5, **kw) if centered else F.ib_rms_norm(xr, m, wr, 1e-5, **kw)
                     yr.backward(gy)
                     want = [yr.detach(), xr.grad, wr.grad] + ([br.grad] if br is not None else []) + ([lr.grad] if lr is not None else [])
                     for a, e in zip(got, want):
                         torch.testing.assert_close(a, e, rtol=1e-4, atol=1e-4, msg=f"{op} {centered} {order} {shape}")
+    from ibnorm.kernels import triton_rows
+    from ibnorm.ops import COMPRESSIONS
+    u = torch.cat([torch.linspace(-9, 9, 1999), torch.tensor([0.0, 1e-7, -1e-7, 40.0, -40.0])])
+    for name, entry in COMPRESSIONS.items():  # the Triton op codes compute the op table's formulas
+        for lam in ((0.3, 1.5) if entry.has_strength else (1.0,)):
+            got = triton_rows.op_terms(u, name, lam)
+            want = entry.terms(u.double(), lam, True)
+            for g, w in zip(got, want):
+                torch.testing.assert_close(g.double(), w, rtol=2e-5, atol=2e-6, msg=f"terms {name} {lam}")
     print("triton interpreter: all equal")
 ''')
 

@@ -3,7 +3,7 @@
 Built on first use with ``torch.utils.cpp_extension.load`` (cached in ``$TORCH_EXTENSIONS_DIR``, by
 default ``~/.cache/torch_extensions``), vectorized for the CPU capability torch reports (AVX-512 or
 AVX2). Without a compiler, on another CPU, or with ``IBNORM_CPU_EXT=0``, :func:`load` returns None
-and callers use :mod:`ibnorm.kernels.fused`. Half-precision inputs are converted to float32 for the
+and ``impl="auto"`` uses :mod:`ibnorm.kernels.autograd`. Half-precision inputs are converted to float32 for the
 kernel and the output converted back; the saved tensor is the original input.
 """
 from __future__ import annotations
@@ -18,7 +18,10 @@ from typing import Optional
 import torch
 from torch import Tensor
 
-from . import OP_CODES, strength_value
+from .. import config
+from ..atomic import atomic_write_bytes
+from ..ops import get_compression
+from . import kernel_strength
 
 _FLAGS = {
     "AVX512": ["-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512dq", "-mfma", "-DCPU_CAPABILITY_AVX512",
@@ -38,7 +41,6 @@ def _stable_source(flags: list[str]) -> Path:
     root = Path(os.environ.get("TORCH_EXTENSIONS_DIR", Path.home() / ".cache" / "torch_extensions"))
     dst = root / "ibnorm_sources" / f"ibnorm_cpu_{digest}" / "ibnorm_cpu.cpp"
     if not dst.exists() or dst.read_bytes() != code:
-        from ..io import atomic_write_bytes
         atomic_write_bytes(dst, code)
     return dst
 
@@ -51,7 +53,7 @@ def load():
     with _lock:
         if _module is not None or _failed is not None:
             return _module
-        if os.environ.get("IBNORM_CPU_EXT", "1") == "0":
+        if not config.settings.cpu_ext:
             _failed = "disabled by IBNORM_CPU_EXT=0"
             return None
         cap = torch.backends.cpu.get_cpu_capability()
@@ -66,16 +68,14 @@ def load():
                                extra_ldflags=["-fopenmp"], verbose=False)
         except Exception as e:  # no compiler, no headers, a build error: fall back, say so once
             _failed = f"{type(e).__name__}: {str(e)[:300]}"
-            warnings.warn(f"ibnorm: the C++ CPU kernel could not be built ({_failed}); using the PyTorch fused path")
+            warnings.warn(f"ibnorm: the C++ CPU kernel could not be built ({_failed}); using the autograd kernel")
             return None
     return _module
 
 
-def supports(x: Tensor, dims) -> bool:
-    """Last-dimension groups on CPU, float32/bfloat16/float16 input, and a built extension."""
-    if x.device.type != "cpu" or x.dtype not in (torch.float32, torch.bfloat16, torch.float16):
-        return False
-    if tuple(dims) != tuple(range(x.dim() - len(dims), x.dim())) or x.numel() == 0:
+def supports(x: Tensor) -> bool:
+    """A non-empty float32/bfloat16/float16 CPU tensor, and a built extension (the caller checks the grouping)."""
+    if x.device.type != "cpu" or x.dtype not in (torch.float32, torch.bfloat16, torch.float16) or x.numel() == 0:
         return False
     return load() is not None
 
@@ -85,10 +85,10 @@ class CPURowsFunction(torch.autograd.Function):
     def forward(ctx, x, weight, bias, lam_t, m, centered, eps, op, lam, cts):
         ext = load()
         x2 = x.reshape(-1, m).to(torch.float32).contiguous()
-        lam_v = strength_value(lam_t, lam)
+        lam_v = kernel_strength(lam_t, lam)
         w = weight.reshape(-1).float().contiguous() if weight is not None else None
         b = bias.reshape(-1).float().contiguous() if bias is not None else None
-        y, stats = ext.forward(x2, w, b, lam_v, OP_CODES[op], centered, cts, eps)
+        y, stats = ext.forward(x2, w, b, lam_v, get_compression(op).code, centered, cts, eps)
         ctx.save_for_backward(x, weight, lam_t, stats)
         ctx.cfg = (m, centered, eps, op, lam_v, cts, bias is not None)
         return y.reshape(x.shape).to(x.dtype)
@@ -104,7 +104,7 @@ class CPURowsFunction(torch.autograd.Function):
         w = weight.reshape(-1).float().contiguous() if weight is not None else None
         gx, gw, gb, gl = ext.backward(gy.reshape(-1, m).to(torch.float32).contiguous(),
                                       x.reshape(-1, m).to(torch.float32).contiguous(), w, stats, lam_v,
-                                      OP_CODES[op], centered, cts, eps, need_dw, need_db, need_dl)
+                                      get_compression(op).code, centered, cts, eps, need_dw, need_db, need_dl)
         gx = gx.reshape(x.shape).to(x.dtype)
         gw = gw.reshape(weight.shape).to(weight.dtype) if need_dw else None
         gb = gb.reshape(weight.shape if weight is not None else -1).to(x.dtype) if need_db else None

@@ -3,7 +3,7 @@
 One program per row (``BLOCK >= M``, the whole row in registers), like Liger-Kernel's LayerNorm;
 the backward recomputes ``u``, ``c`` and step 3's statistics from the input and the saved
 ``(mean, rstd)``, and accumulates the affine and strength gradients per program. The math is the
-one derived in :mod:`ibnorm.kernels.fused`. Correctness is tested on CPU with ``TRITON_INTERPRET=1``
+one derived in ``docs/method.md``. Correctness is tested on CPU with ``TRITON_INTERPRET=1``
 (``tests/test_triton.py``, skipped without the ``triton`` package); it is never required by CI.
 """
 from __future__ import annotations
@@ -11,7 +11,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from . import OP_CODES, strength_value
+from ..ops import get_compression
+from . import kernel_strength
 
 try:
     import triton
@@ -70,6 +71,16 @@ if HAVE_TRITON:
         return s, ds, dl
 
     @triton.jit
+    def _terms_kernel(U, S, DS, DL, n, lam, OP: tl.constexpr, BLOCK: tl.constexpr):
+        offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+        mask = offs < n
+        u = tl.load(U + offs, mask=mask, other=0.0)
+        s, ds, dl = _terms(u, lam, OP)
+        tl.store(S + offs, s, mask=mask)
+        tl.store(DS + offs, ds, mask=mask)
+        tl.store(DL + offs, dl, mask=mask)
+
+    @triton.jit
     def _centre(v, mask, M, CENTERED: tl.constexpr):
         """(mean, v - mean, biased variance) of one row; RMS grouping: (0, v, mean square)."""
         v = tl.where(mask, v, 0.0)
@@ -82,7 +93,7 @@ if HAVE_TRITON:
 
     @triton.jit
     def _step3(c, u, mask, M, eps, CENTERED: tl.constexpr):
-        """SPEC step 3's pieces for one row: d = c - mean(c) (RMS: c), k, var(c), var(u)."""
+        """Step 3's pieces for one row: d = c - mean(c) (RMS: c), k, var(c), var(u)."""
         _, d, v_c = _centre(c, mask, M, CENTERED)
         v_u = tl.sum(u * u, axis=0) / M
         return d, tl.sqrt((v_u + eps) / (v_c + eps)), v_c, v_u
@@ -172,6 +183,15 @@ if HAVE_TRITON:
         tl.store(DL + pid, tl.sum(dl_acc, axis=0))
 
 
+def op_terms(u: Tensor, op: str, lam: float) -> tuple[Tensor, Tensor, Tensor]:
+    """``s(u), s'(u), ds/dlam(u)`` of one op as the kernels evaluate them (float32), for tests."""
+    u = u.float().contiguous().reshape(-1)
+    s, ds, dl = torch.empty_like(u), torch.empty_like(u), torch.empty_like(u)
+    _terms_kernel[(triton.cdiv(u.numel(), 1024),)](u, s, ds, dl, u.numel(), lam, OP=get_compression(op).code,
+                                                   BLOCK=1024)
+    return s, ds, dl
+
+
 class TritonRowsFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, weight, bias, lam_t, m, centered, eps, op, lam, cts):
@@ -180,11 +200,11 @@ class TritonRowsFunction(torch.autograd.Function):
         y = torch.empty_like(x2)
         mean = torch.empty(R, device=x.device, dtype=torch.float32)
         rstd = torch.empty(R, device=x.device, dtype=torch.float32)
-        lam_v = strength_value(lam_t, lam)
+        lam_v = kernel_strength(lam_t, lam)
         block = triton.next_power_of_2(m)
         w = weight.reshape(-1) if weight is not None else x2
         b = bias.reshape(-1) if bias is not None else x2
-        _fwd_kernel[(R,)](x2, y, w, b, mean, rstd, x2.stride(0), m, lam_v, eps, OP=OP_CODES[op],
+        _fwd_kernel[(R,)](x2, y, w, b, mean, rstd, x2.stride(0), m, lam_v, eps, OP=get_compression(op).code,
                           CENTERED=centered, CTS=cts, HAS_W=weight is not None, HAS_B=bias is not None, BLOCK=block)
         ctx.save_for_backward(x, weight, lam_t, mean, rstd)
         ctx.cfg = (m, centered, eps, op, lam_v, cts, bias is not None)
@@ -206,7 +226,7 @@ class TritonRowsFunction(torch.autograd.Function):
         dl = torch.empty(n_prog, device=x.device, dtype=torch.float32)
         w = weight.reshape(-1) if weight is not None else x2
         _bwd_kernel[(n_prog,)](x2, g2, gx, w, mean, rstd, dw, db, dl, x2.stride(0), m, R, rows_per_prog, lam_v, eps,
-                               OP=OP_CODES[op], CENTERED=centered, CTS=cts, HAS_W=weight is not None,
+                               OP=get_compression(op).code, CENTERED=centered, CTS=cts, HAS_W=weight is not None,
                                BLOCK=triton.next_power_of_2(m))
         gw = dw.sum(0).reshape(weight.shape).to(weight.dtype) if weight is not None and ctx.needs_input_grad[1] else None
         gb = db.sum(0).reshape(weight.shape if weight is not None else -1).to(x.dtype) \
@@ -215,7 +235,7 @@ class TritonRowsFunction(torch.autograd.Function):
         return gx.reshape(x.shape), gw, gb, glam, None, None, None, None, None, None
 
 
-MAX_ROW = 65536  # one row lives in registers (BLOCK >= M); wider rows take the fused Function
+MAX_ROW = 65536  # one row lives in registers (BLOCK >= M); wider rows take the autograd Function
 
 
 def supports(x: Tensor, m: int) -> bool:

@@ -1,7 +1,8 @@
 // IBNorm forward/backward for last-dimension groups (layer and RMS grouping), float32, CPU.
 // One row = one group of M values, processed by one thread with the row held in cache; rows are split
 // over threads with at::parallel_for. Transcendentals use ATen's vectorized (Sleef) exp/log1p/expm1/tanh;
-// the tail of a row uses the scalar <cmath> functions. The math is the one derived in kernels/fused.py.
+// the tail of a row uses the scalar <cmath> functions. The math is derived in docs/method.md; the op codes
+// and formulas are ibnorm/ops.py's, which tests/test_ops.py checks through op_terms below.
 #include <torch/extension.h>
 #include <ATen/Parallel.h>
 #include <ATen/cpu/vec/vec.h>
@@ -359,7 +360,28 @@ std::vector<at::Tensor> ib_backward(const at::Tensor& gy, const at::Tensor& x, c
   return {gx, gw, gb, dl_part.sum().to(at::kFloat)};
 }
 
+// s(u), s'(u), ds/dlam(u) of op `op` over a float32 tensor, as the kernels above evaluate them (vector body,
+// scalar tail), so that tests can hold the op codes and formulas to ibnorm/ops.py value by value.
+std::vector<at::Tensor> op_terms(const at::Tensor& u_in, int64_t op, double lam_d) {
+  TORCH_CHECK(u_in.scalar_type() == at::kFloat, "u must be float32");
+  auto u = u_in.contiguous().reshape({-1});
+  auto s = at::empty_like(u), ds = at::empty_like(u), dl = at::empty_like(u);
+  if (op == NONE) return {u.clone(), at::ones_like(u), at::zeros_like(u)};
+  const float lam = static_cast<float>(lam_d);
+  const float* U = u.data_ptr<float>();
+  float *S = s.data_ptr<float>(), *DS = ds.data_ptr<float>(), *DL = dl.data_ptr<float>();
+  const int64_t n = u.numel(), vend = n - n % W;
+  for (int64_t j = 0; j < vend; j += W) {
+    Vec vs, vds, vdl;
+    terms(op, Vec::loadu(U + j), lam, true, true, vs, vds, vdl);
+    vs.store(S + j); vds.store(DS + j); vdl.store(DL + j);
+  }
+  for (int64_t j = vend; j < n; ++j) terms(op, U[j], lam, true, true, S[j], DS[j], DL[j]);
+  return {s.reshape(u_in.sizes()), ds.reshape(u_in.sizes()), dl.reshape(u_in.sizes())};
+}
+
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
+  m.def("op_terms", &op_terms, "s, s', ds/dlam of one op (float32), for tests");
   m.def("forward", &ib_forward, "IBNorm rows forward (float32)");
   m.def("backward", &ib_backward, "IBNorm rows backward (float32)");
 }

@@ -4,10 +4,16 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import shlex
 import sys
 from pathlib import Path
 from typing import Optional
+
+from .bench import add_bench_parser
+from .info.command import add_info_parser
+from .records import command_line
+from .report import summarize
+from .sweep import ABLATIONS, ALL_MODELS, GRID_PRESETS, IB_OPS, ablation_norms, run_grid, slug
+from .train import TrainConfig, train
 
 
 def _csv(kind):
@@ -19,16 +25,10 @@ def _norm_list(s: str) -> list[str]:
     return [x for x in (s.split(";") if ":" in s else s.split(",")) if x]
 
 
-def command_line() -> str:
-    """The command as typed, to be recorded next to what it wrote."""
-    return "ibnorm " + " ".join(shlex.quote(a) for a in sys.argv[1:])
-
-
 _OWN_FLAGS = {"model", "norm", "seed", "progress"}  # TrainConfig fields with flags of their own (or none)
 
 
 def _add_train_args(p: argparse.ArgumentParser) -> None:
-    from .train import TrainConfig
     for f in dataclasses.fields(TrainConfig):
         if f.name in _OWN_FLAGS:
             continue
@@ -41,14 +41,11 @@ def _add_train_args(p: argparse.ArgumentParser) -> None:
 
 
 def _overrides(args: argparse.Namespace) -> dict:
-    from .train import TrainConfig
     names = {f.name for f in dataclasses.fields(TrainConfig)} - _OWN_FLAGS
     return {k: v for k, v in vars(args).items() if k in names and v is not None}
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from .train import TrainConfig, train
-    from .sweep import slug
     cfg = TrainConfig(model=args.model, norm=args.norm, seed=args.seed, progress=not args.no_progress, **_overrides(args))
     out = Path(args.out or f"runs/train/{args.model}/{slug(args.norm)}/seed{args.seed}")
     result = train(cfg, out)
@@ -64,7 +61,6 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def _grid(args: argparse.Namespace, name: str, preset) -> int:
-    from .sweep import run_grid, summarize
     results_dir = Path(args.results_dir or f"results/{name}")
     runs_dir = Path(args.runs_dir or f"runs/{name}")
     results = run_grid(name, preset, results_dir, runs_dir, progress=not args.no_progress, **_overrides(args))
@@ -75,7 +71,6 @@ def _grid(args: argparse.Namespace, name: str, preset) -> int:
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
-    from .sweep import GRID_PRESETS
     preset = GRID_PRESETS[args.preset]
     preset = dataclasses.replace(preset, models=tuple(args.models or preset.models),
                                  norms=tuple(args.norms or preset.norms), seeds=tuple(args.seeds or preset.seeds))
@@ -84,7 +79,6 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
 
 def cmd_ablate(args: argparse.Namespace) -> int:
-    from .sweep import GRID_PRESETS, ablation_norms
     base = GRID_PRESETS[args.preset]
     norms = ablation_norms(args.kind, args.ops)
     preset = dataclasses.replace(base, models=tuple(args.models), norms=tuple(norms), seeds=tuple(args.seeds or base.seeds))
@@ -92,7 +86,6 @@ def cmd_ablate(args: argparse.Namespace) -> int:
 
 
 def main(argv: Optional[list[str]] = None) -> int:
-    from .sweep import ABLATIONS, ALL_MODELS, GRID_PRESETS, IB_OPS
     parser = argparse.ArgumentParser(prog="ibnorm", description="IBNorm experiments: train, compare, ablate, info, bench")
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -124,16 +117,8 @@ def main(argv: Optional[list[str]] = None) -> int:
         _add_train_args(p)
         p.set_defaults(fn=cmd_compare if name == "compare" else cmd_ablate)
 
-    try:
-        from .info.cli import add_info_parser
-        add_info_parser(sub)
-    except ImportError:
-        pass
-    try:
-        from .bench import add_bench_parser
-        add_bench_parser(sub)
-    except ImportError:
-        pass
+    add_info_parser(sub)
+    add_bench_parser(sub)
 
     args = parser.parse_args(argv)
     try:

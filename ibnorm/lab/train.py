@@ -9,7 +9,7 @@
 - Under ``torchrun`` (``WORLD_SIZE > 1``) the same loop runs with DistributedDataParallel: the global
   batch ``batch_size`` is split evenly across ranks (it must divide), the loss is the mean over the
   global batch, so ``lr`` means the same at any world size; rank 0 alone logs, checkpoints and writes
-  results. See :mod:`ibnorm.distributed`.
+  results. See :mod:`ibnorm.lab.dist_context`.
 - Checkpoints (``ckpt.pt``) and results (``result.json``, ``model.pt``) are written atomically.
 """
 from __future__ import annotations
@@ -17,8 +17,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import os
-import platform
 import sys
 import time
 from dataclasses import dataclass
@@ -28,9 +26,10 @@ from typing import Optional
 import torch
 from torch import nn
 
-from . import data as D
-from .io import atomic_torch_save, atomic_write_json
+from ..atomic import atomic_torch_save, atomic_write_json
 from .models import build_model, get_preset
+from .records import provenance
+from .tasks import Task
 
 TASK_DEFAULTS = {
     # The same hyperparameters for every norm inside a family (a fair comparison).
@@ -88,8 +87,12 @@ class TrainConfig:
 
     @property
     def label(self) -> str:
-        """How a run is named in logs and information records (:mod:`ibnorm.info.summary` parses it)."""
+        """How a run is named in logs and progress bars (records carry ``model``, ``norm``, ``seed`` as fields)."""
         return f"{self.model} {self.norm} s{self.seed}"
+
+    def run_fields(self) -> dict:
+        """The fields that identify a run in every record it writes."""
+        return {"model": self.model, "norm": self.norm, "seed": self.seed}
 
 
 def fingerprint_of(config: dict) -> dict:
@@ -100,7 +103,7 @@ def fingerprint_of(config: dict) -> dict:
 def model_overrides(cfg: TrainConfig, task: "Task") -> dict:
     """The :func:`ibnorm.models.build_model` arguments this run sets."""
     overrides = {k: getattr(cfg, k) for k in ("width", "depth") if getattr(cfg, k) is not None}
-    if task.kind == "lm":
+    if task.vocab_size is not None:
         overrides.update(vocab_size=task.vocab_size, context=cfg.context)
     return overrides
 
@@ -119,71 +122,6 @@ def lr_at(step: int, cfg: TrainConfig) -> float:
         return cfg.lr * (step + 1) / cfg.warmup_steps
     progress = (step - cfg.warmup_steps) / max(1, cfg.steps - cfg.warmup_steps)
     return cfg.lr * (cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0))))
-
-
-def environment() -> dict:
-    return {"torch": torch.__version__, "python": platform.python_version(), "platform": platform.platform(),
-            "threads": torch.get_num_threads(), "cpus": os.cpu_count(),
-            "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None}
-
-
-class Task:
-    """Data and loss for one task; ``batch(step)`` returns the *global* batch of that step."""
-
-    def __init__(self, cfg: TrainConfig):
-        self.cfg = cfg
-        self.kind = get_preset(cfg.model).task
-        if self.kind == "lm":
-            if cfg.dataset != "austen":
-                raise ValueError(f"dataset must be 'austen' for language models; got {cfg.dataset!r}")
-            self.text = D.austen_data(cfg.tokenizer)
-            self.vocab_size = self.text.vocab_size
-            g = torch.Generator().manual_seed(12345)  # the same validation windows for every run
-            self.val = [D.lm_batch(self.text.val, cfg.batch_size, cfg.context, g) for _ in range(cfg.eval_batches)]
-        else:
-            self.vision = D.vision_data(cfg.dataset, cfg.train_subset, cfg.eval_examples or None)
-            self.vocab_size = None
-
-    def batch(self, step: int) -> tuple[torch.Tensor, torch.Tensor]:
-        cfg = self.cfg
-        if self.kind == "lm":
-            g = torch.Generator().manual_seed(cfg.seed * 1_000_003 + step)
-            return D.lm_batch(self.text.train, cfg.batch_size, cfg.context, g)
-        n = len(self.vision.train_y)
-        per_epoch = max(1, n // cfg.batch_size)
-        epoch, i = divmod(step, per_epoch)
-        perm = torch.randperm(n, generator=torch.Generator().manual_seed(cfg.seed * 1_000_003 + epoch))
-        idx = perm[i * cfg.batch_size:(i + 1) * cfg.batch_size]
-        return self.vision.train_x[idx], self.vision.train_y[idx]
-
-    def loss(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(mean loss, logits)."""
-        if self.kind == "lm":
-            logits = model(input_ids=x).logits
-            return nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), y.reshape(-1)), logits
-        logits = model(pixel_values=x).logits
-        return nn.functional.cross_entropy(logits, y), logits
-
-    @torch.no_grad()
-    def evaluate(self, model: nn.Module, device: torch.device) -> dict:
-        was_training = model.training
-        model.eval()
-        if self.kind == "lm":
-            losses = [float(self.loss(model, x.to(device), y.to(device))[0]) for x, y in self.val]
-            loss = sum(losses) / len(losses)
-            out = {"val_loss": loss, "val_ppl": math.exp(min(loss, 50.0)), "val_bpc": loss / math.log(2)}
-        else:
-            total, correct, n = 0.0, 0, 0
-            xs, ys = self.vision.test_x, self.vision.test_y
-            for i in range(0, len(ys), 500):
-                x, y = xs[i:i + 500].to(device), ys[i:i + 500].to(device)
-                loss, logits = self.loss(model, x, y)
-                total += float(loss) * len(y)
-                correct += int((logits.argmax(-1) == y).sum())
-                n += len(y)
-            out = {"val_loss": total / n, "val_acc": correct / n}
-        model.train(was_training)
-        return out
 
 
 def load_canonical_state(model: nn.Module, state: dict) -> None:
@@ -205,7 +143,7 @@ def _check_resumable(ckpt: dict, cfg: TrainConfig, path: Path) -> None:
 
 def train(cfg: TrainConfig, out_dir: str | Path) -> dict:
     """Train (or resume, or return the finished result of) one run in ``out_dir``."""
-    from .distributed import DistContext
+    from .dist_context import DistContext
 
     cfg = cfg.resolved()
     out_dir = Path(out_dir)
@@ -225,7 +163,7 @@ def train(cfg: TrainConfig, out_dir: str | Path) -> dict:
     task = Task(cfg)
     model, report = build_model(cfg.model, cfg.norm, **model_overrides(cfg, task))
     if report.total:
-        from .kernels import cpu
+        from ..kernels import cpu
         cpu.load()  # a first-use build of the C++ kernel must not count as training time
     # Checkpoints hold the single-process layout, so a run resumes under any world size.
     own_keys = set(model.state_dict())
@@ -236,10 +174,9 @@ def train(cfg: TrainConfig, out_dir: str | Path) -> dict:
 
     recorder, info_rows = None, []
     if cfg.info_every and dist.is_main:
-        from .info.cli import make_probe
         from .info.recorder import InfoRecorder
-        px, py = make_probe(task, cfg.info_probe)
-        recorder = InfoRecorder(dist.unwrap(model), px, py, task.kind, vocab_size=task.vocab_size)
+        px, py = task.probe(cfg.info_probe)
+        recorder = InfoRecorder(dist.unwrap(model), px, py, task.kind.name, vocab_size=task.vocab_size)
 
     start, history, elapsed, acc = 0, [], 0.0, [0.0, 0]
     if ckpt_path.exists():
@@ -304,13 +241,13 @@ def train(cfg: TrainConfig, out_dir: str | Path) -> dict:
     result = {"config": dataclasses.asdict(cfg), "final": history[-1], "history": history,
               "wall_time_s": time.time() - t0, "n_params": sum(p.numel() for p in model.parameters()),
               "norms": {"replaced": dict(report.replaced), "into": sorted({d for _, _, d in report.paths})},
-              "world_size": dist.world_size, "environment": environment()}
+              "world_size": dist.world_size, "environment": provenance()}
     if dist.is_main:
         atomic_torch_save({k: v for k, v in dist.unwrap(model).state_dict().items() if k in own_keys},
                           out_dir / "model.pt")
         if recorder is not None:
-            from .info.cli import write_csv
-            write_csv(out_dir / "info.csv", [dict(r, run=cfg.label, norm=cfg.norm) for r in info_rows])
+            from .info.recorder import write_info_csv
+            write_info_csv(out_dir / "info.csv", [dict(r, **cfg.run_fields()) for r in info_rows])
         atomic_write_json(result_path, result)
         if ckpt_path.exists():
             ckpt_path.unlink()

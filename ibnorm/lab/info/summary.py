@@ -18,16 +18,14 @@ def _float(v) -> float | None:
     return None if v in ("", None) else float(v)
 
 
-def group_by_norm(runs: dict[str, list[dict]]) -> dict[str, dict[int, list[dict]]]:
-    """``{"MODEL NORM": {seed: rows}}`` from ``{"MODEL NORM sSEED": rows}`` (labels made by the trainer)."""
+def group_by_norm(runs: list[list[dict]]) -> dict[str, dict[int, list[dict]]]:
+    """``{"MODEL NORM": {seed: rows}}`` from each run's rows, by their ``model``, ``norm`` and ``seed`` fields."""
     groups: dict[str, dict[int, list[dict]]] = defaultdict(dict)
-    for label, rows in runs.items():
-        name, _, seed = label.rpartition(" s")
-        if not name or not seed.isdigit():
-            name, seed = label, "0"
-        if int(seed) in groups[name]:
+    for rows in runs:
+        name, seed = f"{rows[0]['model']} {rows[0]['norm']}", int(rows[0]["seed"])
+        if seed in groups[name]:
             raise ValueError(f"two runs of {name!r} with seed {seed}; pass each run directory once")
-        groups[name][int(seed)] = rows
+        groups[name][seed] = rows
     return dict(groups)
 
 

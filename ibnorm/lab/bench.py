@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import statistics
 import sys
 import time
@@ -22,7 +21,11 @@ from typing import Callable
 import torch
 from torch import nn
 
-from .io import atomic_write_json, atomic_write_text
+import ibnorm
+
+from ..atomic import atomic_write_json, atomic_write_text
+from .records import command_line, provenance
+from .tasks import task_kind
 
 OPS = (("power", 0.7), ("log", 0.7), ("tanh", 0.7))  # strengths off 0.5 and 1, which are special-cased fast
 ROW_SHAPES = ((8192, 768), (4096, 2048), (32768, 256))
@@ -30,7 +33,6 @@ NCHW = (64, 64, 32, 32)
 
 
 def _candidates_rows(dim: int, dtype: torch.dtype) -> dict[str, nn.Module]:
-    import ibnorm
     kw = dict(dtype=dtype)
     c = {"nn.LayerNorm": nn.LayerNorm(dim, **kw), "nn.RMSNorm": nn.RMSNorm(dim, **kw),
          "DyT": ibnorm.DynamicTanh(dim, **kw), "NormalNorm": ibnorm.LayerNormalNorm(dim, **kw)}
@@ -43,7 +45,6 @@ def _candidates_rows(dim: int, dtype: torch.dtype) -> dict[str, nn.Module]:
 
 
 def _candidates_nchw(ch: int, dtype: torch.dtype) -> dict[str, nn.Module]:
-    import ibnorm
     kw = dict(dtype=dtype)
     c = {"nn.BatchNorm2d": nn.BatchNorm2d(ch, **kw), "DyT": ibnorm.DynamicTanh(ch, channels_last=False, **kw),
          "NormalNorm": ibnorm.BatchNormalNorm2d(ch, **kw)}
@@ -118,14 +119,12 @@ def measure(cands: dict[str, nn.Module], x: torch.Tensor, base: str, rounds: int
 def training_step_times(model: str, norm: str, rounds: int) -> list[float]:
     """Seconds per training step (forward, backward, optimizer) of a preset model with ``norm``."""
     from .models import build_model
+    from .train import TASK_DEFAULTS
     torch.manual_seed(0)
     m, _ = build_model(model, norm)
     opt = torch.optim.AdamW(m.parameters(), lr=1e-4)
-    if model.startswith(("gpt2", "llama")):
-        x = torch.randint(0, 256, (16, 128))
-        kw = {"input_ids": x, "labels": x}
-    else:
-        kw = {"pixel_values": torch.randn(64, 1, 28, 28), "labels": torch.randint(0, 10, (64,))}
+    kind = task_kind(model)
+    kw = kind.synthetic_batch(TASK_DEFAULTS[kind.name]["batch_size"])
 
     def step():
         loss = m(**kw).loss
@@ -168,7 +167,7 @@ def run(rounds: int, quick: bool, row_shapes: tuple[tuple[int, int], ...] = ROW_
 def to_markdown(res: dict, command: str) -> str:
     lines = ["# Norm benchmarks (CPU)", "", f"Regenerate: `{command}`", "",
              f"torch {res['environment']['torch']}, {res['environment']['threads']} threads, "
-             f"{res['environment']['cpu']}; allocator: {res['environment']['malloc']}. Ratios are to the PyTorch base "
+             f"{res['environment']['cpu']} ({res['environment']['cpu_capability']}); allocator: {res['environment']['malloc']}. Ratios are to the PyTorch base "
              "norm timed in the same round (median over rounds); lower is better.", ""]
     for section, base in (("rows", "nn.LayerNorm"), ("nchw", "nn.BatchNorm2d")):
         for key, r in res[section].items():
@@ -191,16 +190,10 @@ def to_markdown(res: dict, command: str) -> str:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
-    from .cli import command_line
     if args.threads:
         torch.set_num_threads(args.threads)
     res = run(args.rounds, args.quick)
-    res["environment"] = {"torch": torch.__version__, "threads": torch.get_num_threads(),
-                          "cpu": platform.processor() or platform.machine(),
-                          "capability": torch.backends.cpu.get_cpu_capability(),
-                          "malloc": "MALLOC_MMAP_MAX_=%s MALLOC_TRIM_THRESHOLD_=%s" % (
-                              os.environ.get("MALLOC_MMAP_MAX_", "default"),
-                              os.environ.get("MALLOC_TRIM_THRESHOLD_", "default"))}
+    res["environment"] = provenance()
     command = " ".join(f"{k}={os.environ[k]}" for k in ("MALLOC_MMAP_MAX_", "MALLOC_TRIM_THRESHOLD_") if k in os.environ)
     command = (command + " " if command else "") + command_line()
     res["command"] = command

@@ -2,75 +2,46 @@
 from __future__ import annotations
 
 import argparse
-import csv
-import io
 import json
 import sys
 from pathlib import Path
 
 import torch
 
-from ..io import atomic_write_text
-
-COLUMNS = ["run", "norm", "step", "index", "layer", "type", "I_XT", "I_TY", "IB", "beta", "method", "n", "dim",
-           "contraction", "strength"]
-
-
-def write_csv(path: Path, rows: list[dict]) -> None:
-    buf = io.StringIO()
-    w = csv.DictWriter(buf, fieldnames=COLUMNS, extrasaction="ignore")
-    w.writeheader()
-    w.writerows(rows)
-    atomic_write_text(path, buf.getvalue())
-
-
-def read_csv(path: Path) -> list[dict]:
-    rows = list(csv.DictReader(path.open()))
-    for r in rows:
-        for k in ("step", "index", "n", "dim"):
-            r[k] = int(r[k])
-        for k in ("I_XT", "I_TY", "IB", "beta"):
-            r[k] = float(r[k])
-    return rows
-
-
-def make_probe(task, n: int):
-    """The first ``n`` held-out examples: the same probe for every run of a task."""
-    if task.kind == "lm":
-        xs = torch.cat([x for x, _ in task.val])[:n]
-        ys = torch.cat([y for _, y in task.val])[:n]
-        return xs, ys
-    return task.vision.test_x[:n], task.vision.test_y[:n]
+from ...atomic import atomic_write_text
+from ..records import write_csv
+from .recorder import DEFAULT_MAX_DIM, read_info_csv, write_info_csv
 
 
 def analyse_run(run_dir: Path, method: str, beta: float, probe: int, max_dim: int) -> list[dict]:
     """The trajectory recorded during training (``info.csv``) when it used these settings; otherwise the
     final model's rows, computed once and kept beside it (``info.csv`` itself is never overwritten)."""
     from ..models import build_model
-    from ..train import Task, TrainConfig, model_overrides
-    from .recorder import DEFAULT_MAX_DIM, InfoRecorder
+    from ..tasks import Task
+    from ..train import TrainConfig, model_overrides
+    from .recorder import InfoRecorder
 
     result = json.loads((run_dir / "result.json").read_text())
     cfg = TrainConfig(**result["config"])
     recorded = run_dir / "info.csv"
     # the trainer records with the recorder's defaults, its own probe size, Renyi and beta 0.1
     if recorded.exists() and probe == cfg.info_probe and max_dim == DEFAULT_MAX_DIM:
-        rows = read_csv(recorded)
+        rows = read_info_csv(recorded)
         if rows and all(r["method"] == method and r["beta"] == beta for r in rows):
-            return [dict(r, run=cfg.label, norm=cfg.norm) for r in rows]
+            return [dict(r, **cfg.run_fields()) for r in rows]
     final = run_dir / f"info-final-{method}-beta{beta:g}-probe{probe}-dim{max_dim}.csv"
     if final.exists():
-        return [dict(r, run=cfg.label, norm=cfg.norm) for r in read_csv(final)]
+        return [dict(r, **cfg.run_fields()) for r in read_info_csv(final)]
     if recorded.exists():
         print(f"{recorded} was recorded with other settings; analysing the final model only ({final.name})",
               file=sys.stderr)
     task = Task(cfg)
     model, _ = build_model(cfg.model, cfg.norm, **model_overrides(cfg, task))
     model.load_state_dict(torch.load(run_dir / "model.pt", weights_only=True))
-    px, py = make_probe(task, probe)
-    rec = InfoRecorder(model, px, py, task.kind, method=method, beta=beta, max_dim=max_dim, vocab_size=task.vocab_size)
-    rows = [dict(r, run=cfg.label, norm=cfg.norm) for r in rec.record(cfg.steps)]
-    write_csv(final, rows)
+    px, py = task.probe(probe)
+    rec = InfoRecorder(model, px, py, task.kind.name, method=method, beta=beta, max_dim=max_dim, vocab_size=task.vocab_size)
+    rows = [dict(r, **cfg.run_fields()) for r in rec.record(cfg.steps)]
+    write_info_csv(final, rows)
     return rows
 
 
@@ -78,14 +49,13 @@ def cmd_info(args: argparse.Namespace) -> int:
     from .plots import information_planes, layer_bars
     from .summary import SUMMARY_COLUMNS, group_by_norm, mean_rows, summary_table
     out = Path(args.out)
-    runs: dict[str, list[dict]] = {}
+    runs: list[list[dict]] = []
     for d in args.run_dirs:
         d = Path(d)
         if not (d / "result.json").exists():
             raise FileNotFoundError(f"{d} is not a finished run (no result.json); train it first")
-        rows = analyse_run(d, args.method, args.beta, args.probe, args.max_dim)
-        runs[rows[0]["run"]] = rows
-    write_csv(out / "info.csv", [r for rows in runs.values() for r in rows])
+        runs.append(analyse_run(d, args.method, args.beta, args.probe, args.max_dim))
+    write_info_csv(out / "info.csv", [r for rows in runs for r in rows])
     groups = group_by_norm(runs)
     # several seeds of one norm: one panel (the seed mean) and bars with the seed spread
     merged = {(f"{name} (mean of {len(seeds)} seeds)" if len(seeds) > 1 else f"{name} s{next(iter(seeds))}"):
@@ -93,11 +63,7 @@ def cmd_info(args: argparse.Namespace) -> int:
     information_planes(merged, out / "info_plane.png")
     layer_bars(merged, out / "info_layers.png")
     table, report = summary_table(groups, args.base)
-    buf = io.StringIO()
-    w = csv.DictWriter(buf, fieldnames=SUMMARY_COLUMNS, extrasaction="ignore")
-    w.writeheader()
-    w.writerows(table)
-    atomic_write_text(out / "info_summary.csv", buf.getvalue())
+    write_csv(out / "info_summary.csv", table, SUMMARY_COLUMNS)
     atomic_write_text(out / "info_summary.md", f"# Information quantities ({args.method}, beta = {args.beta:g})\n\n"
                       + report)
     print(report)
@@ -106,7 +72,6 @@ def cmd_info(args: argparse.Namespace) -> int:
 
 
 def add_info_parser(sub) -> None:
-    from .recorder import DEFAULT_MAX_DIM
     p = sub.add_parser("info", help="information planes, IB values and variance contraction of finished runs")
     p.add_argument("run_dirs", nargs="+", metavar="RUN_DIR")
     p.add_argument("--out", default="results/info")

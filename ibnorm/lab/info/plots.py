@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..io import atomic_save_figure
+from ..records import save_figure
 
 
 def information_planes(runs: dict[str, list[dict]], path: Path) -> None:
@@ -37,7 +37,7 @@ def information_planes(runs: dict[str, list[dict]], path: Path) -> None:
         ax.axis("off")
     fig.suptitle("Information planes (numbers: layer index, last step)", fontsize=10)
     fig.tight_layout()
-    atomic_save_figure(fig, path)
+    save_figure(fig, path)
 
 
 def layer_bars(runs: dict[str, list[dict]], path: Path) -> None:
@@ -72,4 +72,4 @@ def layer_bars(runs: dict[str, list[dict]], path: Path) -> None:
     for ax in (ax1, ax2):
         ax.grid(alpha=0.3, axis="y")
     fig.tight_layout()
-    atomic_save_figure(fig, path)
+    save_figure(fig, path)

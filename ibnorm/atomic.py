@@ -40,14 +40,3 @@ def atomic_torch_save(obj: Any, path: str | Path) -> None:
 
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:
     _atomic(path, lambda f: f.write(data), "wb")
-
-
-def atomic_save_figure(fig: Any, path: str | Path, dpi: int = 110) -> None:
-    """A matplotlib figure as PNG, written atomically; the figure is closed."""
-    import io
-
-    import matplotlib.pyplot as plt
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=dpi)
-    plt.close(fig)
-    atomic_write_bytes(path, buf.getvalue())

@@ -1,30 +1,9 @@
-r"""IBNorm as one ``torch.autograd.Function`` with a hand-derived backward, for every grouping and op.
+"""IBNorm as one ``torch.autograd.Function`` with a hand-derived backward, for every grouping and op.
 
 Backward memory: only the input, the affine weight and per-group statistics are saved (like
-``nn.LayerNorm``); ``u``, ``c`` and ``z`` are recomputed in the backward.
-
-Derivation (per group of ``M`` values; ``mean`` is over the group; RMS grouping: drop every centring
-term, i.e. ``mu = 0``, ``m_c = 0``, ``G1 = 0``, ``mean(g_u) = 0``)::
-
-    forward                                     backward, given g_y
-    r   = 1 / sqrt(var(x) + eps)                 g_z = g_y * w          dw = sum(g_y * z), db = sum(g_y)
-    u   = (x - mu) r                             G1  = mean(g_z),  G2 = mean(g_z * d)
-    c   = s(u)                                   g_c = k (g_z - G1) - k G2 d / (v_c + eps)
-    d   = c - m_c,  m_c = mean(c)                g_u = g_c s'(u) + k G2 u / (v_u + eps)
-    v_c = mean(d^2),  v_u = var(x) r^2           g_x = r (g_u - mean(g_u) - u mean(g_u u))
-    k   = sqrt((v_u + eps) / (v_c + eps))        g_lam = sum(g_c * ds/dlam(u))
-    z   = d k,   y = w z + b
-
-``g_c``: ``z_i = k (c_i - m_c)`` gives ``k (g_z - G1)`` directly, and through ``k(v_c)``,
-``dk/dv_c = -k / (2 (v_c + eps))``, ``dv_c/dc_i = 2 d_i / M`` the term in ``G2`` (``sum(g_z d) = M G2``).
-``g_u``: the chain through ``s``, plus the path through ``v_u = var(u)``
-(``dk/dv_u = k / (2 (v_u + eps))``, ``dv_u/du_i = 2 u_i / M``). ``g_x``: the LayerNorm backward, exact
-for ``u`` with ``eps``. Order ``standardize_then_compress``: ``z = s(u)``, ``g_u = g_z s'(u)``.
-Derivatives of the ops (``a = |u|``): power ``s' = (1 + a)^(lam - 1)``,
-``ds/dlam = sign(u) (L E / lam - (E - 1) / lam^2)`` with ``L = log1p(a)``, ``E = (1 + a)^lam``;
-log ``s' = 1 / (1 + lam a)``, ``ds/dlam = sign(u) (a / (lam (1 + lam a)) - log1p(lam a) / lam^2)``;
-tanh ``s' = 1 - t^2``, ``ds/dlam = u (1 - t^2) / lam - t / lam^2`` with ``t = tanh(lam u)``.
-``tests/test_kernels.py`` checks all of it with ``gradcheck`` against the eager reference.
+``nn.LayerNorm``); ``u``, ``c`` and ``z`` are recomputed in the backward. The derivation is in
+``docs/method.md`` ("The backward"); the ops' ``s'`` and ``ds/dlam`` come from :mod:`ibnorm.ops`.
+``tests/test_kernels.py`` checks all of it with ``gradcheck`` against the reference.
 """
 from __future__ import annotations
 
@@ -33,27 +12,8 @@ from typing import Optional, Sequence
 import torch
 from torch import Tensor
 
-from ..functional import COMPRESS_THEN_STANDARDIZE, compute_dtype
-
-
-def op_terms(u: Tensor, op: str, lam, need_dlam: bool) -> tuple[Tensor, Tensor, Optional[Tensor]]:
-    """``(s(u), s'(u), ds/dlam or None)`` with shared intermediate values."""
-    if op == "tanh":
-        t = torch.tanh(lam * u)
-        ds = 1 - t * t
-        return t / lam, ds, (u * ds / lam - t / (lam * lam)) if need_dlam else None
-    a = u.abs()
-    sgn = torch.sign(u)
-    if op == "power":
-        L = torch.log1p(a)
-        e = torch.exp(lam * L)
-        s = sgn * (e - 1) / lam
-        return s, e / (1 + a), (sgn * (L * e / lam - (e - 1) / (lam * lam))) if need_dlam else None
-    if op == "log":
-        q = 1 + lam * a
-        lq = torch.log(q)
-        return sgn * lq / lam, 1 / q, (sgn * (a / (lam * q) - lq / (lam * lam))) if need_dlam else None
-    raise ValueError(f"compression must be power, log or tanh for op_terms; got {op!r}")
+from ..ops import COMPRESS_THEN_STANDARDIZE, get_compression
+from ..reference import compute_dtype
 
 
 def _mean(t: Tensor, dims: tuple) -> Tensor:
@@ -84,9 +44,9 @@ class IBNormFunction(torch.autograd.Function):
         if op == "none":
             z = u
         elif order != COMPRESS_THEN_STANDARDIZE:
-            z, _, _ = op_terms(u, op, lam_v, False)
+            z, _, _ = get_compression(op).terms(u, lam_v, False)
         else:
-            c, _, _ = op_terms(u, op, lam_v, False)
+            c, _, _ = get_compression(op).terms(u, lam_v, False)
             if centered:
                 m_c = _mean(c, dims)
                 d = c - m_c
@@ -121,12 +81,12 @@ class IBNormFunction(torch.autograd.Function):
         if op == "none":
             z, g_u = u, g_z
         elif order != COMPRESS_THEN_STANDARDIZE:
-            z, ds, dlam = op_terms(u, op, lam_v, need_lam)
+            z, ds, dlam = get_compression(op).terms(u, lam_v, need_lam)
             g_u = g_z * ds
             if need_lam:
                 g_lam = (g_z * dlam).sum()
         else:
-            c, ds, dlam = op_terms(u, op, lam_v, need_lam)
+            c, ds, dlam = get_compression(op).terms(u, lam_v, need_lam)
             d = c - m_c if centered else c
             z = d * k
             g2 = _mean(g_z * d, dims)
@@ -146,7 +106,7 @@ class IBNormFunction(torch.autograd.Function):
         return g_x.to(x.dtype), g_w, g_b, g_lam, None, None, None, None, None, None, None
 
 
-def fused_ib_norm(x: Tensor, dims: Sequence[int], centered: bool, eps: float, compression: str, strength,
+def ib_norm_autograd(x: Tensor, dims: Sequence[int], centered: bool, eps: float, compression: str, strength,
                   order: str, weight: Optional[Tensor], bias: Optional[Tensor], wview: Sequence[int]):
     """``(y, (mean_x, var_x, mean_c, var_c, var_u))`` for one grouping; empty tensors for unused statistics."""
     lam_t = strength if isinstance(strength, Tensor) else None

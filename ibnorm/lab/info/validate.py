@@ -1,7 +1,7 @@
 """Known-answer validation of the KSG estimator, over many seeds: bias, spread, and how often one
 estimate lands within 0.05 nats of the truth.
 
-``python -m ibnorm.info.validate --out results/info/estimator_validation`` writes ``.json`` and ``.md``.
+``python -m ibnorm.lab.info.validate --out results/info/estimator_validation`` writes ``.json`` and ``.md``.
 
 Families (n samples each, ``d`` independent pairs, so the true MI is ``d`` times the per-pair value):
 
@@ -24,8 +24,8 @@ from typing import Callable
 
 import numpy as np
 
-from ..io import atomic_write_text
-from .estimators import gaussian_mi, mutual_information
+from ...atomic import atomic_write_text
+from ...info.estimators import gaussian_mi, mutual_information
 
 TOLERANCE = 0.05
 METHODS = {"ksg": {}, "ksg+gaussian": {"bias_correction": "gaussian"}}
@@ -98,7 +98,7 @@ def markdown(rows: list[dict], command: str) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m ibnorm.info.validate", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="python -m ibnorm.lab.info.validate", description=__doc__.split("\n\n")[0])
     p.add_argument("--out", default="results/info/estimator_validation", help="path stem for .json and .md")
     p.add_argument("--n", type=int, default=2000)
     p.add_argument("--seeds", type=int, default=20)
@@ -118,7 +118,7 @@ def main(argv: list[str] | None = None) -> int:
             grid.append((family, int(d), float(param)))
     from tqdm import tqdm
     rows = [r for case in tqdm(grid, desc="validate ksg") for r in evaluate(*case, n=args.n, seeds=args.seeds, k=args.k)]
-    command = " ".join(["python -m ibnorm.info.validate", *argv])
+    command = " ".join(["python -m ibnorm.lab.info.validate", *argv])
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out.with_suffix(".json"), json.dumps({"command": command, "rows": rows}, indent=1) + "\n")

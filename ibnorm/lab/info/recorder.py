@@ -12,17 +12,31 @@ tokens (one-hot, projected) and ``Y`` the token that follows the window's last p
 from __future__ import annotations
 
 import zlib
+from pathlib import Path
 from typing import Optional
 
 import torch
 from torch import Tensor, nn
 
-from ..convert import norm_kind
-from ..layers import _IBMixin
-from ..peers import PEERS
-from .estimators import mutual_information
+from ...convert import norm_kind
+from ...info import mutual_information
+from ...layers import _IBMixin
+from ...peers import PEERS
+from ..records import read_csv, write_csv
+from ..tasks import TASK_KINDS
 
 DEFAULT_MAX_DIM = 256
+# One row per layer and recorded step; model, norm and seed identify the run.
+COLUMNS = ["model", "norm", "seed", "step", "index", "layer", "type", "I_XT", "I_TY", "IB", "beta", "method", "n",
+           "dim", "contraction", "strength"]
+
+
+def write_info_csv(path: Path, rows: list[dict]) -> None:
+    write_csv(path, rows, COLUMNS)
+
+
+def read_info_csv(path: Path) -> list[dict]:
+    return read_csv(path, ints=("seed", "step", "index", "n", "dim"), floats=("I_XT", "I_TY", "IB", "beta"))
 
 
 def is_norm_layer(module: nn.Module) -> bool:
@@ -55,15 +69,11 @@ class InfoRecorder:
                  estimator_kwargs: Optional[dict] = None) -> None:
         if len(probe_x) != len(probe_y):
             raise ValueError(f"probe_x and probe_y must have the same length; got {len(probe_x)} and {len(probe_y)}")
-        self.model, self.kind, self.method, self.beta, self.max_dim = model, kind, method, beta, max_dim
+        self.model, self.kind, self.method, self.beta, self.max_dim = model, TASK_KINDS[kind], method, beta, max_dim
         self.probe_x, self.probe_y = probe_x, probe_y
         self.kwargs = estimator_kwargs or {}
-        if kind == "lm":
-            onehot = nn.functional.one_hot(probe_x, vocab_size or int(probe_x.max()) + 1).double()
-            self.x_rep = project(onehot, max_dim, "input")
-        else:
-            self.x_rep = project(probe_x, max_dim, "input")
-        self.labels = probe_y.reshape(len(probe_y), -1)[:, -1].long().numpy()
+        self.x_rep = project(self.kind.probe_inputs(probe_x, vocab_size), max_dim, "input")
+        self.labels = self.kind.probe_labels(probe_y).numpy()
 
     def _capture(self) -> dict[str, tuple[nn.Module, Tensor, Tensor]]:
         captured: dict[str, tuple[nn.Module, Tensor, Tensor]] = {}
@@ -80,8 +90,7 @@ class InfoRecorder:
         self.model.eval()
         try:
             with torch.no_grad():
-                key = "input_ids" if self.kind == "lm" else "pixel_values"
-                self.model(**{key: self.probe_x})
+                self.model(**{self.kind.input_key: self.probe_x})
         finally:
             for h in handles:
                 h.remove()
@@ -91,9 +100,7 @@ class InfoRecorder:
     def record(self, step: int) -> list[dict]:
         rows = []
         for index, (name, (module, inp, out)) in enumerate(self._capture().items()):
-            if self.kind == "lm" and name == "penultimate":
-                out = out[:, -1]  # the features that predict Y
-            t = project(out, self.max_dim, name)
+            t = project(self.kind.probe_features(out, name == "penultimate"), self.max_dim, name)
             i_xt = mutual_information(self.x_rep, t, self.method, **self.kwargs)
             i_ty = mutual_information(t, self.labels, self.method, **self.kwargs)
             row = {"step": step, "index": index, "layer": name, "type": type(module).__name__ if name != "penultimate" else "penultimate",

@@ -1,0 +1,106 @@
+"""The trainer's process context: rank, world size and device, under ``torchrun`` or alone.
+
+Launch with ``torchrun`` (see the README): the trainer reads ``RANK``/``WORLD_SIZE``/``LOCAL_RANK``,
+joins the process group (gloo on CPU, NCCL on CUDA) and wraps the model in
+``DistributedDataParallel``. ``IBNORM_DIST_TIMEOUT`` (seconds, default 120) bounds every collective
+and the start-up rendezvous, so a failed or missing rank ends the job with an error, not a hang.
+``IBNORM_DEVICE`` (``auto``, ``cpu``, ``cuda``) picks the device the same way alone and under torchrun:
+``auto`` takes CUDA when it is available.
+"""
+from __future__ import annotations
+
+import datetime
+import os
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.distributed as tdist
+from torch import Tensor, nn
+
+from .. import config
+from ..distributed import convert_sync_ibnorm
+
+
+def dist_timeout() -> datetime.timedelta:
+    return datetime.timedelta(seconds=config.settings.dist_timeout_s)
+
+
+def use_cuda() -> bool:
+    """Whether this process trains on CUDA (``IBNORM_DEVICE``; ``auto``: when CUDA is available)."""
+    want = config.settings.device
+    if want == "cuda" and not torch.cuda.is_available():
+        raise ValueError("IBNORM_DEVICE=cuda, but torch sees no CUDA device; use IBNORM_DEVICE=cpu or auto")
+    return want == "cuda" or (want == "auto" and torch.cuda.is_available())
+
+
+@dataclass
+class DistContext:
+    """Where this process stands: rank, world size, device. World size 1 means no process group."""
+
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+    device: torch.device = torch.device("cpu")
+
+    @classmethod
+    def from_env(cls) -> "DistContext":
+        world = int(os.environ.get("WORLD_SIZE", "1"))
+        cuda = use_cuda()
+        if world <= 1:
+            return cls(device=torch.device("cuda" if cuda else "cpu"))
+        local = int(os.environ.get("LOCAL_RANK", "0"))
+        if cuda:
+            torch.cuda.set_device(local)
+        if not tdist.is_initialized():
+            try:
+                tdist.init_process_group("nccl" if cuda else "gloo", timeout=dist_timeout())
+            except Exception as e:  # a missing rank: the rendezvous timed out
+                raise RuntimeError(
+                    f"rank {os.environ.get('RANK')} of {world}: not every rank joined the process group within "
+                    f"{dist_timeout().total_seconds():.0f} s (IBNORM_DIST_TIMEOUT); is a rank missing or did "
+                    f"one fail to start? ({type(e).__name__}: {e})") from e
+        return cls(tdist.get_rank(), tdist.get_world_size(), local,
+                   torch.device("cuda", local) if cuda else torch.device("cpu"))
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    def prepare_model(self, model: nn.Module, sync_bn: bool = True) -> nn.Module:
+        if self.world_size == 1:
+            return model
+        if sync_bn:
+            model = convert_sync_ibnorm(model)
+        ids = [self.local_rank] if self.device.type == "cuda" else None
+        return nn.parallel.DistributedDataParallel(model, device_ids=ids)
+
+    @staticmethod
+    def unwrap(model: nn.Module) -> nn.Module:
+        return model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
+
+    def shard(self, batch: tuple[Tensor, ...]) -> tuple[Tensor, ...]:
+        """This rank's contiguous slice of the global batch."""
+        if self.world_size == 1:
+            return batch
+        per = batch[0].shape[0] // self.world_size
+        return tuple(t[self.rank * per:(self.rank + 1) * per] for t in batch)
+
+    def mean(self, value: float) -> float:
+        if self.world_size == 1:
+            return value
+        t = torch.tensor([value], dtype=torch.float64, device=self.device)
+        tdist.all_reduce(t)
+        return float(t) / self.world_size
+
+    def gather_rng(self) -> list[Tensor]:
+        state = torch.get_rng_state()
+        if self.world_size == 1:
+            return [state]
+        out: list[Any] = [None] * self.world_size
+        tdist.all_gather_object(out, state)
+        return out
+
+    def barrier(self) -> None:
+        if self.world_size > 1:
+            tdist.barrier()

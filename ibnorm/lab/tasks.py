@@ -1,0 +1,128 @@
+"""The two kinds of task, language modelling and image classification: everything that differs between them
+lives here (input key, loss, metrics, probe set, synthetic batches), so no other module asks which kind it has.
+
+:class:`Task` is one run's data: ``batch(step)`` is a pure function of ``(seed, step)``, the validation
+set is fixed, and ``evaluate`` returns the kind's metrics.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from . import data as D
+from .models import get_preset
+
+
+@dataclass(frozen=True)
+class TaskKind:
+    """What a kind of task feeds a model, how it scores it, and which metric its tables lead with."""
+
+    name: str
+    input_key: str  # the Hugging Face model's input argument
+    metric: str  # the headline validation metric
+    higher_is_better: bool
+    secondary: str  # the metric shown beside it
+
+    def loss(self, model: nn.Module, x: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
+        """(mean cross-entropy, logits)."""
+        logits = model(**{self.input_key: x}).logits
+        return nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), y.reshape(-1)), logits
+
+    def probe_features(self, t: Tensor, is_penultimate: bool) -> Tensor:
+        """The part of a captured representation that predicts a probe label (an LM predicts the next token
+        from the last position)."""
+        return t[:, -1] if self.name == "lm" and is_penultimate else t
+
+    def probe_inputs(self, x: Tensor, vocab_size: int | None) -> Tensor:
+        """``X`` as the information estimators see it: the image, or the window of tokens one-hot."""
+        if self.name == "lm":
+            return nn.functional.one_hot(x, vocab_size or int(x.max()) + 1).double()
+        return x
+
+    @staticmethod
+    def probe_labels(y: Tensor) -> Tensor:
+        """``Y`` per probe example: the class, or the token after the window's last position."""
+        return y.reshape(len(y), -1)[:, -1].long()
+
+    def synthetic_batch(self, batch_size: int, vocab_size: int = 256, context: int = 128) -> dict:
+        """Random inputs and labels of this kind, for timing a training step."""
+        if self.name == "lm":
+            x = torch.randint(0, vocab_size, (batch_size, context))
+            return {"input_ids": x, "labels": x}
+        return {"pixel_values": torch.randn(batch_size, 1, 28, 28), "labels": torch.randint(0, 10, (batch_size,))}
+
+
+TASK_KINDS: dict[str, TaskKind] = {
+    "lm": TaskKind("lm", "input_ids", "val_loss", False, "val_ppl"),
+    "vision": TaskKind("vision", "pixel_values", "val_acc", True, "val_loss"),
+}
+
+
+def task_kind(model: str) -> TaskKind:
+    """The kind of task a preset model is trained on."""
+    return TASK_KINDS[get_preset(model).task]
+
+
+class Task:
+    """Data and loss for one run; ``batch(step)`` returns the *global* batch of that step."""
+
+    def __init__(self, cfg: Any):
+        """``cfg``: a resolved :class:`ibnorm.lab.train.TrainConfig` (model, dataset, batch and eval sizes, seed)."""
+        self.cfg = cfg
+        self.kind = task_kind(cfg.model)
+        if self.kind.name == "lm":
+            if cfg.dataset != "austen":
+                raise ValueError(f"dataset must be 'austen' for language models; got {cfg.dataset!r}")
+            self.text = D.austen_data(cfg.tokenizer)
+            self.vocab_size = self.text.vocab_size
+            g = torch.Generator().manual_seed(12345)  # the same validation windows for every run
+            self.val = [D.lm_batch(self.text.val, cfg.batch_size, cfg.context, g) for _ in range(cfg.eval_batches)]
+        else:
+            self.vision = D.vision_data(cfg.dataset, cfg.train_subset, cfg.eval_examples or None)
+            self.vocab_size = None
+
+    def batch(self, step: int) -> tuple[Tensor, Tensor]:
+        cfg = self.cfg
+        if self.kind.name == "lm":
+            g = torch.Generator().manual_seed(cfg.seed * 1_000_003 + step)
+            return D.lm_batch(self.text.train, cfg.batch_size, cfg.context, g)
+        n = len(self.vision.train_y)
+        per_epoch = max(1, n // cfg.batch_size)
+        epoch, i = divmod(step, per_epoch)
+        perm = torch.randperm(n, generator=torch.Generator().manual_seed(cfg.seed * 1_000_003 + epoch))
+        idx = perm[i * cfg.batch_size:(i + 1) * cfg.batch_size]
+        return self.vision.train_x[idx], self.vision.train_y[idx]
+
+    def loss(self, model: nn.Module, x: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
+        return self.kind.loss(model, x, y)
+
+    def probe(self, n: int) -> tuple[Tensor, Tensor]:
+        """The first ``n`` held-out examples: the same probe set for every run of a task."""
+        if self.kind.name == "lm":
+            return torch.cat([x for x, _ in self.val])[:n], torch.cat([y for _, y in self.val])[:n]
+        return self.vision.test_x[:n], self.vision.test_y[:n]
+
+    @torch.no_grad()
+    def evaluate(self, model: nn.Module, device: torch.device) -> dict:
+        was_training = model.training
+        model.eval()
+        if self.kind.name == "lm":
+            losses = [float(self.loss(model, x.to(device), y.to(device))[0]) for x, y in self.val]
+            loss = sum(losses) / len(losses)
+            out = {"val_loss": loss, "val_ppl": math.exp(min(loss, 50.0)), "val_bpc": loss / math.log(2)}
+        else:
+            total, correct, n = 0.0, 0, 0
+            xs, ys = self.vision.test_x, self.vision.test_y
+            for i in range(0, len(ys), 500):
+                x, y = xs[i:i + 500].to(device), ys[i:i + 500].to(device)
+                loss, logits = self.loss(model, x, y)
+                total += float(loss) * len(y)
+                correct += int((logits.argmax(-1) == y).sum())
+                n += len(y)
+            out = {"val_loss": total / n, "val_acc": correct / n}
+        model.train(was_training)
+        return out
