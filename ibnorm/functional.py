@@ -4,7 +4,7 @@ Each takes the base norm's arguments, then ``compression``, ``strength`` (a floa
 learned strength), ``order`` and ``impl``, and dispatches:
 
 - ``impl="auto"``: the fastest kernel that runs this input: Triton on CUDA (layer and RMS grouping),
-  the C++ kernel on CPU (layer and RMS grouping, once built), otherwise the autograd Function;
+  the C++ kernel on CPU (every grouping, once built), otherwise the autograd Function;
 - ``"triton"``, ``"cpu"``, ``"autograd"``: that kernel, or a ``ValueError`` when it cannot run the input;
 - ``"reference"``: :mod:`ibnorm.reference`, the plain transcription of the definition;
 - ``None``: ``IBNORM_IMPL`` (:mod:`ibnorm.config`), default ``auto``.
@@ -24,41 +24,38 @@ from . import reference as R
 from .config import resolve_impl
 from .kernels import cpu
 from .kernels.autograd import ib_norm_autograd
-from .ops import COMPRESS_THEN_STANDARDIZE, Strength, check_order
+from .ops import COMPRESS_THEN_STANDARDIZE, Strength, check_order, get_compression
 from .reference import GroupStats, Reduce
 
 
-def _row_kernel(x: Tensor, m: int, impl: str):
-    """The compiled kernel that runs last-dimension groups of ``m`` values of ``x`` under ``impl``, or None."""
-    if impl in ("auto", "triton") and x.is_cuda:
+def _rows(x: Tensor, m: int, centered: bool, eps: float, compression: str, strength: Optional[Strength], order: str,
+          weight: Optional[Tensor], bias: Optional[Tensor], affine_shape: tuple, impl: str) -> Optional[Tensor]:
+    """Groups of the last ``m`` values of ``x`` on a compiled kernel, or None when none runs them under ``impl``.
+    ``affine_shape``: ``(m,)``, or ``(P, m)`` when row i takes affine row i % P (group grouping)."""
+    cts = order == COMPRESS_THEN_STANDARDIZE
+    if impl in ("auto", "triton") and x.is_cuda and affine_shape == (m,):
         from .kernels import triton_rows  # imports triton: only when a CUDA tensor arrives
         if triton_rows.supports(x, m):
-            return triton_rows.TritonRowsFunction
+            return triton_rows.ib_rows(x, weight, bias, strength, m, centered, eps, compression, cts)
     if impl in ("auto", "cpu") and cpu.supports(x):
-        return cpu.CPURowsFunction
+        return cpu.ib_rows(x, weight, bias, strength, m, centered, eps, compression, cts, affine_shape)
     return None
 
 
-def _kernel(x: Tensor, dims: Sequence[int], centered: bool, eps: float, compression: str, strength: Optional[Strength],
-            order: str, weight: Optional[Tensor], bias: Optional[Tensor], wview: Sequence[int],
-            impl: str) -> tuple[Tensor, Optional[tuple]]:
-    """``(y, statistics)`` from a kernel; the statistics (``(mean_x, var_x, mean_c, var_c, var_u)``, empty
-    tensors for those unused) come from the autograd Function only, the row kernels give None."""
-    group_shape = tuple(x.shape[d] for d in dims)
-    # The row kernels apply the affine map per element of a group: layer and RMS grouping.
-    rows = tuple(wview) == group_shape and tuple(dims) == tuple(range(x.dim() - len(dims), x.dim()))
-    kernel = _row_kernel(x, math.prod(group_shape), impl) if rows else None
-    if kernel is not None:
-        lam_t = strength if isinstance(strength, Tensor) else None
-        lam = None if lam_t is not None else strength
-        y = kernel.apply(x, weight, bias, lam_t, math.prod(group_shape), centered, float(eps), compression, lam,
-                         order == COMPRESS_THEN_STANDARDIZE)
-        return y, None
-    if impl in ("cpu", "triton"):
-        device = "CUDA" if impl == "triton" else "CPU"
-        raise ValueError(f"impl={impl!r} runs layer and RMS grouping of float32/bfloat16/float16 {device} tensors"
-                         f"{' once the C++ kernel is built' if impl == 'cpu' else ' with triton installed'}; got a "
-                         f"{x.dtype} {x.device.type} input grouped over dims {tuple(dims)}: use impl='auto'")
+def _refuse(impl: str, x: Tensor, grouping: str) -> None:
+    """A named compiled kernel that cannot run this input says so (``auto`` falls back instead)."""
+    if impl == "cpu":
+        raise ValueError(f"impl='cpu' runs float32/bfloat16/float16 CPU tensors once the C++ kernel is built "
+                         f"({cpu._failed or 'not built'}); got a {x.dtype} {x.device.type} input: use impl='auto'")
+    if impl == "triton":
+        raise ValueError(f"impl='triton' runs layer and RMS grouping of CUDA tensors with triton installed; got "
+                         f"{grouping} grouping of a {x.dtype} {x.device.type} input: use impl='auto'")
+
+
+def _autograd(x: Tensor, dims: Sequence[int], centered: bool, eps: float, compression: str,
+              strength: Optional[Strength], order: str, weight: Optional[Tensor], bias: Optional[Tensor],
+              wview: Sequence[int], impl: str, grouping: str) -> tuple[Tensor, tuple]:
+    _refuse(impl, x, grouping)
     return ib_norm_autograd(x, dims, centered, eps, compression, strength, order, weight, bias, wview)
 
 
@@ -77,8 +74,12 @@ def ib_layer_norm(input: Tensor, normalized_shape: Union[int, Sequence[int]], we
     shape = R.normalized_shape_of(normalized_shape)
     R.check_trailing(input, shape)
     check_order(order)
-    return _kernel(input, _trailing_dims(input, shape), True, eps, compression, strength, order, weight, bias,
-                   shape, impl)[0]
+    m = math.prod(shape)
+    y = _rows(input, m, True, eps, compression, strength, order, weight, bias, (m,), impl)
+    if y is not None:
+        return y
+    return _autograd(input, _trailing_dims(input, shape), True, eps, compression, strength, order, weight, bias,
+                     shape, impl, "layer")[0]
 
 
 def ib_rms_norm(input: Tensor, normalized_shape: Union[int, Sequence[int]], weight: Optional[Tensor] = None,
@@ -92,8 +93,12 @@ def ib_rms_norm(input: Tensor, normalized_shape: Union[int, Sequence[int]], weig
     R.check_trailing(input, shape)
     check_order(order)
     eps = torch.finfo(input.dtype).eps if eps is None else eps
-    return _kernel(input, _trailing_dims(input, shape), False, eps, compression, strength, order, weight, None,
-                   shape, impl)[0]
+    m = math.prod(shape)
+    y = _rows(input, m, False, eps, compression, strength, order, weight, None, (m,), impl)
+    if y is not None:
+        return y
+    return _autograd(input, _trailing_dims(input, shape), False, eps, compression, strength, order, weight, None,
+                     shape, impl, "RMS")[0]
 
 
 def ib_group_norm(input: Tensor, num_groups: int, weight: Optional[Tensor] = None, bias: Optional[Tensor] = None,
@@ -110,10 +115,16 @@ def ib_group_norm(input: Tensor, num_groups: int, weight: Optional[Tensor] = Non
     n, ch, spatial = input.shape[0], input.shape[1], tuple(input.shape[2:])
     if ch % num_groups != 0:
         raise ValueError(f"input must have a channel count divisible by num_groups={num_groups}; got C={ch}")
-    per = ch // num_groups
-    xg = input.reshape(n, num_groups, per, *spatial)  # groups reduce over dims 2..
-    y, _ = _kernel(xg, tuple(range(2, xg.dim())), True, eps, compression, strength, order, weight, bias,
-                   (num_groups, per) + (1,) * len(spatial), impl)
+    per, size = ch // num_groups, math.prod(spatial)
+    # One row per (sample, group); the per-channel affine map repeats over each channel's spatial positions.
+    affine = [None if t is None else t.reshape(num_groups, per, 1).expand(num_groups, per, size)
+              .reshape(num_groups, per * size) for t in (weight, bias)]
+    xr = input.reshape(n * num_groups, per * size)
+    y = _rows(xr, per * size, True, eps, compression, strength, order, *affine, (num_groups, per * size), impl)
+    if y is None:
+        xg = input.reshape(n, num_groups, per, *spatial)  # groups reduce over dims 2..
+        y, _ = _autograd(xg, tuple(range(2, xg.dim())), True, eps, compression, strength, order, weight, bias,
+                         (num_groups, per) + (1,) * len(spatial), impl, "group")
     return y.reshape(input.shape)
 
 
@@ -139,11 +150,17 @@ def ib_batch_norm(input: Tensor, running_stats: Optional[GroupStats], weight: Op
     count = input.numel() // input.shape[1]
     if training:
         R.check_batch_count(count, input)
-    dims = (0,) + tuple(range(2, input.dim()))
-    wview = (input.shape[1],) + (1,) * (input.dim() - 2)
-    y, stats = _kernel(input, dims, True, eps, compression, strength, order, weight, bias, wview, impl)
+    if impl in ("auto", "cpu") and cpu.supports(input):
+        y, st = cpu.ib_channels(input, weight, bias, strength, eps, compression, order == COMPRESS_THEN_STANDARDIZE)
+        steps3 = get_compression(compression).has_strength and order == COMPRESS_THEN_STANDARDIZE
+        stats = (st[:, 0], st[:, 2]) + ((st[:, 3], st[:, 4], st[:, 5]) if steps3 else (None, None, None))
+    else:
+        dims = (0,) + tuple(range(2, input.dim()))
+        wview = (input.shape[1],) + (1,) * (input.dim() - 2)
+        y, stats = _autograd(input, dims, True, eps, compression, strength, order, weight, bias, wview, impl, "batch")
+        stats = tuple(t if t.numel() else None for t in stats)
     if training and running_stats is not None:
-        R.update_running(running_stats, GroupStats(*[t if t.numel() else None for t in stats]), momentum, count)
+        R.update_running(running_stats, GroupStats(*stats), momentum, count)
     return y
 
 

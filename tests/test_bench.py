@@ -22,12 +22,16 @@ def test_bench_measures_ratios_memory_and_writes_its_report():
     from ibnorm.kernels import cpu
     if cpu.load() is not None:  # the C++ kernel saves what nn.LayerNorm saves (input, mean, rstd)
         assert res["rows"]["33x64 float32"]["IB-power fast"]["saved_ratio"] == pytest.approx(1.0, abs=0.05)
+    assert set(res["nchw"]) == {"3x8x5x5 float32", "3x8x5x5 float32 channels_last", "3x8x5x5 bfloat16",
+                                "3x8x5x5 bfloat16 channels_last"}
     steps = res["train_step"]["vit-mini"]
-    assert set(steps) == {"base", "ib_power:strength=0.7", "ib_log:strength=0.7", "ib_tanh:strength=0.7"}
+    assert set(steps) == {"base", "ib_power:strength=0.7", "ib_log:strength=0.7", "ib_tanh:strength=0.7", "dyt",
+                          "normalnorm"}
     assert steps["base"]["ratio"] == 1.0 and all(v["ms"] > 0 for v in steps.values())
 
     res["environment"] = {"torch": torch.__version__, "threads": 1, "cpu": "x", "cpu_capability": "DEFAULT", "malloc": "default"}
     md = bench.to_markdown(res, "ibnorm bench --rounds 2")
     assert "Regenerate: `ibnorm bench --rounds 2`" in md
     assert "## 7x48 bfloat16 (base: nn.LayerNorm" in md and "## 3x8x5x5 float32 (base: nn.BatchNorm2d" in md
-    assert md.count("| IB-log fast |") == 5 and "| vit-mini | ib_tanh:strength=0.7 |" in md
+    assert md.count("| IB-log fast |") == 8 and "| 3x8x5x5 bfloat16 channels_last | nn.BatchNorm2d |" in md
+    assert "| model | base ms/step | power | log | tanh | dyt | normalnorm |" in md and "| vit-mini |" in md

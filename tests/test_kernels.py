@@ -120,8 +120,8 @@ def test_impl_is_resolved_once_from_the_argument_or_ibnorm_impl(monkeypatch):
     import ibnorm.functional as IBF
     from ibnorm import config
     calls = []
-    real = IBF._kernel
-    monkeypatch.setattr(IBF, "_kernel", lambda *a, **k: calls.append(1) or real(*a, **k))
+    real = IBF._rows
+    monkeypatch.setattr(IBF, "_rows", lambda *a, **k: calls.append(1) or real(*a, **k))
     m = ibnorm.IBLayerNorm(8)
     assert m.impl == "auto"
     m(torch.randn(2, 8))
@@ -144,8 +144,8 @@ def test_impl_is_resolved_once_from_the_argument_or_ibnorm_impl(monkeypatch):
 
 
 def test_a_named_kernel_refuses_what_it_cannot_run():
-    with pytest.raises(ValueError, match="impl='cpu' runs layer and RMS grouping"):
-        ibnorm.IBBatchNorm2d(3, impl="cpu")(torch.randn(4, 3, 2, 2))
+    with pytest.raises(ValueError, match="impl='cpu' runs float32/bfloat16/float16 CPU tensors"):
+        ibnorm.IBBatchNorm2d(3, impl="cpu", dtype=torch.float64)(torch.randn(4, 3, 2, 2, dtype=torch.float64))
     with pytest.raises(ValueError, match="impl='triton'"):
         ibnorm.IBLayerNorm(8, impl="triton")(torch.randn(2, 8))
 
@@ -206,3 +206,80 @@ def test_fallback_when_the_extension_cannot_be_built(monkeypatch):
     from ibnorm import config
     monkeypatch.setattr(config, "settings", config.Settings(cpu_ext=False))
     assert cpu.load() is None and "IBNORM_CPU_EXT" in cpu._failed
+
+
+@pytest.fixture
+def kernel_calls(monkeypatch):
+    """Counts the C++ kernel's calls, so a test can tell that the kernel ran and not a fallback."""
+    from ibnorm.kernels import cpu
+    calls = {"rows": 0, "channels": 0}
+    for name, fn in (("rows", "ib_rows"), ("channels", "ib_channels")):
+        real = getattr(cpu, fn)
+
+        def spy(*a, _real=real, _name=name, **k):
+            calls[_name] += 1
+            return _real(*a, **k)
+        monkeypatch.setattr(cpu, fn, spy)
+    return calls
+
+
+def _batch_layouts(shape):
+    torch.manual_seed(0)
+    x = torch.randn(shape) * torch.randn(shape).exp() * 2 + 1
+    yield "contiguous", x
+    yield "channels_last", x.contiguous(memory_format=torch.channels_last)
+    yield "permuted", x.permute(0, 1, 3, 2)  # neither layout: strides (CHW, HW, 1, W)
+    yield "sliced", torch.cat([x, x], dim=3)[..., ::2]  # gaps between elements
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("op,lam", OPS)
+def test_batch_kernel_every_layout(op, lam, dtype, kernel_calls):
+    """Batch grouping on the C++ kernel: outputs, every gradient and the running buffers, for NCHW,
+    channels_last, permuted and strided input, against the reference."""
+    from ibnorm.kernels import cpu
+    rtol, atol = TOL[dtype]
+    for layout, x in _batch_layouts((3, 5, 7, 4)):
+        for order in ibnorm.ORDERS:
+            x = x.to(dtype)
+            gy = torch.randn(x.shape).to(dtype)
+            fast = build("batch2d", x.shape, op, lam, "auto", dtype, True, order)
+            ref = build("batch2d", x.shape, op, lam, "reference", dtype, True, order)
+            yf, gxf, gpf = run(fast, x, gy)
+            yr, gxr, gpr = run(ref, x, gy)
+            msg = f"{layout} {order}"
+            torch.testing.assert_close(yf, yr, rtol=rtol, atol=atol * (1 + yr.float().abs().max()), msg=msg)
+            torch.testing.assert_close(gxf, gxr, rtol=rtol, atol=atol * (1 + gxr.float().abs().max()), msg=msg)
+            for n in gpr:
+                s = 1 + gpr[n].float().abs().max()
+                torch.testing.assert_close(gpf[n], gpr[n], rtol=rtol * 10, atol=atol * s * 10, msg=f"{n} {msg}")
+            for b in ("running_mean", "running_var", "running_mean_c", "running_var_c", "running_var_u"):
+                torch.testing.assert_close(getattr(fast, b), getattr(ref, b), rtol=rtol, atol=atol, msg=f"{b} {msg}")
+            assert yf.shape == x.shape
+            if layout == "channels_last":  # the kernel writes the output in the input's layout
+                assert yf.is_contiguous(memory_format=torch.channels_last)
+    assert kernel_calls["channels"] == (8 if cpu.available() else 0)
+
+
+@pytest.mark.parametrize("shape", [(2, 6, 5, 3), (3, 6), (2, 6, 9)])
+def test_group_grouping_on_the_row_kernel(shape, kernel_calls):
+    from ibnorm.kernels import cpu
+    torch.manual_seed(0)
+    x = torch.randn(shape) * 3 + 1
+    gy = torch.randn(shape)
+    for dtype in (torch.float32, torch.bfloat16):
+        rtol, atol = TOL[dtype]
+        fast = build("group", shape, "tanh", 0.6, "auto", dtype, True)
+        ref = build("group", shape, "tanh", 0.6, "reference", dtype, True)
+        for a, b in zip(run(fast, x.to(dtype), gy.to(dtype))[:2], run(ref, x.to(dtype), gy.to(dtype))[:2]):
+            torch.testing.assert_close(a, b, rtol=rtol, atol=atol * (1 + b.float().abs().max()))
+    assert kernel_calls["rows"] == (2 if cpu.available() else 0)
+
+
+def test_half_inputs_stay_half_inside_the_kernel():
+    """bf16 in, bf16 out, and backward keeps the bf16 input: no float32 copy of the tensor is saved."""
+    x = torch.randn(64, 256, dtype=torch.bfloat16, requires_grad=True)
+    fast_bytes, y = saved_bytes(ibnorm.IBLayerNorm(256, compression="tanh", dtype=torch.bfloat16), x)
+    ln_bytes, _ = saved_bytes(nn.LayerNorm(256, dtype=torch.bfloat16), x)
+    assert y.dtype == torch.bfloat16
+    assert fast_bytes <= ln_bytes * 1.01 + 4096

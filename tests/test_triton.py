@@ -13,7 +13,7 @@ pytestmark = pytest.mark.skipif(importlib.util.find_spec("triton") is None, reas
 
 SCRIPT = textwrap.dedent(r'''
     import torch, ibnorm
-    from ibnorm.kernels.triton_rows import TritonRowsFunction
+    from ibnorm.kernels.triton_rows import ib_rows
     torch.manual_seed(0)
     for op, lam in (("power", 0.7), ("log", 1.3), ("tanh", 0.6), ("none", None)):
         for centered in (True, False):
@@ -27,7 +27,7 @@ SCRIPT = textwrap.dedent(r'''
                         b.requires_grad_(True)
                     lam_t = torch.tensor(lam, requires_grad=True) if lam is not None else None
                     gy = torch.randn(shape)
-                    y = TritonRowsFunction.apply(x, w, b, lam_t, m, centered, 1e-5, op, None, order == "compress_then_standardize")
+                    y = ib_rows(x, w, b, lam_t, m, centered, 1e-5, op, order == "compress_then_standardize")
                     y.backward(gy)
                     got = [y.detach(), x.grad, w.grad] + ([b.grad] if b is not None else []) + ([lam_t.grad] if lam_t is not None else [])
                     xr = x.detach().clone().requires_grad_(True); wr = w.detach().clone().requires_grad_(True)

@@ -1,10 +1,16 @@
-"""The C++/OpenMP CPU kernel for last-dimension groups (layer and RMS grouping), float32 math.
+"""The C++/OpenMP CPU kernels: last-dimension groups (layer, RMS and group grouping) and channels (batch grouping).
 
 Built on first use with ``torch.utils.cpp_extension.load`` (cached in ``$TORCH_EXTENSIONS_DIR``, by
 default ``~/.cache/torch_extensions``), vectorized for the CPU capability torch reports (AVX-512 or
 AVX2). Without a compiler, on another CPU, or with ``IBNORM_CPU_EXT=0``, :func:`load` returns None
-and ``impl="auto"`` uses :mod:`ibnorm.kernels.autograd`. Half-precision inputs are converted to float32 for the
-kernel and the output converted back; the saved tensor is the original input.
+and ``impl="auto"`` uses :mod:`ibnorm.kernels.autograd`.
+
+float32, bfloat16 and float16 go in and come out as they are; the math is float32 inside the kernel, one
+group at a time, so there is no float32 copy of the tensor. Backward saves the input and per-group
+statistics only. The kernels are torch operators (``ibnorm::rows_forward`` and kin): their schemas and fake
+implementations are defined below, their CPU kernels and autograd in C++ (one dispatcher call per eager call), so
+``torch.compile(fullgraph=True)`` and ``torch.export`` trace them; a learned strength enters as a 0-d tensor and is
+read inside the op (no ``.item()`` in Python).
 """
 from __future__ import annotations
 
@@ -21,7 +27,6 @@ from torch import Tensor
 from .. import config
 from ..atomic import atomic_write_bytes
 from ..ops import get_compression
-from . import kernel_strength
 
 _FLAGS = {
     "AVX512": ["-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512dq", "-mfma", "-DCPU_CAPABILITY_AVX512",
@@ -73,40 +78,96 @@ def load():
     return _module
 
 
+def available() -> bool:
+    """Whether the extension is built (building it on the first call)."""
+    return _module is not None or (_failed is None and load() is not None)
+
+
+# What torch.compiler.assume_constant_result does, without importing torch._dynamo at ``import ibnorm``:
+# torch.compile runs this at trace time and keeps the answer, so tracing never steps into the build.
+available._dynamo_marked_constant = True  # type: ignore[attr-defined]
+
+DTYPES = (torch.float32, torch.bfloat16, torch.float16)
+
+
 def supports(x: Tensor) -> bool:
     """A non-empty float32/bfloat16/float16 CPU tensor, and a built extension (the caller checks the grouping)."""
-    if x.device.type != "cpu" or x.dtype not in (torch.float32, torch.bfloat16, torch.float16) or x.numel() == 0:
-        return False
-    return load() is not None
+    return x.device.type == "cpu" and x.dtype in DTYPES and x.numel() > 0 and available()
 
 
-class CPURowsFunction(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, x, weight, bias, lam_t, m, centered, eps, op, lam, cts):
-        ext = load()
-        x2 = x.reshape(-1, m).to(torch.float32).contiguous()
-        lam_v = kernel_strength(lam_t, lam)
-        w = weight.reshape(-1).float().contiguous() if weight is not None else None
-        b = bias.reshape(-1).float().contiguous() if bias is not None else None
-        y, stats = ext.forward(x2, w, b, lam_v, get_compression(op).code, centered, cts, eps)
-        ctx.save_for_backward(x, weight, lam_t, stats)
-        ctx.cfg = (m, centered, eps, op, lam_v, cts, bias is not None)
-        return y.reshape(x.shape).to(x.dtype)
+# ---- the operators: schemas and fake implementations here, CPU kernels and autograd in the C++ library -----------
 
-    @staticmethod
-    def backward(ctx, gy):
-        x, weight, lam_t, stats = ctx.saved_tensors
-        m, centered, eps, op, lam_v, cts, has_bias = ctx.cfg
-        ext = load()
-        need_dw = weight is not None and ctx.needs_input_grad[1]
-        need_db = has_bias and ctx.needs_input_grad[2]
-        need_dl = lam_t is not None and ctx.needs_input_grad[3]
-        w = weight.reshape(-1).float().contiguous() if weight is not None else None
-        gx, gw, gb, gl = ext.backward(gy.reshape(-1, m).to(torch.float32).contiguous(),
-                                      x.reshape(-1, m).to(torch.float32).contiguous(), w, stats, lam_v,
-                                      get_compression(op).code, centered, cts, eps, need_dw, need_db, need_dl)
-        gx = gx.reshape(x.shape).to(x.dtype)
-        gw = gw.reshape(weight.shape).to(weight.dtype) if need_dw else None
-        gb = gb.reshape(weight.shape if weight is not None else -1).to(x.dtype) if need_db else None
-        glam = gl.to(lam_t.dtype) if need_dl else None
-        return gx, gw, gb, glam, None, None, None, None, None, None
+_LIB = torch.library.Library("ibnorm", "FRAGMENT")  # noqa: the registrations live as long as the module
+_LIB.define("rows_forward(Tensor x, Tensor? weight, Tensor? bias, Tensor? lam_t, float lam, int op, bool centered, "
+            "bool cts, float eps) -> (Tensor, Tensor)")
+_LIB.define("rows_backward(Tensor gy, Tensor x, Tensor? weight, Tensor stats, Tensor? lam_t, float lam, int op, "
+            "bool centered, bool cts, float eps, bool need_dw, bool need_db, bool need_dl, int bias_rows) "
+            "-> (Tensor, Tensor, Tensor, Tensor)")
+_LIB.define("channels_forward(Tensor x, Tensor? weight, Tensor? bias, Tensor? lam_t, float lam, int op, bool cts, "
+            "float eps) -> (Tensor, Tensor)")
+_LIB.define("channels_backward(Tensor gy, Tensor x, Tensor? weight, Tensor stats, Tensor? lam_t, float lam, int op, "
+            "bool cts, float eps, bool need_dw, bool need_db, bool need_dl) -> (Tensor, Tensor, Tensor, Tensor)")
+
+
+@torch.library.register_fake("ibnorm::rows_forward", lib=_LIB)
+def _rows_forward_fake(x, weight, bias, lam_t, lam, op, centered, cts, eps):
+    """x ``[R, M]`` -> (y like x, stats ``[R, 2]``: mean, rstd)."""
+    return torch.empty_like(x), x.new_empty((x.shape[0], 2), dtype=torch.float32)
+
+
+@torch.library.register_fake("ibnorm::rows_backward", lib=_LIB)
+def _rows_backward_fake(gy, x, weight, stats, lam_t, lam, op, centered, cts, eps, need_dw, need_db, need_dl,
+                        bias_rows):
+    """-> (gx, gw ``[P, M]``, gb ``[bias_rows, M]``, glam); gradients not asked for are empty."""
+    m = x.shape[1]
+    gw = x.new_empty((weight.numel() // m, m), dtype=torch.float32) if need_dw else x.new_empty(0, dtype=torch.float32)
+    gb = x.new_empty((bias_rows, m), dtype=torch.float32) if need_db else x.new_empty(0, dtype=torch.float32)
+    return torch.empty_like(x), gw, gb, x.new_empty((), dtype=torch.float32)
+
+
+@torch.library.register_fake("ibnorm::channels_forward", lib=_LIB)
+def _channels_forward_fake(x, weight, bias, lam_t, lam, op, cts, eps):
+    """x ``[N, C, S]`` -> (y like x, stats ``[C, 6]``: mean(x), rstd, var(x), mean(c), var(c), var(u))."""
+    return torch.empty_like(x), x.new_empty((x.shape[1], 6), dtype=torch.float32)
+
+
+@torch.library.register_fake("ibnorm::channels_backward", lib=_LIB)
+def _channels_backward_fake(gy, x, weight, stats, lam_t, lam, op, cts, eps, need_dw, need_db, need_dl):
+    c = x.shape[1]
+    gw = x.new_empty((c,), dtype=torch.float32) if need_dw else x.new_empty(0, dtype=torch.float32)
+    gb = x.new_empty((c,), dtype=torch.float32) if need_db else x.new_empty(0, dtype=torch.float32)
+    return torch.empty_like(x), gw, gb, x.new_empty((), dtype=torch.float32)
+
+
+# ---- entry points for ibnorm.functional ---------------------------------------------------------------------
+
+def _strength(strength) -> tuple[Optional[Tensor], float]:
+    """A learned strength (a tensor) goes to the op as it is; a fixed one as a number (1.0 for the none op)."""
+    if isinstance(strength, Tensor):
+        return strength, 1.0
+    return None, 1.0 if strength is None else float(strength)
+
+
+def _float_param(t: Optional[Tensor], shape) -> Optional[Tensor]:
+    return None if t is None else t.reshape(shape).float().contiguous()
+
+
+def ib_rows(x: Tensor, weight: Optional[Tensor], bias: Optional[Tensor], strength, m: int, centered: bool, eps: float,
+            compression: str, cts: bool, affine_shape: tuple) -> Tensor:
+    """Groups of the last ``m`` values of ``x``; the affine map has ``affine_shape`` ``(P, m)`` (``P`` > 1: row i
+    takes row i % P) or ``(m,)``."""
+    lam_t, lam = _strength(strength)
+    y, _ = torch.ops.ibnorm.rows_forward(x.reshape(-1, m).contiguous(), _float_param(weight, affine_shape),
+                                         _float_param(bias, affine_shape), lam_t, lam,
+                                         get_compression(compression).code, centered, cts, float(eps))
+    return y.reshape(x.shape)
+
+
+def ib_channels(x: Tensor, weight: Optional[Tensor], bias: Optional[Tensor], strength, eps: float, compression: str,
+                cts: bool) -> tuple[Tensor, Tensor]:
+    """Batch grouping of ``x`` ``(N, C, *)``: ``(y, stats [C, 6])``."""
+    lam_t, lam = _strength(strength)
+    x3 = x.reshape(x.shape[0], x.shape[1], -1)
+    y, stats = torch.ops.ibnorm.channels_forward(x3, _float_param(weight, (-1,)), _float_param(bias, (-1,)), lam_t, lam,
+                                                 get_compression(compression).code, cts, float(eps))
+    return y.reshape(x.shape), stats

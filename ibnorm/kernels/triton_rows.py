@@ -3,16 +3,19 @@
 One program per row (``BLOCK >= M``, the whole row in registers), like Liger-Kernel's LayerNorm;
 the backward recomputes ``u``, ``c`` and step 3's statistics from the input and the saved
 ``(mean, rstd)``, and accumulates the affine and strength gradients per program. The math is the
-one derived in ``docs/method.md``. Correctness is tested on CPU with ``TRITON_INTERPRET=1``
+one derived in ``docs/method.md``. The launches are ``torch.library`` custom ops (``ibnorm::triton_rows_forward``
+and ``_backward``) with fake implementations and registered autograd, so ``torch.compile`` traces them whole; a
+learned strength is read from its tensor on the device. Correctness is tested on CPU with ``TRITON_INTERPRET=1``
 (``tests/test_triton.py``, skipped without the ``triton`` package); it is never required by CI.
 """
 from __future__ import annotations
+
+from typing import Optional
 
 import torch
 from torch import Tensor
 
 from ..ops import get_compression
-from . import kernel_strength
 
 try:
     import triton
@@ -99,8 +102,11 @@ if HAVE_TRITON:
         return d, tl.sqrt((v_u + eps) / (v_c + eps)), v_c, v_u
 
     @triton.jit
-    def _fwd_kernel(X, Y, Wt, Bs, Mean, Rstd, stride, M, lam, eps, OP: tl.constexpr, CENTERED: tl.constexpr,
-                    CTS: tl.constexpr, HAS_W: tl.constexpr, HAS_B: tl.constexpr, BLOCK: tl.constexpr):
+    def _fwd_kernel(X, Y, Wt, Bs, Mean, Rstd, LamP, stride, M, lam, eps, OP: tl.constexpr, CENTERED: tl.constexpr,
+                    CTS: tl.constexpr, HAS_W: tl.constexpr, HAS_B: tl.constexpr, LAM_PTR: tl.constexpr,
+                    BLOCK: tl.constexpr):
+        if LAM_PTR:  # a learned strength is read on the device: no host sync
+            lam = tl.load(LamP).to(tl.float32)
         row = tl.program_id(0)
         cols = tl.arange(0, BLOCK)
         mask = cols < M
@@ -126,9 +132,11 @@ if HAVE_TRITON:
         tl.store(Rstd + row, r)
 
     @triton.jit
-    def _bwd_kernel(X, G, GX, Wt, Mean, Rstd, DW, DB, DL, stride, M, R, rows_per_prog, lam, eps,
+    def _bwd_kernel(X, G, GX, Wt, Mean, Rstd, DW, DB, DL, LamP, stride, M, R, rows_per_prog, lam, eps,
                     OP: tl.constexpr, CENTERED: tl.constexpr, CTS: tl.constexpr, HAS_W: tl.constexpr,
-                    BLOCK: tl.constexpr):
+                    LAM_PTR: tl.constexpr, BLOCK: tl.constexpr):
+        if LAM_PTR:
+            lam = tl.load(LamP).to(tl.float32)
         pid = tl.program_id(0)
         cols = tl.arange(0, BLOCK)
         mask = cols < M
@@ -192,47 +200,81 @@ def op_terms(u: Tensor, op: str, lam: float) -> tuple[Tensor, Tensor, Tensor]:
     return s, ds, dl
 
 
-class TritonRowsFunction(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, x, weight, bias, lam_t, m, centered, eps, op, lam, cts):
-        x2 = x.reshape(-1, m).contiguous()
-        R = x2.shape[0]
-        y = torch.empty_like(x2)
-        mean = torch.empty(R, device=x.device, dtype=torch.float32)
-        rstd = torch.empty(R, device=x.device, dtype=torch.float32)
-        lam_v = kernel_strength(lam_t, lam)
-        block = triton.next_power_of_2(m)
-        w = weight.reshape(-1) if weight is not None else x2
-        b = bias.reshape(-1) if bias is not None else x2
-        _fwd_kernel[(R,)](x2, y, w, b, mean, rstd, x2.stride(0), m, lam_v, eps, OP=get_compression(op).code,
-                          CENTERED=centered, CTS=cts, HAS_W=weight is not None, HAS_B=bias is not None, BLOCK=block)
-        ctx.save_for_backward(x, weight, lam_t, mean, rstd)
-        ctx.cfg = (m, centered, eps, op, lam_v, cts, bias is not None)
-        return y.reshape(x.shape)
+@torch.library.custom_op("ibnorm::triton_rows_forward", mutates_args=())
+def rows_forward(x: Tensor, weight: Optional[Tensor], bias: Optional[Tensor], lam_t: Optional[Tensor], lam: float,
+                 op: int, centered: bool, cts: bool, eps: float) -> tuple[Tensor, Tensor, Tensor]:
+    """``(y, mean, rstd)`` of ``x`` ``[R, M]`` (contiguous), one program per row."""
+    R, m = x.shape
+    y = torch.empty_like(x)
+    mean = torch.empty(R, device=x.device, dtype=torch.float32)
+    rstd = torch.empty(R, device=x.device, dtype=torch.float32)
+    _fwd_kernel[(R,)](x, y, x if weight is None else weight, x if bias is None else bias, mean, rstd,
+                      x if lam_t is None else lam_t, x.stride(0), m, lam, eps, OP=op, CENTERED=centered, CTS=cts,
+                      HAS_W=weight is not None, HAS_B=bias is not None, LAM_PTR=lam_t is not None,
+                      BLOCK=triton.next_power_of_2(m))
+    return y, mean, rstd
 
-    @staticmethod
-    def backward(ctx, gy):
-        x, weight, lam_t, mean, rstd = ctx.saved_tensors
-        m, centered, eps, op, lam_v, cts, has_bias = ctx.cfg
-        x2 = x.reshape(-1, m).contiguous()
-        g2 = gy.reshape(-1, m).contiguous()
-        R = x2.shape[0]
-        n_prog = min(R, 4 * (torch.cuda.get_device_properties(x.device).multi_processor_count
-                             if x.is_cuda else 2))
-        rows_per_prog = (R + n_prog - 1) // n_prog
-        gx = torch.empty_like(x2)
-        dw = torch.empty(n_prog, m, device=x.device, dtype=torch.float32)
-        db = torch.empty(n_prog, m, device=x.device, dtype=torch.float32)
-        dl = torch.empty(n_prog, device=x.device, dtype=torch.float32)
-        w = weight.reshape(-1) if weight is not None else x2
-        _bwd_kernel[(n_prog,)](x2, g2, gx, w, mean, rstd, dw, db, dl, x2.stride(0), m, R, rows_per_prog, lam_v, eps,
-                               OP=get_compression(op).code, CENTERED=centered, CTS=cts, HAS_W=weight is not None,
-                               BLOCK=triton.next_power_of_2(m))
-        gw = dw.sum(0).reshape(weight.shape).to(weight.dtype) if weight is not None and ctx.needs_input_grad[1] else None
-        gb = db.sum(0).reshape(weight.shape if weight is not None else -1).to(x.dtype) \
-            if has_bias and ctx.needs_input_grad[2] else None
-        glam = dl.sum().to(lam_t.dtype) if lam_t is not None and ctx.needs_input_grad[3] else None
-        return gx.reshape(x.shape), gw, gb, glam, None, None, None, None, None, None
+
+@rows_forward.register_fake
+def _(x, weight, bias, lam_t, lam, op, centered, cts, eps):
+    stat = x.new_empty(x.shape[0], dtype=torch.float32)
+    return torch.empty_like(x), stat, torch.empty_like(stat)
+
+
+@torch.library.custom_op("ibnorm::triton_rows_backward", mutates_args=())
+def rows_backward(gy: Tensor, x: Tensor, weight: Optional[Tensor], mean: Tensor, rstd: Tensor,
+                  lam_t: Optional[Tensor], lam: float, op: int, centered: bool, cts: bool,
+                  eps: float) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """``(gx, dw, db, dlam)``: the affine and strength gradients summed over rows (float32)."""
+    R, m = x.shape
+    n_prog = min(R, 4 * (torch.cuda.get_device_properties(x.device).multi_processor_count if x.is_cuda else 2))
+    rows_per_prog = (R + n_prog - 1) // n_prog
+    gx = torch.empty_like(x)
+    dw = torch.empty(n_prog, m, device=x.device, dtype=torch.float32)
+    db = torch.empty(n_prog, m, device=x.device, dtype=torch.float32)
+    dl = torch.empty(n_prog, device=x.device, dtype=torch.float32)
+    _bwd_kernel[(n_prog,)](x, gy, gx, x if weight is None else weight, mean, rstd, dw, db, dl,
+                           x if lam_t is None else lam_t, x.stride(0), m, R, rows_per_prog, lam, eps, OP=op,
+                           CENTERED=centered, CTS=cts, HAS_W=weight is not None, LAM_PTR=lam_t is not None,
+                           BLOCK=triton.next_power_of_2(m))
+    return gx, dw.sum(0), db.sum(0), dl.sum()
+
+
+@rows_backward.register_fake
+def _(gy, x, weight, mean, rstd, lam_t, lam, op, centered, cts, eps):
+    row = x.new_empty(x.shape[1], dtype=torch.float32)
+    return torch.empty_like(x), row, torch.empty_like(row), x.new_empty((), dtype=torch.float32)
+
+
+def _setup(ctx, inputs, output):
+    x, weight, bias, lam_t, lam, op, centered, cts, eps = inputs
+    ctx.save_for_backward(x, weight, lam_t, output[1], output[2])
+    ctx.cfg = (lam, op, centered, cts, eps)
+
+
+def _grad(ctx, gy, _gmean, _grstd):
+    x, weight, lam_t, mean, rstd = ctx.saved_tensors
+    lam, op, centered, cts, eps = ctx.cfg
+    gx, dw, db, dl = torch.ops.ibnorm.triton_rows_backward(gy.contiguous(), x, weight, mean, rstd, lam_t, lam, op,
+                                                           centered, cts, eps)
+    return (gx, dw.to(weight.dtype) if weight is not None and ctx.needs_input_grad[1] else None,
+            db.to(x.dtype) if ctx.needs_input_grad[2] else None,
+            dl.to(lam_t.dtype) if lam_t is not None and ctx.needs_input_grad[3] else None, None, None, None, None, None)
+
+
+rows_forward.register_autograd(_grad, setup_context=_setup)
+
+
+def ib_rows(x: Tensor, weight: Optional[Tensor], bias: Optional[Tensor], strength, m: int, centered: bool,
+            eps: float, compression: str, cts: bool) -> Tensor:
+    """Groups of the last ``m`` values of ``x``, with a per-element affine map of ``m`` values."""
+    lam_t = strength if isinstance(strength, Tensor) else None
+    lam = 1.0 if lam_t is not None or strength is None else float(strength)
+    y, _, _ = torch.ops.ibnorm.triton_rows_forward(
+        x.reshape(-1, m).contiguous(), None if weight is None else weight.reshape(-1),
+        None if bias is None else bias.reshape(-1), lam_t, lam, get_compression(compression).code, centered, cts,
+        float(eps))
+    return y.reshape(x.shape)
 
 
 MAX_ROW = 65536  # one row lives in registers (BLOCK >= M); wider rows take the autograd Function

@@ -51,6 +51,7 @@ def _candidates_nchw(ch: int, dtype: torch.dtype) -> dict[str, nn.Module]:
     for op, lam in OPS:
         c[f"IB-{op} ref"] = ibnorm.IBBatchNorm2d(ch, compression=op, strength=lam, impl="reference", **kw)
         c[f"IB-{op} fast"] = ibnorm.IBBatchNorm2d(ch, compression=op, strength=lam, **kw)
+    c["IB-none fast"] = ibnorm.IBBatchNorm2d(ch, compression="none", **kw)
     return c
 
 
@@ -116,8 +117,8 @@ def measure(cands: dict[str, nn.Module], x: torch.Tensor, base: str, rounds: int
     return res
 
 
-def training_step_times(model: str, norm: str, rounds: int) -> list[float]:
-    """Seconds per training step (forward, backward, optimizer) of a preset model with ``norm``."""
+def training_step(model: str, norm: str) -> Callable[[], None]:
+    """One training step (forward, backward, AdamW) of a preset model with ``norm``, on a fixed synthetic batch."""
     from .models import build_model
     from .train import TASK_DEFAULTS
     torch.manual_seed(0)
@@ -132,12 +133,16 @@ def training_step_times(model: str, norm: str, rounds: int) -> list[float]:
         loss.backward()
         opt.step()
 
-    step()
-    return [_time(step) for _ in range(rounds)]
+    step()  # warm-up: kernel build, allocator, optimizer state
+    return step
+
+
+STEP_NORMS = ("base", *(f"ib_{op}:strength={lam}" for op, lam in OPS), "dyt", "normalnorm")
 
 
 def run(rounds: int, quick: bool, row_shapes: tuple[tuple[int, int], ...] = ROW_SHAPES,
-        nchw: tuple[int, int, int, int] = NCHW, models: tuple[str, ...] = ("gpt2-mini", "vit-mini")) -> dict:
+        nchw: tuple[int, int, int, int] = NCHW,
+        models: tuple[str, ...] = ("gpt2-mini", "llama-mini", "vit-mini", "resnet-mini")) -> dict:
     torch.manual_seed(0)
     results = {"rows": {}, "nchw": {}, "train_step": {}}
     shapes = row_shapes[:1] if quick else row_shapes
@@ -147,19 +152,24 @@ def run(rounds: int, quick: bool, row_shapes: tuple[tuple[int, int], ...] = ROW_
             key = f"{shape[0]}x{shape[1]} {str(dtype).replace('torch.', '')}"
             results["rows"][key] = measure(_candidates_rows(shape[1], dtype), x, "nn.LayerNorm", rounds)
             print(f"bench: {key} done", file=sys.stderr)
-    x = torch.randn(nchw)
-    results["nchw"]["x".join(map(str, nchw)) + " float32"] = measure(_candidates_nchw(nchw[1], torch.float32), x,
-                                                                     "nn.BatchNorm2d", rounds)
-    print("bench: NCHW done", file=sys.stderr)
+    for dtype in (torch.float32, torch.bfloat16):
+        for layout in (torch.contiguous_format, torch.channels_last):
+            x = torch.randn(nchw).to(dtype).contiguous(memory_format=layout)
+            key = "x".join(map(str, nchw)) + f" {str(dtype).replace('torch.', '')}" + (
+                " channels_last" if layout == torch.channels_last else "")
+            results["nchw"][key] = measure(_candidates_nchw(nchw[1], dtype), x, "nn.BatchNorm2d", rounds)
+            print(f"bench: {key} done", file=sys.stderr)
+            if quick:
+                break
     for model in models:
-        norms = ["base"] + [f"ib_{op}:strength={lam}" for op, lam in OPS]
-        times = {n: [] for n in norms}
-        for _ in range(max(2, rounds // 3)):  # interleave the models so drift hits all alike
-            for n in norms:
-                times[n] += training_step_times(model, n, 3)
-        base = statistics.median(times["base"])
-        results["train_step"][model] = {n: {"ms": 1e3 * statistics.median(t), "ratio": statistics.median(t) / base}
-                                        for n, t in times.items()}
+        steps = {n: training_step(model, n) for n in STEP_NORMS}
+        times = {n: [] for n in STEP_NORMS}
+        for _ in range(3 * rounds):  # one step of each norm per round, so drift hits all alike
+            for n, step in steps.items():
+                times[n].append(_time(step))
+        results["train_step"][model] = {
+            n: {"ms": 1e3 * statistics.median(t),
+                "ratio": statistics.median(a / b for a, b in zip(t, times["base"]))} for n, t in times.items()}
         print(f"bench: {model} training step done", file=sys.stderr)
     return results
 
@@ -168,7 +178,17 @@ def to_markdown(res: dict, command: str) -> str:
     lines = ["# Norm benchmarks (CPU)", "", f"Regenerate: `{command}`", "",
              f"torch {res['environment']['torch']}, {res['environment']['threads']} threads, "
              f"{res['environment']['cpu']} ({res['environment']['cpu_capability']}); allocator: {res['environment']['malloc']}. Ratios are to the PyTorch base "
-             "norm timed in the same round (median over rounds); lower is better.", ""]
+             "norm timed in the same round (median over rounds); lower is better.", "",
+             "## The norm alone: forward+backward, ratio to the PyTorch norm", "",
+             "`identity` is the same kernel with the `none` op: every memory pass and no transcendental, the floor.", "",
+             "| case | base | power | log | tanh | identity | DyT | NormalNorm | saved (tanh) |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for section, base in (("rows", "nn.LayerNorm"), ("nchw", "nn.BatchNorm2d")):
+        for key, r in res[section].items():
+            cells = [f"{r[name]['fwdbwd_ratio']:.2f}x" for name in
+                     [f"IB-{op} fast" for op, _ in OPS] + ["IB-none fast", "DyT", "NormalNorm"]]
+            lines.append(f"| {key} | {base} | " + " | ".join(cells) + f" | {r['IB-tanh fast']['saved_ratio']:.2f}x |")
+    lines.append("")
     for section, base in (("rows", "nn.LayerNorm"), ("nchw", "nn.BatchNorm2d")):
         for key, r in res[section].items():
             lines += [f"## {key} (base: {base}; copy of the same bytes: {r['_copy']['GBps']:.1f} GB/s)", "",
@@ -181,11 +201,17 @@ def to_markdown(res: dict, command: str) -> str:
                              f"{v['fwdbwd_ratio']:.2f} | {v['saved_bytes'] / 2**20:.1f} | {v['saved_ratio']:.2f} | "
                              f"{v['fwd_GBps']:.1f} |")
             lines.append("")
-    lines += ["## Training step (fast path), ratio to the base-norm model", "", "| model | norm | ms/step | ratio |",
-              "|---|---|---|---|"]
-    for model, r in res["train_step"].items():
-        for n, v in r.items():
-            lines.append(f"| {model} | {n} | {v['ms']:.0f} | {v['ratio']:.2f} |")
+    steps = res["train_step"]
+    if steps:
+        heads = [n.split(":")[0].replace("ib_", "") for n in STEP_NORMS[1:]]
+        lines += ["## Training step, ratio to the same model with its base norm", "",
+                  "Forward, backward and AdamW of the preset model; the median over rounds of the ratio to the base-norm "
+                  "step timed in the same round.", "",
+                  "| model | base ms/step | " + " | ".join(heads) + " |", "|---|---|" + "---|" * len(heads)]
+        for model, r in steps.items():
+            lines.append(f"| {model} | {r['base']['ms']:.0f} | "
+                         + " | ".join(f"{r[n]['ratio']:.2f}x" for n in STEP_NORMS[1:]) + " |")
+        lines.append("")
     return "\n".join(lines) + "\n"
 
 

@@ -1,387 +1,748 @@
-// IBNorm forward/backward for last-dimension groups (layer and RMS grouping), float32, CPU.
-// One row = one group of M values, processed by one thread with the row held in cache; rows are split
-// over threads with at::parallel_for. Transcendentals use ATen's vectorized (Sleef) exp/log1p/expm1/tanh;
-// the tail of a row uses the scalar <cmath> functions. The math is derived in docs/method.md; the op codes
-// and formulas are ibnorm/ops.py's, which tests/test_ops.py checks through op_terms below.
+// IBNorm forward and backward on CPU, one group of values at a time, held in cache:
+//  - rows:     last-dimension groups (layer and RMS grouping), one row per group, per-element affine;
+//  - channels: batch grouping, one channel over (batch, spatial) per group, per-channel affine, any strides
+//              (NCHW and channels_last alike): a channel is gathered into a float buffer and scattered back.
+// Math in float32; float32, bfloat16 and float16 in and out: a group is converted into a float buffer, never the
+// whole tensor. The transcendentals are polynomials written once with at::vec::Vectorized arithmetic, so every
+// vector width torch builds for (AVX2, AVX-512, ...) runs the same code. The math is derived in docs/method.md;
+// the op codes and formulas are ibnorm/ops.py's, which tests/test_ops.py checks through op_terms.
 #include <torch/extension.h>
+#include <torch/library.h>
 #include <ATen/Parallel.h>
+#include <ATen/cpu/vec/functional.h>
 #include <ATen/cpu/vec/vec.h>
 
+#include <algorithm>
+#include <type_traits>
 #include <cmath>
 #include <vector>
 
 using Vec = at::vec::Vectorized<float>;
+using IVec = at::vec::Vectorized<int32_t>;
 constexpr int64_t W = Vec::size();
 enum Op : int64_t { POWER = 0, LOG = 1, TANH = 2, NONE = 3 };
 
+// ---- fast float32 transcendentals (Cephes-style polynomials, about 1-3 ulp) ---------------------------------
 
-// Fast float32 transcendentals. With AVX2+FMA: Cephes-style polynomials (exp: degree 6 after a
-// ln2 range reduction, log: degree 8 on the mantissa), about 1-3 ulp, several times cheaper than
-// ATen's Sleef u10 versions; small arguments take Taylor series so relative accuracy holds near 0.
-// Elsewhere: ATen's vectorized functions.
-#if defined(__AVX2__) && defined(__FMA__) && defined(CPU_CAPABILITY_AVX2)
-#include <immintrin.h>
-static inline __m256 exp256(__m256 x) {
-  x = _mm256_min_ps(_mm256_max_ps(x, _mm256_set1_ps(-87.3f)), _mm256_set1_ps(88.3f));
-  __m256 fx = _mm256_round_ps(_mm256_mul_ps(x, _mm256_set1_ps(1.44269504088896341f)),
-                              _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-  x = _mm256_fnmadd_ps(fx, _mm256_set1_ps(0.693359375f), x);
-  x = _mm256_fnmadd_ps(fx, _mm256_set1_ps(-2.12194440e-4f), x);
-  __m256 y = _mm256_set1_ps(1.9875691500E-4f);
-  y = _mm256_fmadd_ps(y, x, _mm256_set1_ps(1.3981999507E-3f));
-  y = _mm256_fmadd_ps(y, x, _mm256_set1_ps(8.3334519073E-3f));
-  y = _mm256_fmadd_ps(y, x, _mm256_set1_ps(4.1665795894E-2f));
-  y = _mm256_fmadd_ps(y, x, _mm256_set1_ps(1.6666665459E-1f));
-  y = _mm256_fmadd_ps(y, x, _mm256_set1_ps(5.0000001201E-1f));
-  y = _mm256_fmadd_ps(y, _mm256_mul_ps(x, x), _mm256_add_ps(x, _mm256_set1_ps(1.f)));
-  __m256i e = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(fx), _mm256_set1_epi32(127)), 23);
-  return _mm256_mul_ps(y, _mm256_castsi256_ps(e));
+static inline IVec bits_of(const Vec& v) {  // reinterpret the float lanes as int32 (one instruction, or none)
+#if defined(CPU_CAPABILITY_AVX512)
+  return IVec(_mm512_castps_si512(__m512(v)));
+#elif defined(CPU_CAPABILITY_AVX2)
+  return IVec(_mm256_castps_si256(__m256(v)));
+#else
+  return at::vec::cast<int32_t>(v);
+#endif
 }
-static inline __m256 log256(__m256 x) {  // x >= 1 here (log of 1 + a, a >= 0)
-  __m256i bits = _mm256_castps_si256(x);
-  __m256 e = _mm256_cvtepi32_ps(_mm256_sub_epi32(_mm256_srli_epi32(bits, 23), _mm256_set1_epi32(126)));
-  x = _mm256_or_ps(_mm256_castsi256_ps(_mm256_and_si256(bits, _mm256_set1_epi32(0x007fffff))), _mm256_set1_ps(0.5f));
-  __m256 small = _mm256_cmp_ps(x, _mm256_set1_ps(0.707106781186547524f), _CMP_LT_OQ);
-  e = _mm256_sub_ps(e, _mm256_and_ps(_mm256_set1_ps(1.f), small));
-  x = _mm256_add_ps(_mm256_sub_ps(x, _mm256_set1_ps(1.f)), _mm256_and_ps(x, small));
-  __m256 z = _mm256_mul_ps(x, x);
-  __m256 y = _mm256_set1_ps(7.0376836292E-2f);
-  y = _mm256_fmadd_ps(y, x, _mm256_set1_ps(-1.1514610310E-1f));
-  y = _mm256_fmadd_ps(y, x, _mm256_set1_ps(1.1676998740E-1f));
-  y = _mm256_fmadd_ps(y, x, _mm256_set1_ps(-1.2420140846E-1f));
-  y = _mm256_fmadd_ps(y, x, _mm256_set1_ps(1.4249322787E-1f));
-  y = _mm256_fmadd_ps(y, x, _mm256_set1_ps(-1.6668057665E-1f));
-  y = _mm256_fmadd_ps(y, x, _mm256_set1_ps(2.0000714765E-1f));
-  y = _mm256_fmadd_ps(y, x, _mm256_set1_ps(-2.4999993993E-1f));
-  y = _mm256_fmadd_ps(y, x, _mm256_set1_ps(3.3333331174E-1f));
-  y = _mm256_mul_ps(_mm256_mul_ps(y, x), z);
-  y = _mm256_fmadd_ps(e, _mm256_set1_ps(-2.12194440e-4f), y);
-  y = _mm256_fnmadd_ps(z, _mm256_set1_ps(0.5f), y);
-  return _mm256_fmadd_ps(e, _mm256_set1_ps(0.693359375f), _mm256_add_ps(x, y));
+
+// exp(x) = 2^n e^r with x = n ln2 + r (ln2 split in two for accuracy); e^r by a degree-6 polynomial.
+static inline Vec fexp(Vec x) {
+  x = at::vec::minimum(at::vec::maximum(x, Vec(-87.3f)), Vec(88.3f));
+  const Vec fx = (x * Vec(1.44269504088896341f)).round();
+  x = at::vec::fmadd(fx, Vec(-0.693359375f), x);
+  x = at::vec::fmadd(fx, Vec(2.12194440e-4f), x);
+  Vec y(1.9875691500E-4f);
+  y = at::vec::fmadd(y, x, Vec(1.3981999507E-3f));
+  y = at::vec::fmadd(y, x, Vec(8.3334519073E-3f));
+  y = at::vec::fmadd(y, x, Vec(4.1665795894E-2f));
+  y = at::vec::fmadd(y, x, Vec(1.6666665459E-1f));
+  y = at::vec::fmadd(y, x, Vec(5.0000001201E-1f));
+  y = at::vec::fmadd(y, x * x, x + Vec(1.f));
+  const IVec e = (at::vec::convert_to_int_of_same_size(fx) + IVec(127)) << IVec(23);
+  return y * at::vec::cast<float>(e);
 }
-static inline Vec fexp(const Vec& v) { return Vec(exp256(__m256(v))); }
-static inline Vec flog1p(const Vec& a) {  // a >= 0; log(1 + a) * a / ((1 + a) - 1) keeps small a accurate
+
+// log(x) for x >= 1 (the argument is always 1 + something >= 0 here): exponent and mantissa from the bits,
+// degree-8 polynomial on the mantissa.
+static inline Vec flog_ge1(Vec x) {
+  const IVec bits = bits_of(x);
+  Vec e = at::vec::convert_to_fp_of_same_size<float>((bits >> IVec(23)) - IVec(126));
+  x = at::vec::cast<float>((bits & IVec(0x007fffff)) | IVec(0x3f000000));  // mantissa in [0.5, 1)
+  const Vec small = x < Vec(0.707106781186547524f);
+  e = e - (Vec(1.f) & small);
+  x = x - Vec(1.f) + (x & small);
+  const Vec z = x * x;
+  Vec y(7.0376836292E-2f);
+  y = at::vec::fmadd(y, x, Vec(-1.1514610310E-1f));
+  y = at::vec::fmadd(y, x, Vec(1.1676998740E-1f));
+  y = at::vec::fmadd(y, x, Vec(-1.2420140846E-1f));
+  y = at::vec::fmadd(y, x, Vec(1.4249322787E-1f));
+  y = at::vec::fmadd(y, x, Vec(-1.6668057665E-1f));
+  y = at::vec::fmadd(y, x, Vec(2.0000714765E-1f));
+  y = at::vec::fmadd(y, x, Vec(-2.4999993993E-1f));
+  y = at::vec::fmadd(y, x, Vec(3.3333331174E-1f));
+  y = y * x * z;
+  y = at::vec::fmadd(e, Vec(-2.12194440e-4f), y);
+  y = at::vec::fmadd(z, Vec(-0.5f), y);
+  return at::vec::fmadd(e, Vec(0.693359375f), x + y);
+}
+
+// log1p(a), a >= 0: log(1 + a) * a / ((1 + a) - 1) cancels the rounding of 1 + a, so small a stay accurate.
+static inline Vec flog1p(const Vec& a) {
   const Vec one(1.f);
-  Vec v = one + a, d = v - one;
-  Vec r = Vec(log256(__m256(v))) * a / d;
-  return Vec::blendv(r, a, d == Vec(0.f));
+  const Vec v = one + a, d = v - one;
+  return Vec::blendv(flog_ge1(v) * a / d, a, d == Vec(0.f));
 }
-static inline Vec fexpm1(const Vec& t) {
-  Vec series = t * (Vec(1.f) + t * (Vec(0.5f) + t * (Vec(1.f / 6) + t * Vec(1.f / 24))));
+
+static inline Vec fexpm1(const Vec& t) {  // Taylor series near 0, where exp(t) - 1 would cancel
+  const Vec series = t * (Vec(1.f) + t * (Vec(0.5f) + t * (Vec(1.f / 6) + t * Vec(1.f / 24))));
   return Vec::blendv(fexp(t) - Vec(1.f), series, t.abs() < Vec(0.01f));
 }
-static inline Vec ftanh(const Vec& y) {
-  Vec a = y.abs();
-  Vec big = Vec(1.f) - Vec(2.f) / (fexp(a + a) + Vec(1.f));
-  Vec z = a * a;
-  Vec series = a * (Vec(1.f) + z * (Vec(-1.f / 3) + z * (Vec(2.f / 15) + z * Vec(-17.f / 315))));
+
+static inline Vec ftanh(const Vec& y) {  // 1 - 2 / (e^2a + 1), odd; a series near 0
+  const Vec a = y.abs(), z = a * a;
+  const Vec big = Vec(1.f) - Vec(2.f) / (fexp(a + a) + Vec(1.f));
+  const Vec series = a * (Vec(1.f) + z * (Vec(-1.f / 3) + z * (Vec(2.f / 15) + z * Vec(-17.f / 315))));
   return Vec::blendv(big, series, a < Vec(0.05f)).copysign(y);
 }
-#else
-static inline Vec flog1p(const Vec& a) { return a.log1p(); }
-static inline Vec fexpm1(const Vec& t) { return t.expm1(); }
-static inline Vec ftanh(const Vec& y) { return y.tanh(); }
-#endif
 
-// s(u), s'(u), ds/dlam(u): vector form.
-static inline void terms(int64_t op, const Vec& u, float lam, bool need_ds, bool need_dl, Vec& s, Vec& ds, Vec& dl) {
+// ---- the ops: s(u), s'(u), ds/dlam(u) (ibnorm/ops.py) ---------------------------------------------------------
+
+// One instantiation per op (OP is a template argument), so that the loops below inline it and branch on nothing.
+template <int64_t OP>
+__attribute__((always_inline)) static inline void terms(const Vec& u, float lam, bool need_ds, bool need_dl, Vec& s,
+                                                        Vec& ds, Vec& dl) {
   const Vec one(1.f), vl(lam), inv(1.f / lam), inv2(1.f / (lam * lam));
-  if (op == TANH) {
-    Vec t = ftanh(vl * u);
+  if constexpr (OP == NONE) {
+    s = u; ds = one; dl = Vec(0.f);
+  } else if constexpr (OP == TANH) {
+    const Vec t = ftanh(vl * u);
     s = t * inv;
     if (need_ds || need_dl) ds = one - t * t;
     if (need_dl) dl = u * ds * inv - t * inv2;
-    return;
-  }
-  Vec a = u.abs();
-  if (op == POWER) {
-    Vec L = flog1p(a);
-    Vec em1 = fexpm1(vl * L);
+  } else if constexpr (OP == POWER) {
+    const Vec a = u.abs();
+    const Vec L = flog1p(a), em1 = fexpm1(vl * L);
     s = (em1 * inv).copysign(u);
     if (need_ds || need_dl) ds = (em1 + one) / (one + a);
     if (need_dl) dl = (L * (em1 + one) * inv - em1 * inv2) * one.copysign(u);  // times sign(u): may be < 0
-    return;
+  } else {
+    const Vec a = u.abs();
+    const Vec la = vl * a, lq = flog1p(la);
+    s = (lq * inv).copysign(u);
+    if (need_ds || need_dl) ds = one / (one + la);
+    if (need_dl) dl = (a * ds * inv - lq * inv2) * one.copysign(u);
   }
-  Vec la = vl * a;
-  Vec lq = flog1p(la);
-  s = (lq * inv).copysign(u);
-  if (need_ds || need_dl) ds = one / (one + la);
-  if (need_dl) dl = (a * ds * inv - lq * inv2) * one.copysign(u);
 }
 
-// The same, scalar (row tails).
-static inline void terms(int64_t op, float u, float lam, bool need_ds, bool need_dl, float& s, float& ds, float& dl) {
-  const float inv = 1.f / lam, inv2 = 1.f / (lam * lam);
-  if (op == TANH) {
-    float t = std::tanh(lam * u);
-    s = t * inv;
-    ds = 1.f - t * t;
-    if (need_dl) dl = u * ds * inv - t * inv2;
-    return;
+// Calls f(std::integral_constant<int64_t, OP>{}) for the runtime op code.
+template <typename F>
+static inline void with_op(int64_t op, F&& f) {
+  switch (op) {
+    case POWER: f(std::integral_constant<int64_t, POWER>{}); break;
+    case LOG: f(std::integral_constant<int64_t, LOG>{}); break;
+    case TANH: f(std::integral_constant<int64_t, TANH>{}); break;
+    case NONE: f(std::integral_constant<int64_t, NONE>{}); break;
+    default: TORCH_CHECK(false, "ibnorm: unknown op code ", op);
   }
-  float a = std::fabs(u);
-  if (op == POWER) {
-    float L = std::log1p(a), em1 = std::expm1(lam * L);
-    s = std::copysign(em1 * inv, u);
-    ds = (em1 + 1.f) / (1.f + a);
-    if (need_dl) dl = (L * (em1 + 1.f) * inv - em1 * inv2) * std::copysign(1.f, u);
-    return;
-  }
-  float la = lam * a, lq = std::log1p(la);
-  s = std::copysign(lq * inv, u);
-  ds = 1.f / (1.f + la);
-  if (need_dl) dl = (a * ds * inv - lq * inv2) * std::copysign(1.f, u);
-  (void)need_ds;
 }
 
-static inline double hsum(const Vec& v) {
-  float buf[W];
-  v.store(buf);
-  double s = 0;
-  for (int64_t j = 0; j < W; ++j) s += buf[j];
-  return s;
+static inline double hsum(const Vec& v) {  // horizontal sum by shuffles (per-row sums of short rows add up)
+  return at::vec::vec_reduce_all<float>([](Vec& a, Vec& b) { return a + b; }, v);
 }
 
-// Returns y [R, M] and per-row statistics [R, 2]: mu, r (what nn.LayerNorm saves; the rest is recomputed).
-std::vector<at::Tensor> ib_forward(const at::Tensor& x, const c10::optional<at::Tensor>& weight,
-                                   const c10::optional<at::Tensor>& bias, double lam_d, int64_t op, bool centered,
-                                   bool cts, double eps_d) {
-  TORCH_CHECK(x.dim() == 2 && x.scalar_type() == at::kFloat && x.is_contiguous(), "x must be contiguous float32 [R, M]");
+// ---- one group ----------------------------------------------------------------------------------------------
+
+struct Cfg {
+  int64_t op;
+  float lam, eps;
+  bool centered, cts;  // cts: compress then standardize (step 3); else stop after step 2
+};
+
+// The affine map of one group: per-element arrays (rows) or one weight and bias for the whole group (channels).
+struct Affine {
+  const float* w = nullptr;
+  const float* b = nullptr;
+  bool per_element = true;
+  float ws = 1.f, bs = 0.f;
+  bool has_w = false, has_b = false;
+  inline Vec wv(int64_t j, int64_t n) const { return per_element ? Vec::loadu(w + j, n) : Vec(ws); }
+  inline Vec bv(int64_t j, int64_t n) const { return per_element ? Vec::loadu(b + j, n) : Vec(bs); }
+};
+
+struct Stats { float mu, r, var, m_c, v_c, v_u; };
+
+// y = w z + b for one group of M values in xr (float). yr must not alias xr. Evaluates s(u) once per element.
+template <int64_t OP>
+static Stats group_forward_op(const float* xr, float* yr, int64_t M, const Affine af, const Cfg c) {
+  const int64_t vend = M - M % W;
+  double mu = 0;
+  if (c.centered) {  // step 1: statistics in two passes over the cached group
+    Vec acc(0.f);
+    for (int64_t j = 0; j < vend; j += W) acc = acc + Vec::loadu(xr + j);
+    mu = hsum(acc);
+    for (int64_t j = vend; j < M; ++j) mu += xr[j];
+    mu /= M;
+  }
+  const float muf = static_cast<float>(mu);
+  Vec acc2(0.f);
+  const Vec vmu(muf);
+  for (int64_t j = 0; j < vend; j += W) { Vec d = Vec::loadu(xr + j) - vmu; acc2 = acc2 + d * d; }
+  double var = hsum(acc2);
+  for (int64_t j = vend; j < M; ++j) { float d = xr[j] - muf; var += d * d; }
+  var /= M;
+  const float r = 1.f / std::sqrt(static_cast<float>(var) + c.eps);
+  const Vec vr(r);
+  Stats st{muf, r, static_cast<float>(var), 0.f, 0.f, static_cast<float>(var) * r * r};
+  if (c.op == NONE || !c.cts) {  // z = u, or z = s(u); then the affine map
+    for (int64_t j = 0; j < M; j += W) {
+      const int64_t n = std::min<int64_t>(W, M - j);
+      Vec u = (Vec::loadu(xr + j, n) - vmu) * vr, z, ds, dl;
+      terms<OP>(u, c.lam, false, false, z, ds, dl);
+      if (af.has_w) z = z * af.wv(j, n);
+      if (af.has_b) z = z + af.bv(j, n);
+      z.store(yr + j, n);
+    }
+    return st;
+  }
+  // Steps 2-3: c = s(u) into y, its moments, then z = (c - m_c) k and the affine map.
+  Vec sc(0.f), sc2(0.f);
+  for (int64_t j = 0; j < M; j += W) {
+    const int64_t n = std::min<int64_t>(W, M - j);
+    Vec u = (Vec::loadu(xr + j, n) - vmu) * vr, cc, ds, dl;
+    terms<OP>(u, c.lam, false, false, cc, ds, dl);
+    cc.store(yr + j, n);
+    if (n < W) cc = Vec::loadu(yr + j, n);  // zero the lanes past the group's end
+    sc = sc + cc;
+    sc2 = sc2 + cc * cc;
+  }
+  const double mc = c.centered ? hsum(sc) / M : 0.0;
+  const double vc = std::max(hsum(sc2) / M - mc * mc, 0.0);
+  st.m_c = static_cast<float>(mc);
+  st.v_c = static_cast<float>(vc);
+  const float k = std::sqrt((st.v_u + c.eps) / (st.v_c + c.eps));
+  const Vec vmc(st.m_c), vk(k);
+  for (int64_t j = 0; j < M; j += W) {
+    const int64_t n = std::min<int64_t>(W, M - j);
+    Vec z = (Vec::loadu(yr + j, n) - vmc) * vk;
+    if (af.has_w) z = z * af.wv(j, n);
+    if (af.has_b) z = z + af.bv(j, n);
+    z.store(yr + j, n);
+  }
+  return st;
+}
+
+static Stats group_forward(const float* xr, float* yr, int64_t M, const Affine& af, const Cfg& c) {
+  Stats st;
+  with_op(c.op, [&](auto o) { st = group_forward_op<decltype(o)::value>(xr, yr, M, af, c); });
+  return st;
+}
+
+// Per-thread scratch of the backward: g_u, c, s', ds/dlam of one group.
+struct Scratch {
+  std::vector<float> gu, c, ds, dl;
+  void fit(int64_t M) {
+    if (static_cast<int64_t>(gu.size()) < M) { gu.resize(M); c.resize(M); ds.resize(M); dl.resize(M); }
+  }
+};
+
+// What the backward of one group adds to the parameter gradients.
+struct Grads {
+  float* dw = nullptr;  // per-element accumulators (rows), or nullptr
+  float* db = nullptr;
+  double dw_s = 0, db_s = 0, dl = 0;  // per-group sums (channels) and the strength's gradient
+};
+
+// gxr = dL/dx of one group from gr = dL/dy, recomputing u, s(u) (once per element) and step 3's statistics.
+template <int64_t OP>
+static void group_backward_op(const float* xr, const float* gr, float* gxr, int64_t M, float mu, float r,
+                           const Affine af, const Cfg c, bool need_dw, bool need_db, bool need_dl,
+                           Grads& out, Scratch& buf) {
+  buf.fit(M);
+  const Vec vmu(mu), vr(r);
+  const bool standardize = c.op != NONE && c.cts;
+  const bool need_dl_k = need_dl && c.op != NONE;
+  Vec aSU(0.f), aSUU(0.f), aDL(0.f), aC(0.f), aCC(0.f), aGZ(0.f), aGZC(0.f), aDW(0.f), aDB(0.f), aUU(0.f);
+  // Pass A: u, s, s', ds/dlam; g_u directly when there is no step 3, else the sums step 3's gradient needs.
+  for (int64_t j = 0; j < M; j += W) {
+    const int64_t n = std::min<int64_t>(W, M - j);
+    const Vec u = (Vec::loadu(xr + j, n) - vmu) * vr;
+    const Vec g = Vec::loadu(gr + j, n);  // zero past the end, so every sum below ignores those lanes
+    const Vec gz = af.has_w ? g * af.wv(j, n) : g;
+    Vec cc, ds, dlv(0.f);
+    terms<OP>(u, c.lam, true, need_dl_k, cc, ds, dlv);
+    if (!standardize) {
+      const Vec gu = gz * ds;
+      gu.store(buf.gu.data() + j, n);
+      aSU = aSU + gu;
+      aSUU = aSUU + gu * u;
+      if (need_dl_k) aDL = aDL + gz * dlv;
+      if (need_dw) {
+        if (af.per_element) (Vec::loadu(out.dw + j, n) + g * cc).store(out.dw + j, n);
+        else aDW = aDW + g * cc;
+      }
+    } else {
+      cc.store(buf.c.data() + j, n);
+      ds.store(buf.ds.data() + j, n);
+      if (need_dl_k) dlv.store(buf.dl.data() + j, n);
+      gz.store(buf.gu.data() + j, n);
+      Vec uu = u * u;
+      if (n < W) {  // zero the lanes past the group's end
+        cc = Vec::loadu(buf.c.data() + j, n);
+        float tmp[W];
+        uu.store(tmp, n);
+        uu = Vec::loadu(tmp, n);
+      }
+      aUU = aUU + uu;
+      aC = aC + cc;
+      aCC = aCC + cc * cc;
+      aGZ = aGZ + gz;
+      aGZC = aGZC + gz * cc;
+    }
+    if (need_db) {
+      if (af.per_element) (Vec::loadu(out.db + j, n) + g).store(out.db + j, n);
+      else aDB = aDB + g;
+    }
+  }
+  if (standardize) {
+    // Step 3's statistics, recomputed: m_c and v_c from c, v_u = mean(u^2) (the data form of var(u)).
+    const double m_c = c.centered ? hsum(aC) / M : 0.0;
+    const double v_c = std::max(hsum(aCC) / M - m_c * m_c, 0.0);
+    const double v_u = hsum(aUU) / M;
+    const double k = std::sqrt((v_u + c.eps) / (v_c + c.eps));
+    const double G1 = c.centered ? hsum(aGZ) / M : 0.0;
+    const double G2 = hsum(aGZC) / M - m_c * G1;
+    const Vec vG1(static_cast<float>(G1)), vk(static_cast<float>(k)), vmc(static_cast<float>(m_c)),
+        kc(static_cast<float>(k * G2 / (v_c + c.eps))), ku(static_cast<float>(k * G2 / (v_u + c.eps)));
+    // Pass B: z for the weight gradient, g_c, g_u and their sums.
+    Vec adl(0.f);
+    for (int64_t j = 0; j < M; j += W) {
+      const int64_t n = std::min<int64_t>(W, M - j);
+      const Vec u = (Vec::loadu(xr + j, n) - vmu) * vr;
+      const Vec gz = Vec::loadu(buf.gu.data() + j, n);
+      const Vec d = Vec::loadu(buf.c.data() + j, n) - vmc;
+      if (need_dw) {
+        const Vec gdz = Vec::loadu(gr + j, n) * d * vk;
+        if (af.per_element) (Vec::loadu(out.dw + j, n) + gdz).store(out.dw + j, n);
+        else aDW = aDW + gdz;
+      }
+      const Vec gc = (gz - vG1) * vk - kc * d;
+      Vec gu = gc * Vec::loadu(buf.ds.data() + j, n) + ku * u;
+      if (need_dl_k) adl = adl + gc * Vec::loadu(buf.dl.data() + j, n);
+      gu.store(buf.gu.data() + j, n);
+      if (n < W) gu = Vec::loadu(buf.gu.data() + j, n);  // zero the lanes past the group's end
+      aSU = aSU + gu;
+      aSUU = aSUU + gu * u;
+    }
+    if (need_dl_k) out.dl += hsum(adl);
+  } else if (need_dl_k) {
+    out.dl += hsum(aDL);
+  }
+  if (!af.per_element) {
+    out.dw_s += hsum(aDW);
+    out.db_s += hsum(aDB);
+  }
+  const double SU = c.centered ? hsum(aSU) / M : 0.0;
+  const double SUU = hsum(aSUU) / M;
+  const Vec vSU(static_cast<float>(SU)), vSUU(static_cast<float>(SUU));
+  // Pass C: the LayerNorm (RMSNorm) backward through u.
+  for (int64_t j = 0; j < M; j += W) {
+    const int64_t n = std::min<int64_t>(W, M - j);
+    const Vec u = (Vec::loadu(xr + j, n) - vmu) * vr;
+    const Vec gu = Vec::loadu(buf.gu.data() + j, n);
+    ((gu - vSU - u * vSUU) * vr).store(gxr + j, n);
+  }
+}
+
+static void group_backward(const float* xr, const float* gr, float* gxr, int64_t M, float mu, float r,
+                           const Affine& af, const Cfg& c, bool need_dw, bool need_db, bool need_dl, Grads& out,
+                           Scratch& buf) {
+  with_op(c.op, [&](auto o) {
+    group_backward_op<decltype(o)::value>(xr, gr, gxr, M, mu, r, af, c, need_dw, need_db, need_dl, out, buf);
+  });
+}
+
+// ---- layout: dtype conversion and gathering of one group into float buffers ----------------------------------
+
+template <typename T>
+static inline void load_float(const T* src, float* dst, int64_t n) { at::vec::convert(src, dst, n); }
+template <typename T>
+static inline void store_float(const float* src, T* dst, int64_t n) { at::vec::convert(src, dst, n); }
+
+static Cfg make_cfg(int64_t op, const c10::optional<at::Tensor>& lam_t, double lam, bool centered, bool cts,
+                    double eps) {
+  // A learned strength arrives as a 0-d tensor and is read here, inside the op, never in Python.
+  const float l = lam_t.has_value() ? lam_t->to(at::kFloat).item<float>() : static_cast<float>(lam);
+  return Cfg{op, l, static_cast<float>(eps), centered, cts};
+}
+
+static const float* opt_ptr(const c10::optional<at::Tensor>& t) {
+  if (!t.has_value()) return nullptr;
+  TORCH_CHECK(t->scalar_type() == at::kFloat && t->is_contiguous(), "weight and bias must be contiguous float32");
+  return t->data_ptr<float>();
+}
+
+// Calls f(scalar_t{}) for the dtypes the kernels take; f is a generic lambda, so `if constexpr` prunes per dtype.
+template <typename F>
+static void dispatch(at::ScalarType t, F&& f) {
+  switch (t) {
+    case at::kFloat: f(float{}); break;
+    case at::kBFloat16: f(at::BFloat16{}); break;
+    case at::kHalf: f(at::Half{}); break;
+    default: TORCH_CHECK(false, "ibnorm's CPU kernel takes float32, bfloat16 or float16; got ", t);
+  }
+}
+
+// ---- rows: x [R, M] contiguous; y like x; stats [R, 2] = (mean, rstd): what nn.LayerNorm saves -----------------
+// weight and bias are [M] (layer, RMS grouping) or [P, M] with row i using row i % P (group grouping, whose
+// per-channel affine repeats over the spatial positions of each group).
+
+static int64_t affine_rows(const c10::optional<at::Tensor>& t, int64_t M) {
+  if (!t.has_value()) return 1;
+  TORCH_CHECK(t->numel() % M == 0, "weight and bias must have a multiple of M elements");
+  return t->numel() / M;
+}
+
+std::vector<at::Tensor> rows_forward(const at::Tensor& x, const c10::optional<at::Tensor>& weight,
+                                     const c10::optional<at::Tensor>& bias, const c10::optional<at::Tensor>& lam_t,
+                                     double lam, int64_t op, bool centered, bool cts, double eps) {
+  TORCH_CHECK(x.dim() == 2 && x.is_contiguous(), "x must be contiguous [R, M]");
   const int64_t R = x.size(0), M = x.size(1);
   auto y = at::empty_like(x);
-  auto stats = at::zeros({R, 2}, x.options());
-  const float* X = x.data_ptr<float>();
-  float* Y = y.data_ptr<float>();
+  auto stats = at::empty({R, 2}, x.options().dtype(at::kFloat));
+  const float* Wp = opt_ptr(weight);
+  const float* Bp = opt_ptr(bias);
+  const int64_t P = affine_rows(weight.has_value() ? weight : bias, M);
+  const Cfg c = make_cfg(op, lam_t, lam, centered, cts, eps);
   float* S = stats.data_ptr<float>();
-  const float* Wt = weight.has_value() ? weight->data_ptr<float>() : nullptr;
-  const float* Bs = bias.has_value() ? bias->data_ptr<float>() : nullptr;
-  const float lam = static_cast<float>(lam_d), eps = static_cast<float>(eps_d);
-  const int64_t vend = M - M % W;
   const int64_t grain = std::max<int64_t>(1, 16384 / std::max<int64_t>(M, 1));
-
-  at::parallel_for(0, R, grain, [&](int64_t begin, int64_t end) {
-    Vec dummy;
-    for (int64_t i = begin; i < end; ++i) {
-      const float* xr = X + i * M;
-      float* yr = Y + i * M;
-      // Step 1: statistics (two passes over a cached row).
-      double mu = 0;
-      if (centered) {
-        Vec acc(0.f);
-        for (int64_t j = 0; j < vend; j += W) acc = acc + Vec::loadu(xr + j);
-        mu = hsum(acc);
-        for (int64_t j = vend; j < M; ++j) mu += xr[j];
-        mu /= M;
+  dispatch(x.scalar_type(), [&](auto tag) {
+    using scalar_t = decltype(tag);
+    const scalar_t* X = x.data_ptr<scalar_t>();
+    scalar_t* Y = y.data_ptr<scalar_t>();
+    at::parallel_for(0, R, grain, [&](int64_t begin, int64_t end) {
+      std::vector<float> xbuf, ybuf(M);
+      if (!std::is_same<scalar_t, float>::value) xbuf.resize(M);
+      for (int64_t i = begin; i < end; ++i) {
+        const float* xr;
+        if constexpr (std::is_same<scalar_t, float>::value) xr = X + i * M;
+        else { load_float(X + i * M, xbuf.data(), M); xr = xbuf.data(); }
+        float* yr = std::is_same<scalar_t, float>::value ? reinterpret_cast<float*>(Y + i * M) : ybuf.data();
+        Affine af;
+        af.w = Wp ? Wp + (i % P) * M : nullptr; af.b = Bp ? Bp + (i % P) * M : nullptr;
+        af.has_w = Wp != nullptr; af.has_b = Bp != nullptr;
+        const Stats st = group_forward(xr, yr, M, af, c);
+        if constexpr (!std::is_same<scalar_t, float>::value) store_float(ybuf.data(), Y + i * M, M);
+        S[i * 2] = st.mu;
+        S[i * 2 + 1] = st.r;
       }
-      const float muf = static_cast<float>(mu);
-      Vec acc2(0.f), vmu(muf);
-      for (int64_t j = 0; j < vend; j += W) { Vec d = Vec::loadu(xr + j) - vmu; acc2 = acc2 + d * d; }
-      double var = hsum(acc2);
-      for (int64_t j = vend; j < M; ++j) { float d = xr[j] - muf; var += d * d; }
-      var /= M;
-      const float r = 1.f / std::sqrt(static_cast<float>(var) + eps);
-      const Vec vr(r);
-      float m_c = 0.f, k = 1.f, v_c = 0.f, v_u = static_cast<float>(var) * r * r;
-      if (op == NONE || !cts) {
-        // z = u or z = s(u); then the affine map.
-        for (int64_t j = 0; j < M; j += W) {
-          int64_t n = std::min<int64_t>(W, M - j);
-          Vec u = (Vec::loadu(xr + j, n) - vmu) * vr, z = u;
-          if (op != NONE) {
-            if (n == W) { Vec ds, dl; terms(op, u, lam, false, false, z, ds, dl); }
-            else {
-              float ub[W], zb[W];
-              u.store(ub, n);
-              for (int64_t t = 0; t < n; ++t) { float ds, dl; terms(op, ub[t], lam, false, false, zb[t], ds, dl); }
-              z = Vec::loadu(zb, n);
-            }
-          }
-          if (Wt) z = z * Vec::loadu(Wt + j, n);
-          if (Bs) z = z + Vec::loadu(Bs + j, n);
-          z.store(yr + j, n);
-        }
-      } else {
-        // Steps 2-3: c = s(u) into y, its moments, then z = (c - m_c) k and the affine map.
-        Vec sc(0.f), sc2(0.f);
-        for (int64_t j = 0; j < vend; j += W) {
-          Vec u = (Vec::loadu(xr + j) - vmu) * vr, c, ds, dl;
-          terms(op, u, lam, false, false, c, ds, dl);
-          c.store(yr + j);
-          sc = sc + c;
-          sc2 = sc2 + c * c;
-        }
-        double s1 = hsum(sc), s2 = hsum(sc2);
-        for (int64_t j = vend; j < M; ++j) {
-          float u = (xr[j] - muf) * r, c, ds, dl;
-          terms(op, u, lam, false, false, c, ds, dl);
-          yr[j] = c;
-          s1 += c;
-          s2 += static_cast<double>(c) * c;
-        }
-        double mc = centered ? s1 / M : 0.0;
-        double vc = std::max(s2 / M - mc * mc, 0.0);
-        m_c = static_cast<float>(mc);
-        v_c = static_cast<float>(vc);
-        k = std::sqrt((v_u + eps) / (v_c + eps));
-        const Vec vmc(m_c), vk(k);
-        for (int64_t j = 0; j < M; j += W) {
-          int64_t n = std::min<int64_t>(W, M - j);
-          Vec z = (Vec::loadu(yr + j, n) - vmc) * vk;
-          if (Wt) z = z * Vec::loadu(Wt + j, n);
-          if (Bs) z = z + Vec::loadu(Bs + j, n);
-          z.store(yr + j, n);
-        }
-      }
-      S[i * 2] = muf;
-      S[i * 2 + 1] = r;
-    }
-    (void)dummy;
+    });
   });
   return {y, stats};
 }
 
-// Returns gx [R, M], gw [M] (or empty), gb [M] (or empty), glam (0-d).
-std::vector<at::Tensor> ib_backward(const at::Tensor& gy, const at::Tensor& x, const c10::optional<at::Tensor>& weight,
-                                    const at::Tensor& stats, double lam_d, int64_t op, bool centered, bool cts,
-                                    double eps_d, bool need_dw, bool need_db, bool need_dl) {
-  TORCH_CHECK(gy.is_contiguous() && x.is_contiguous() && gy.scalar_type() == at::kFloat, "gy, x: contiguous float32");
+// gx like x; gw, gb [M] float32 (or undefined); glam 0-d float32.
+std::vector<at::Tensor> rows_backward(const at::Tensor& gy, const at::Tensor& x, const c10::optional<at::Tensor>& weight,
+                                      const at::Tensor& stats, const c10::optional<at::Tensor>& lam_t, double lam,
+                                      int64_t op, bool centered, bool cts, double eps, bool need_dw, bool need_db,
+                                      bool need_dl, int64_t affine_rows_db) {
+  TORCH_CHECK(gy.is_contiguous() && x.is_contiguous() && gy.scalar_type() == x.scalar_type(),
+              "gy and x must be contiguous, of one dtype");
   const int64_t R = x.size(0), M = x.size(1);
   auto gx = at::empty_like(x);
   const int nthreads = at::get_num_threads();
-  auto dw_part = at::zeros({nthreads, M}, x.options());
-  auto db_part = at::zeros({nthreads, M}, x.options());
+  const float* Wp = opt_ptr(weight);
+  const int64_t P = affine_rows(weight.has_value() ? weight : c10::optional<at::Tensor>(), M);
+  const int64_t PB = need_db ? std::max<int64_t>(P, affine_rows_db) : P;
+  auto fopt = x.options().dtype(at::kFloat);
+  auto dw_part = at::zeros({nthreads, P * M}, fopt), db_part = at::zeros({nthreads, PB * M}, fopt);
   auto dl_part = at::zeros({nthreads}, x.options().dtype(at::kDouble));
-  const float* X = x.data_ptr<float>();
-  const float* G = gy.data_ptr<float>();
+  const Cfg c = make_cfg(op, lam_t, lam, centered, cts, eps);
   const float* S = stats.data_ptr<float>();
-  const float* Wt = weight.has_value() ? weight->data_ptr<float>() : nullptr;
-  float* GX = gx.data_ptr<float>();
-  const float lam = static_cast<float>(lam_d), eps = static_cast<float>(eps_d);
-  const bool need_dl_k = need_dl && op != NONE;
   const int64_t grain = std::max<int64_t>(1, 16384 / std::max<int64_t>(M, 1));
-
-  at::parallel_for(0, R, grain, [&](int64_t begin, int64_t end) {
-    const int tid = at::get_thread_num();
-    float* dw = dw_part.data_ptr<float>() + tid * M;
-    float* db = db_part.data_ptr<float>() + tid * M;
-    double dl_acc = 0;
-    std::vector<float> gu_buf(M), c_buf(M), ds_buf(M), dl_buf(need_dl_k ? M : 0);
-    const bool standardize = op != NONE && cts;
-    for (int64_t i = begin; i < end; ++i) {
-      const float* xr = X + i * M;
-      const float* gr = G + i * M;
-      float* gxr = GX + i * M;
-      const float mu = S[i * 2], r = S[i * 2 + 1];
-      const Vec vmu(mu), vr(r);
-      // Pass A: recompute u, s, s', ds/dlam and the group sums of step 3; g_u directly when there is no step 3.
-      Vec aSU(0.f), aSUU(0.f), aDL(0.f), aUU(0.f), aC(0.f), aCC(0.f), aGZ(0.f), aGZC(0.f);
-      for (int64_t j = 0; j < M; j += W) {
-        int64_t n = std::min<int64_t>(W, M - j);
-        Vec u = (Vec::loadu(xr + j, n) - vmu) * vr;
-        Vec g = Vec::loadu(gr + j, n);
-        Vec gz = Wt ? g * Vec::loadu(Wt + j, n) : g;
-        Vec ds(1.f), dlv(0.f), c = u;
-        if (op != NONE) {
-          if (n == W) terms(op, u, lam, true, need_dl_k, c, ds, dlv);
-          else {
-            float ub[W], cb[W], dsb[W], dlb[W];
-            u.store(ub, n);
-            for (int64_t t = 0; t < n; ++t) { dlb[t] = 0.f; terms(op, ub[t], lam, true, need_dl_k, cb[t], dsb[t], dlb[t]); }
-            for (int64_t t = n; t < W; ++t) { cb[t] = 0.f; dsb[t] = 0.f; dlb[t] = 0.f; }
-            c = Vec::loadu(cb); ds = Vec::loadu(dsb); dlv = Vec::loadu(dlb);
-          }
-        }
-        if (!standardize) {
-          Vec gu = gz * ds;
-          gu.store(gu_buf.data() + j, n);
-          aSU = aSU + gu;
-          aSUU = aSUU + gu * u;
-          if (need_dl_k) aDL = aDL + gz * dlv;
-          if (need_dw) (Vec::loadu(dw + j, n) + g * c).store(dw + j, n);
+  dispatch(x.scalar_type(), [&](auto tag) {
+    using scalar_t = decltype(tag);
+    const scalar_t* X = x.data_ptr<scalar_t>();
+    const scalar_t* G = gy.data_ptr<scalar_t>();
+    scalar_t* GX = gx.data_ptr<scalar_t>();
+    at::parallel_for(0, R, grain, [&](int64_t begin, int64_t end) {
+      const int tid = at::get_thread_num();
+      float* dw_t = dw_part.data_ptr<float>() + tid * P * M;
+      float* db_t = db_part.data_ptr<float>() + tid * PB * M;
+      Grads out;
+      Scratch buf;
+      constexpr bool is_float = std::is_same<scalar_t, float>::value;
+      std::vector<float> xbuf(is_float ? 0 : M), gbuf(is_float ? 0 : M), gxbuf(is_float ? 0 : M);
+      for (int64_t i = begin; i < end; ++i) {
+        const float *xr, *gr;
+        float* gxr;
+        if constexpr (is_float) {
+          xr = X + i * M; gr = G + i * M; gxr = reinterpret_cast<float*>(GX + i * M);
         } else {
-          c.store(c_buf.data() + j, n);
-          ds.store(ds_buf.data() + j, n);
-          if (need_dl_k) dlv.store(dl_buf.data() + j, n);
-          gz.store(gu_buf.data() + j, n);
-          aC = aC + c;
-          aCC = aCC + c * c;
-          aGZ = aGZ + gz;
-          aGZC = aGZC + gz * c;
+          load_float(X + i * M, xbuf.data(), M); load_float(G + i * M, gbuf.data(), M);
+          xr = xbuf.data(); gr = gbuf.data(); gxr = gxbuf.data();
         }
-        if (need_db) (Vec::loadu(db + j, n) + g).store(db + j, n);
+        Affine af;
+        af.w = Wp ? Wp + (i % P) * M : nullptr;
+        af.has_w = Wp != nullptr;
+        out.dw = dw_t + (i % P) * M;
+        out.db = db_t + (i % PB) * M;
+        group_backward(xr, gr, gxr, M, S[i * 2], S[i * 2 + 1], af, c, need_dw, need_db, need_dl, out, buf);
+        if constexpr (!is_float) store_float(gxbuf.data(), GX + i * M, M);
       }
-      if (standardize) {
-        // Step 3's statistics, recomputed: m_c, v_c from c; v_u = mean(u^2) (the data form of var(u)).
-        double su2 = 0;
-        for (int64_t j = 0; j < M; ++j) { float u = (xr[j] - mu) * r; su2 += static_cast<double>(u) * u; }
-        const double m_c = centered ? hsum(aC) / M : 0.0;
-        const double v_c = std::max(hsum(aCC) / M - m_c * m_c, 0.0);
-        const double v_u = su2 / M;
-        const double k = std::sqrt((v_u + eps) / (v_c + eps));
-        const double G1 = centered ? hsum(aGZ) / M : 0.0;
-        const double G2 = hsum(aGZC) / M - m_c * G1;
-        const Vec vG1(static_cast<float>(G1)), vk(static_cast<float>(k)), vmc(static_cast<float>(m_c)),
-            kc(static_cast<float>(k * G2 / (v_c + eps))), ku(static_cast<float>(k * G2 / (v_u + eps)));
-        // Pass B: z for the weight gradient, g_c, g_u and their sums.
-        Vec adl(0.f);
-        for (int64_t j = 0; j < M; j += W) {
-          int64_t n = std::min<int64_t>(W, M - j);
-          Vec u = (Vec::loadu(xr + j, n) - vmu) * vr;
-          Vec gz = Vec::loadu(gu_buf.data() + j, n);
-          Vec d = Vec::loadu(c_buf.data() + j, n) - vmc;
-          if (need_dw) (Vec::loadu(dw + j, n) + Vec::loadu(gr + j, n) * d * vk).store(dw + j, n);
-          Vec gc = (gz - vG1) * vk - kc * d;
-          Vec gu = gc * Vec::loadu(ds_buf.data() + j, n) + ku * u;
-          if (need_dl_k) adl = adl + gc * Vec::loadu(dl_buf.data() + j, n);
-          gu.store(gu_buf.data() + j, n);
-          if (n < W) gu = Vec::loadu(gu_buf.data() + j, n);  // zero the lanes past the row's end
-          aSU = aSU + gu;
-          aSUU = aSUU + gu * u;
-        }
-        if (need_dl_k) dl_acc += hsum(adl);
-      } else if (need_dl_k) {
-        dl_acc += hsum(aDL);
-      }
-      const double SU = centered ? hsum(aSU) / M : 0.0;
-      const double SUU = hsum(aSUU) / M;
-      const Vec vSU(static_cast<float>(SU)), vSUU(static_cast<float>(SUU));
-      // Pass C: the LayerNorm (RMSNorm) backward through u.
-      for (int64_t j = 0; j < M; j += W) {
-        int64_t n = std::min<int64_t>(W, M - j);
-        Vec u = (Vec::loadu(xr + j, n) - vmu) * vr;
-        Vec gu = Vec::loadu(gu_buf.data() + j, n);
-        ((gu - vSU - u * vSUU) * vr).store(gxr + j, n);
-      }
-    }
-    dl_part.data_ptr<double>()[tid] += dl_acc;
+      dl_part.data_ptr<double>()[tid] += out.dl;
+    });
   });
-  at::Tensor gw = need_dw ? dw_part.sum(0) : at::Tensor();
-  at::Tensor gb = need_db ? db_part.sum(0) : at::Tensor();
+  at::Tensor gw = need_dw ? dw_part.sum(0).reshape({P, M}) : at::Tensor();
+  at::Tensor gb = need_db ? db_part.sum(0).reshape({PB, M}) : at::Tensor();
   return {gx, gw, gb, dl_part.sum().to(at::kFloat)};
 }
 
-// s(u), s'(u), ds/dlam(u) of op `op` over a float32 tensor, as the kernels above evaluate them (vector body,
-// scalar tail), so that tests can hold the op codes and formulas to ibnorm/ops.py value by value.
+// ---- channels: x [N, C, S] with any strides; y with x's strides; stats [C, 6] ----------------------------------
+// stats columns: mean(x), rstd, var(x) (biased), mean(c), var(c), var(u): the running statistics' sources.
+
+template <typename T>
+static void gather_channel(const T* X, const at::IntArrayRef st, int64_t ch, int64_t N, int64_t S, float* dst) {
+  for (int64_t n = 0; n < N; ++n) {
+    const T* src = X + n * st[0] + ch * st[1];
+    float* d = dst + n * S;
+    if (st[2] == 1) load_float(src, d, S);
+    else for (int64_t s = 0; s < S; ++s) d[s] = static_cast<float>(src[s * st[2]]);
+  }
+}
+
+template <typename T>
+static void scatter_channel(const float* src, T* Y, const at::IntArrayRef st, int64_t ch, int64_t N, int64_t S) {
+  for (int64_t n = 0; n < N; ++n) {
+    T* dst = Y + n * st[0] + ch * st[1];
+    const float* s_ = src + n * S;
+    if (st[2] == 1) store_float(s_, dst, S);
+    else for (int64_t s = 0; s < S; ++s) dst[s * st[2]] = static_cast<T>(s_[s]);
+  }
+}
+
+std::vector<at::Tensor> channels_forward(const at::Tensor& x, const c10::optional<at::Tensor>& weight,
+                                         const c10::optional<at::Tensor>& bias, const c10::optional<at::Tensor>& lam_t,
+                                         double lam, int64_t op, bool cts, double eps) {
+  TORCH_CHECK(x.dim() == 3, "x must be [N, C, S]");
+  const int64_t N = x.size(0), C = x.size(1), S = x.size(2), M = N * S;
+  auto y = at::empty_like(x);
+  TORCH_CHECK(y.strides() == x.strides(), "x must be dense (empty_like must keep its strides)");
+  auto stats = at::empty({C, 6}, x.options().dtype(at::kFloat));
+  const float* Wp = opt_ptr(weight);
+  const float* Bp = opt_ptr(bias);
+  const Cfg c = make_cfg(op, lam_t, lam, true, cts, eps);
+  float* ST = stats.data_ptr<float>();
+  dispatch(x.scalar_type(), [&](auto tag) {
+    using scalar_t = decltype(tag);
+    const scalar_t* X = x.data_ptr<scalar_t>();
+    scalar_t* Y = y.data_ptr<scalar_t>();
+    at::parallel_for(0, C, 1, [&](int64_t begin, int64_t end) {
+      std::vector<float> xbuf(M), ybuf(M);
+      for (int64_t ch = begin; ch < end; ++ch) {
+        Affine af;
+        af.per_element = false;
+        af.has_w = Wp != nullptr; af.has_b = Bp != nullptr;
+        af.ws = Wp ? Wp[ch] : 1.f; af.bs = Bp ? Bp[ch] : 0.f;
+        gather_channel(X, x.strides(), ch, N, S, xbuf.data());
+        const Stats st = group_forward(xbuf.data(), ybuf.data(), M, af, c);
+        scatter_channel(ybuf.data(), Y, y.strides(), ch, N, S);
+        float* o = ST + ch * 6;
+        o[0] = st.mu; o[1] = st.r; o[2] = st.var; o[3] = st.m_c; o[4] = st.v_c; o[5] = st.v_u;
+      }
+    });
+  });
+  return {y, stats};
+}
+
+// gx with x's strides; gw, gb [C] float32 (or undefined); glam 0-d float32.
+std::vector<at::Tensor> channels_backward(const at::Tensor& gy, const at::Tensor& x,
+                                          const c10::optional<at::Tensor>& weight, const at::Tensor& stats,
+                                          const c10::optional<at::Tensor>& lam_t, double lam, int64_t op, bool cts,
+                                          double eps, bool need_dw, bool need_db, bool need_dl) {
+  TORCH_CHECK(x.dim() == 3 && gy.sizes() == x.sizes() && gy.scalar_type() == x.scalar_type(),
+              "gy and x must be [N, C, S] of one dtype");
+  const int64_t N = x.size(0), C = x.size(1), S = x.size(2), M = N * S;
+  auto gx = at::empty_like(x);
+  auto fopt = x.options().dtype(at::kFloat);
+  auto gw = at::zeros({C}, fopt), gb = at::zeros({C}, fopt);
+  const int nthreads = at::get_num_threads();
+  auto dl_part = at::zeros({nthreads}, x.options().dtype(at::kDouble));
+  const float* Wp = opt_ptr(weight);
+  const Cfg c = make_cfg(op, lam_t, lam, true, cts, eps);
+  const float* ST = stats.data_ptr<float>();
+  float *GW = gw.data_ptr<float>(), *GB = gb.data_ptr<float>();
+  dispatch(x.scalar_type(), [&](auto tag) {
+    using scalar_t = decltype(tag);
+    const scalar_t* X = x.data_ptr<scalar_t>();
+    const scalar_t* G = gy.data_ptr<scalar_t>();
+    scalar_t* GX = gx.data_ptr<scalar_t>();
+    at::parallel_for(0, C, 1, [&](int64_t begin, int64_t end) {
+      std::vector<float> xbuf(M), gbuf(M), gxbuf(M);
+      Scratch buf;
+      double dl = 0;
+      for (int64_t ch = begin; ch < end; ++ch) {
+        Affine af;
+        af.per_element = false;
+        af.has_w = Wp != nullptr;
+        af.ws = Wp ? Wp[ch] : 1.f;
+        gather_channel(X, x.strides(), ch, N, S, xbuf.data());
+        gather_channel(G, gy.strides(), ch, N, S, gbuf.data());
+        Grads out;
+        group_backward(xbuf.data(), gbuf.data(), gxbuf.data(), M, ST[ch * 6], ST[ch * 6 + 1], af, c, need_dw,
+                       need_db, need_dl, out, buf);
+        scatter_channel(gxbuf.data(), GX, gx.strides(), ch, N, S);
+        GW[ch] = static_cast<float>(out.dw_s);
+        GB[ch] = static_cast<float>(out.db_s);
+        dl += out.dl;
+      }
+      dl_part.data_ptr<double>()[at::get_thread_num()] += dl;
+    });
+  });
+  return {gx, need_dw ? gw : at::Tensor(), need_db ? gb : at::Tensor(), dl_part.sum().to(at::kFloat)};
+}
+
+// s(u), s'(u), ds/dlam(u) of op `op` over a float32 tensor, as the kernels evaluate them, so that tests can hold
+// the op codes and formulas to ibnorm/ops.py value by value.
 std::vector<at::Tensor> op_terms(const at::Tensor& u_in, int64_t op, double lam_d) {
   TORCH_CHECK(u_in.scalar_type() == at::kFloat, "u must be float32");
   auto u = u_in.contiguous().reshape({-1});
   auto s = at::empty_like(u), ds = at::empty_like(u), dl = at::empty_like(u);
-  if (op == NONE) return {u.clone(), at::ones_like(u), at::zeros_like(u)};
   const float lam = static_cast<float>(lam_d);
   const float* U = u.data_ptr<float>();
   float *S = s.data_ptr<float>(), *DS = ds.data_ptr<float>(), *DL = dl.data_ptr<float>();
-  const int64_t n = u.numel(), vend = n - n % W;
-  for (int64_t j = 0; j < vend; j += W) {
+  for (int64_t j = 0; j < u.numel(); j += W) {
+    const int64_t n = std::min<int64_t>(W, u.numel() - j);
     Vec vs, vds, vdl;
-    terms(op, Vec::loadu(U + j), lam, true, true, vs, vds, vdl);
-    vs.store(S + j); vds.store(DS + j); vdl.store(DL + j);
+    with_op(op, [&](auto o) { terms<decltype(o)::value>(Vec::loadu(U + j, n), lam, true, true, vs, vds, vdl); });
+    vs.store(S + j, n); vds.store(DS + j, n); vdl.store(DL + j, n);
   }
-  for (int64_t j = vend; j < n; ++j) terms(op, U[j], lam, true, true, S[j], DS[j], DL[j]);
   return {s.reshape(u_in.sizes()), ds.reshape(u_in.sizes()), dl.reshape(u_in.sizes())};
+}
+
+// ---- torch operators: the CPU kernels and their autograd, registered when this library loads -------------------
+// The schemas and fake implementations are defined in ibnorm/kernels/cpu.py, so torch.compile traces the ops before
+// this library is built. Autograd is here in C++, so an eager call costs one dispatcher call and no Python layers.
+
+using torch::autograd::AutogradContext;
+using torch::autograd::variable_list;
+using OptT = c10::optional<at::Tensor>;
+
+static at::Tensor or_empty(const at::Tensor& t, const at::Tensor& like) {
+  return t.defined() ? t : at::empty({0}, like.options().dtype(at::kFloat));
+}
+static OptT opt(const at::Tensor& t) { return t.defined() ? OptT(t) : OptT(); }
+
+static std::tuple<at::Tensor, at::Tensor> rows_forward_op(const at::Tensor& x, const OptT& weight, const OptT& bias,
+                                                          const OptT& lam_t, double lam, int64_t op, bool centered,
+                                                          bool cts, double eps) {
+  auto out = rows_forward(x, weight, bias, lam_t, lam, op, centered, cts, eps);
+  return {out[0], out[1]};
+}
+
+static std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> rows_backward_op(
+    const at::Tensor& gy, const at::Tensor& x, const OptT& weight, const at::Tensor& stats, const OptT& lam_t,
+    double lam, int64_t op, bool centered, bool cts, double eps, bool need_dw, bool need_db, bool need_dl,
+    int64_t bias_rows) {
+  auto out = rows_backward(gy, x, weight, stats, lam_t, lam, op, centered, cts, eps, need_dw, need_db, need_dl,
+                           bias_rows);
+  return {out[0], or_empty(out[1], x), or_empty(out[2], x), out[3]};
+}
+
+static std::tuple<at::Tensor, at::Tensor> channels_forward_op(const at::Tensor& x, const OptT& weight,
+                                                              const OptT& bias, const OptT& lam_t, double lam,
+                                                              int64_t op, bool cts, double eps) {
+  auto out = channels_forward(x, weight, bias, lam_t, lam, op, cts, eps);
+  return {out[0], out[1]};
+}
+
+static std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> channels_backward_op(
+    const at::Tensor& gy, const at::Tensor& x, const OptT& weight, const at::Tensor& stats, const OptT& lam_t,
+    double lam, int64_t op, bool cts, double eps, bool need_dw, bool need_db, bool need_dl) {
+  auto out = channels_backward(gy, x, weight, stats, lam_t, lam, op, cts, eps, need_dw, need_db, need_dl);
+  return {out[0], or_empty(out[1], x), or_empty(out[2], x), out[3]};
+}
+
+template <typename Fn>
+static auto typed_op(const char* name) {
+  return c10::Dispatcher::singleton().findSchemaOrThrow(name, "").typed<Fn>();
+}
+
+// Gradients of every present tensor input (weight, bias, a learned strength); x always.
+struct RowsFunction : public torch::autograd::Function<RowsFunction> {
+  static variable_list forward(AutogradContext* ctx, const at::Tensor& x, const OptT& weight, const OptT& bias,
+                               const OptT& lam_t, double lam, int64_t op, bool centered, bool cts, double eps) {
+    at::AutoDispatchBelowADInplaceOrView guard;
+    static auto fwd = typed_op<decltype(rows_forward_op)>("ibnorm::rows_forward");
+    auto [y, stats] = fwd.call(x, weight, bias, lam_t, lam, op, centered, cts, eps);
+    ctx->save_for_backward({x, weight.value_or(at::Tensor()), lam_t.value_or(at::Tensor()), stats});
+    ctx->saved_data["cfg"] = c10::List<double>({lam, eps});
+    ctx->saved_data["flags"] = c10::List<int64_t>({op, centered, cts});
+    ctx->saved_data["bias_shape"] = bias.has_value() ? bias->sizes().vec() : std::vector<int64_t>{};
+    ctx->mark_non_differentiable({stats});
+    return {y, stats};
+  }
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    const auto s = ctx->get_saved_variables();
+    const at::Tensor &x = s[0], &w = s[1], &lam_t = s[2], &stats = s[3];
+    const auto cfg = ctx->saved_data["cfg"].toDoubleList();
+    const auto flags = ctx->saved_data["flags"].toIntList();
+    const auto bias_shape = ctx->saved_data["bias_shape"].toIntVector();
+    const bool has_bias = !bias_shape.empty();
+    static auto bwd = typed_op<decltype(rows_backward_op)>("ibnorm::rows_backward");
+    const at::Tensor gy = grads[0].defined() ? grads[0].contiguous() : at::zeros_like(x);
+    auto [gx, gw, gb, gl] = bwd.call(gy, x, opt(w), stats, opt(lam_t), cfg[0], flags[0], flags[1], flags[2], cfg[1],
+                                     w.defined(), has_bias, lam_t.defined(),
+                                     has_bias && bias_shape.size() == 2 ? bias_shape[0] : 1);
+    return {gx, w.defined() ? gw.reshape(w.sizes()) : at::Tensor(), has_bias ? gb.reshape(bias_shape) : at::Tensor(),
+            lam_t.defined() ? gl.to(lam_t.scalar_type()) : at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor(),
+            at::Tensor(), at::Tensor()};
+  }
+};
+
+struct ChannelsFunction : public torch::autograd::Function<ChannelsFunction> {
+  static variable_list forward(AutogradContext* ctx, const at::Tensor& x, const OptT& weight, const OptT& bias,
+                               const OptT& lam_t, double lam, int64_t op, bool cts, double eps) {
+    at::AutoDispatchBelowADInplaceOrView guard;
+    static auto fwd = typed_op<decltype(channels_forward_op)>("ibnorm::channels_forward");
+    auto [y, stats] = fwd.call(x, weight, bias, lam_t, lam, op, cts, eps);
+    ctx->save_for_backward({x, weight.value_or(at::Tensor()), lam_t.value_or(at::Tensor()), stats});
+    ctx->saved_data["cfg"] = c10::List<double>({lam, eps});
+    ctx->saved_data["flags"] = c10::List<int64_t>({op, cts, bias.has_value()});
+    ctx->mark_non_differentiable({stats});
+    return {y, stats};
+  }
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    const auto s = ctx->get_saved_variables();
+    const at::Tensor &x = s[0], &w = s[1], &lam_t = s[2], &stats = s[3];
+    const auto cfg = ctx->saved_data["cfg"].toDoubleList();
+    const auto flags = ctx->saved_data["flags"].toIntList();
+    const bool has_bias = flags[2];
+    static auto bwd = typed_op<decltype(channels_backward_op)>("ibnorm::channels_backward");
+    const at::Tensor gy = grads[0].defined() ? grads[0] : at::zeros_like(x);
+    auto [gx, gw, gb, gl] = bwd.call(gy, x, opt(w), stats, opt(lam_t), cfg[0], flags[0], flags[1], cfg[1],
+                                     w.defined(), has_bias, lam_t.defined());
+    return {gx, w.defined() ? gw : at::Tensor(), has_bias ? gb : at::Tensor(),
+            lam_t.defined() ? gl.to(lam_t.scalar_type()) : at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor(),
+            at::Tensor()};
+  }
+};
+
+static std::tuple<at::Tensor, at::Tensor> rows_forward_autograd(const at::Tensor& x, const OptT& weight,
+                                                                const OptT& bias, const OptT& lam_t, double lam,
+                                                                int64_t op, bool centered, bool cts, double eps) {
+  auto out = RowsFunction::apply(x, weight, bias, lam_t, lam, op, centered, cts, eps);
+  return {out[0], out[1]};
+}
+
+static std::tuple<at::Tensor, at::Tensor> channels_forward_autograd(const at::Tensor& x, const OptT& weight,
+                                                                    const OptT& bias, const OptT& lam_t, double lam,
+                                                                    int64_t op, bool cts, double eps) {
+  auto out = ChannelsFunction::apply(x, weight, bias, lam_t, lam, op, cts, eps);
+  return {out[0], out[1]};
+}
+
+TORCH_LIBRARY_IMPL(ibnorm, CPU, m) {
+  m.impl("rows_forward", &rows_forward_op);
+  m.impl("rows_backward", &rows_backward_op);
+  m.impl("channels_forward", &channels_forward_op);
+  m.impl("channels_backward", &channels_backward_op);
+}
+
+TORCH_LIBRARY_IMPL(ibnorm, Autograd, m) {
+  m.impl("rows_forward", &rows_forward_autograd);
+  m.impl("channels_forward", &channels_forward_autograd);
 }
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("op_terms", &op_terms, "s, s', ds/dlam of one op (float32), for tests");
-  m.def("forward", &ib_forward, "IBNorm rows forward (float32)");
-  m.def("backward", &ib_backward, "IBNorm rows backward (float32)");
 }
