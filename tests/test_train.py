@@ -1,5 +1,7 @@
 """Trainer: presets train with every fitting norm, kill -9 + resume gives the same metrics, sweeps resume."""
+import dataclasses
 import json
+import math
 import signal
 import subprocess
 import sys
@@ -41,9 +43,12 @@ def test_every_fitting_norm_trains(model, tmp_path):
     elif needs_fashion.args[0]:
         pytest.skip(needs_fashion.kwargs["reason"])
     for norm in FITTING[model]:
-        r = train(tiny(model, norm), tmp_path / norm)
-        assert len(r["history"]) == 1 and r["final"]["step"] == 3
-        assert r["final"]["val_loss"] > 0 and r["norms"]["replaced"] or norm == "base"
+        # 24 steps on 64 training images (vision), so that every norm, DyT included, measurably learns
+        r = train(tiny(model, norm, steps=24, eval_every=12, lr=5e-3, train_subset=64, batch_size=16), tmp_path / norm)
+        assert [h["step"] for h in r["history"]] == [12, 24] and r["final"]["step"] == 24
+        assert math.isfinite(r["final"]["val_loss"]) and r["final"]["val_loss"] > 0
+        assert bool(r["norms"]["replaced"]) == (norm != "base"), (norm, r["norms"])
+        assert r["history"][-1]["train_loss"] < r["history"][0]["train_loss"] - 0.03, (norm, r["history"])  # it learns
         assert (tmp_path / norm / "result.json").exists() and not (tmp_path / norm / "ckpt.pt").exists()
 
 
@@ -79,9 +84,12 @@ def _cmd(out, steps):
             "--threads", "1", "--out", str(out)]
 
 
+def _result(path):
+    return json.loads((Path(path) / "result.json").read_text())
+
+
 def _metrics(path):
-    r = json.loads((Path(path) / "result.json").read_text())
-    return [{k: v for k, v in h.items() if k != "elapsed"} for h in r["history"]]
+    return [{k: v for k, v in h.items() if k != "elapsed"} for h in _result(path)["history"]]
 
 
 @needs_fashion
@@ -101,10 +109,33 @@ def test_sigkill_then_resume_matches_uninterrupted_run(tmp_path):
     proc.wait()
     at_kill = torch.load(ckpt, weights_only=False)["step"]
     assert 30 <= at_kill < steps and not (killed / "result.json").exists()
+    last_checkpoint = torch.load(ckpt, weights_only=False)["step"]
     subprocess.run(_cmd(killed, steps), check=True, capture_output=True)
     subprocess.run(_cmd(clean, steps), check=True, capture_output=True)
-    assert _metrics(killed) == _metrics(clean)
+    # It continued from the checkpoint (a run that ignored it and started over would record no resume) ...
+    assert _result(killed)["resumed_from"] == [last_checkpoint] and _result(clean)["resumed_from"] == []
+    # ... and ended exactly where the uninterrupted run did, at every evaluation.
+    assert len(_metrics(killed)) == steps // 20 and _metrics(killed) == _metrics(clean)
     assert not ckpt.exists()
+
+
+@needs_fashion
+def test_resume_continues_from_what_the_checkpoint_holds(tmp_path):
+    """A checkpoint whose weights were changed gives a different end: resuming really loads the checkpoint."""
+    cfg = tiny("resnet-mini", "ib_tanh", steps=6, eval_every=2, checkpoint_every=2)
+    for name, perturb in (("plain", False), ("perturbed", True)):
+        out = tmp_path / name
+        train(dataclasses.replace(cfg, stop_after=2), out)
+        if perturb:
+            ckpt = torch.load(out / "ckpt.pt", weights_only=False)
+            ckpt["model"] = {k: v * 1.5 if v.is_floating_point() and k.endswith("weight") else v
+                             for k, v in ckpt["model"].items()}
+            torch.save(ckpt, out / "ckpt.pt")
+        result = train(cfg, out)
+        assert result["resumed_from"] == [2]
+    reference = train(cfg, tmp_path / "reference")
+    assert _metrics(tmp_path / "plain") == _metrics(tmp_path / "reference") and reference["resumed_from"] == []
+    assert _metrics(tmp_path / "perturbed")[-1]["val_loss"] != _metrics(tmp_path / "reference")[-1]["val_loss"]
 
 
 @needs_fashion
@@ -192,3 +223,53 @@ def test_info_during_training_and_ibnorm_info_over_seeds(tmp_path):
     assert (Path(dirs[0]) / "info.csv").read_bytes() == recorded
     final = list(csv.DictReader((Path(dirs[0]) / "info-final-renyi-beta0.5-probe48-dim256.csv").open()))
     assert {r["step"] for r in final} == {"4"} and {r["beta"] for r in final} == {"0.5"}
+
+
+def _fake_result(model, norm, seed, metric):
+    kind = "val_acc" if model in ("vit-mini", "resnet-mini") else "val_loss"
+    final = {"step": 10, "train_loss": 1.0 + seed, "val_loss": metric if kind == "val_loss" else 0.5,
+             kind: metric, "val_ppl": 2.0}
+    return {"config": {"model": model, "norm": norm, "seed": seed, "steps": 10}, "final": final,
+            "history": [dict(final, step=5), final], "wall_time_s": 1.0,
+            "environment": {"threads": 2, "torch": "x"}}
+
+
+def test_summarize_statistics_against_an_independent_computation(tmp_path):
+    """Means, standard deviations and paired deltas of the compare table, over three seeds, recomputed here."""
+    import numpy as np
+    metrics = {("llama-mini", "base"): [2.0, 2.3, 2.1], ("llama-mini", "ib_tanh"): [1.9, 2.35, 2.0],
+               ("resnet-mini", "base"): [0.80, 0.82, 0.81], ("resnet-mini", "ib_log"): [0.79, 0.84, 0.80]}
+    results = [_fake_result(m, n, s, v) for (m, n), vals in metrics.items() for s, v in enumerate(vals)]
+    table = summarize(results, tmp_path, "t", "cmd")
+    for (model, norm), vals in metrics.items():
+        mean, sd = np.mean(vals), np.std(vals, ddof=1)
+        base = np.array(metrics[(model, "base")])
+        row = next(line for line in table.splitlines() if line.startswith(f"| {norm} |") and
+                   f"{mean:.4f} ± {sd:.4f}" in line)
+        if norm != "base":
+            d = np.array(vals) - base
+            assert f"{d.mean():.4f} ± {d.std(ddof=1):.4f}" in row, (row, d)
+        else:
+            assert "| — |" in row
+    rows = (tmp_path / "runs.csv").read_text().splitlines()
+    assert rows[0].startswith("model,norm,seed,") and len(rows) == 1 + len(results)
+
+
+@needs_fashion
+def test_compare_command_over_seeds(tmp_path, capsys):
+    """`ibnorm compare` end to end: every (model, norm, seed) trains once and the table's paired delta is the mean of
+    the per-seed differences recorded in runs.csv."""
+    import csv
+    import statistics
+    from ibnorm.lab.cli import main
+    args = ["compare", "--models", "resnet-mini", "--norms", "base,ib_tanh", "--seeds", "0,1", "--steps", "2",
+            "--eval-every", "2", "--eval-examples", "64", "--train-subset", "128", "--batch-size", "8", "--width", "8",
+            "--warmup-steps", "1", "--no-progress", "--results-dir", str(tmp_path / "res"), "--runs-dir", str(tmp_path / "runs")]
+    assert main(args) == 0
+    runs = list(csv.DictReader((tmp_path / "res" / "runs.csv").open()))
+    assert sorted((r["norm"], r["seed"]) for r in runs) == [("base", "0"), ("base", "1"), ("ib_tanh", "0"), ("ib_tanh", "1")]
+    acc = {(r["norm"], r["seed"]): float(r["val_acc"]) for r in runs}
+    delta = statistics.fmean(acc[("ib_tanh", s)] - acc[("base", s)] for s in ("0", "1"))
+    table = (tmp_path / "res" / "table.md").read_text()
+    assert f"| ib_tanh | {statistics.fmean([acc[('ib_tanh', '0')], acc[('ib_tanh', '1')]]):.4f}" in table
+    assert f"{delta:.4f}" in table.split("| ib_tanh |")[1].splitlines()[0]

@@ -1,6 +1,6 @@
 """The Triton kernels, run on CPU by Triton's interpreter (TRITON_INTERPRET=1) against the reference.
 
-Skipped when the optional ``triton`` package is not installed (CI does not install it)."""
+Skipped when the optional ``triton`` package is not installed; CI installs it and sets IBNORM_REQUIRE_TRITON=1."""
 import importlib.util
 import os
 import subprocess
@@ -9,7 +9,10 @@ import textwrap
 
 import pytest
 
-pytestmark = pytest.mark.skipif(importlib.util.find_spec("triton") is None, reason="triton not installed")
+from conftest import skip_reason
+
+pytestmark = pytest.mark.skipif(importlib.util.find_spec("triton") is None,
+                                reason=skip_reason("triton", "triton not installed (scripts/setup.sh installs it)"))
 
 SCRIPT = textwrap.dedent(r'''
     import torch, ibnorm

@@ -178,7 +178,7 @@ def train(cfg: TrainConfig, out_dir: str | Path) -> dict:
         px, py = task.probe(cfg.info_probe)
         recorder = InfoRecorder(dist.unwrap(model), px, py, task.kind.name, vocab_size=task.vocab_size)
 
-    start, history, elapsed, acc = 0, [], 0.0, [0.0, 0]
+    start, history, elapsed, acc, resumed_from = 0, [], 0.0, [0.0, 0], []
     if ckpt_path.exists():
         ckpt = torch.load(ckpt_path, map_location=dist.device, weights_only=False)
         _check_resumable(ckpt, cfg, ckpt_path)
@@ -187,6 +187,7 @@ def train(cfg: TrainConfig, out_dir: str | Path) -> dict:
         start, history, elapsed, acc = ckpt["step"], ckpt["history"], ckpt["elapsed"], ckpt["train_acc"]
         torch.set_rng_state(ckpt["rng"][dist.rank] if dist.rank < len(ckpt["rng"]) else ckpt["rng"][0])
         info_rows = ckpt.get("info", [])
+        resumed_from = ckpt.get("resumed_from", []) + [start]  # the steps this run continued from, in order
     elif recorder is not None:
         info_rows += recorder.record(0)
 
@@ -229,7 +230,7 @@ def train(cfg: TrainConfig, out_dir: str | Path) -> dict:
                 state = {k: v for k, v in dist.unwrap(model).state_dict().items() if k in own_keys}
                 atomic_torch_save({"model": state, "optimizer": opt.state_dict(),
                                    "step": done, "history": history, "elapsed": time.time() - t0,
-                                   "train_acc": acc, "rng": rng, "info": info_rows,
+                                   "train_acc": acc, "rng": rng, "info": info_rows, "resumed_from": resumed_from,
                                    "config": dataclasses.asdict(cfg)}, ckpt_path)
             dist.barrier()
             if cfg.stop_after and done >= cfg.stop_after:
@@ -241,7 +242,7 @@ def train(cfg: TrainConfig, out_dir: str | Path) -> dict:
     result = {"config": dataclasses.asdict(cfg), "final": history[-1], "history": history,
               "wall_time_s": time.time() - t0, "n_params": sum(p.numel() for p in model.parameters()),
               "norms": {"replaced": dict(report.replaced), "into": sorted({d for _, _, d in report.paths})},
-              "world_size": dist.world_size, "environment": provenance()}
+              "world_size": dist.world_size, "resumed_from": resumed_from, "environment": provenance()}
     if dist.is_main:
         atomic_torch_save({k: v for k, v in dist.unwrap(model).state_dict().items() if k in own_keys},
                           out_dir / "model.pt")

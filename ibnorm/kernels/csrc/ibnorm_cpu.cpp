@@ -76,12 +76,9 @@ static inline Vec flog_ge1(Vec x) {
   return at::vec::fmadd(e, Vec(0.693359375f), x + y);
 }
 
-// log1p(a), a >= 0: log(1 + a) * a / ((1 + a) - 1) cancels the rounding of 1 + a, so small a stay accurate.
-static inline Vec flog1p(const Vec& a) {
-  const Vec one(1.f);
-  const Vec v = one + a, d = v - one;
-  return Vec::blendv(flog_ge1(v) * a / d, a, d == Vec(0.f));
-}
+// log1p(a), a >= 0, as log(1 + a): its absolute error stays at float rounding of 1 + a (about 6e-8), which is what
+// matters here: s(u) is standardized next, so values near 0 need no relative accuracy, and there is no division.
+static inline Vec flog1p(const Vec& a) { return flog_ge1(Vec(1.f) + a); }
 
 static inline Vec fexpm1(const Vec& t) {  // Taylor series near 0, where exp(t) - 1 would cancel
   const Vec series = t * (Vec(1.f) + t * (Vec(0.5f) + t * (Vec(1.f / 6) + t * Vec(1.f / 24))));
@@ -490,6 +487,61 @@ std::vector<at::Tensor> rows_backward(const at::Tensor& gy, const at::Tensor& x,
 // ---- channels: x [N, C, S] with any strides; y with x's strides; stats [C, 6] ----------------------------------
 // stats columns: mean(x), rstd, var(x) (biased), mean(c), var(c), var(u): the running statistics' sources.
 
+// Channel-minor layouts (channels_last: stride 1 along C) gather a block of B channels in one pass over the tensor,
+// reading each cache line once: row i = (n, s) holds the block's B values side by side.
+constexpr int64_t CB = 16;
+
+// 16x16 tiles are transposed in registers (at::vec::transpose_mxn), the ragged edge element by element.
+template <typename T>
+static void gather_block(const T* X, const at::IntArrayRef st, int64_t c0, int64_t B, int64_t N, int64_t S,
+                         float* dst, int64_t M) {
+  float tile[CB * CB];
+  for (int64_t n = 0; n < N; ++n) {
+    int64_t s = 0;
+    if (B == CB) {
+      for (; s + CB <= S; s += CB) {
+        const T* src = X + n * st[0] + s * st[2] + c0;
+        float* d = dst + n * S + s;
+        if constexpr (std::is_same<T, float>::value) {
+          at::vec::transpose_mxn<float, 16, 16>(src, st[2], d, M);
+        } else {
+          for (int64_t r = 0; r < CB; ++r) load_float(src + r * st[2], tile + r * CB, CB);
+          at::vec::transpose_mxn<float, 16, 16>(tile, CB, d, M);
+        }
+      }
+    }
+    for (; s < S; ++s) {
+      const T* src = X + n * st[0] + s * st[2] + c0;
+      for (int64_t b = 0; b < B; ++b) dst[b * M + n * S + s] = static_cast<float>(src[b]);
+    }
+  }
+}
+
+template <typename T>
+static void scatter_block(const float* src, T* Y, const at::IntArrayRef st, int64_t c0, int64_t B, int64_t N,
+                          int64_t S, int64_t M) {
+  float tile[CB * CB];
+  for (int64_t n = 0; n < N; ++n) {
+    int64_t s = 0;
+    if (B == CB) {
+      for (; s + CB <= S; s += CB) {
+        const float* sp = src + n * S + s;
+        T* d = Y + n * st[0] + s * st[2] + c0;
+        if constexpr (std::is_same<T, float>::value) {
+          at::vec::transpose_mxn<float, 16, 16>(sp, M, d, st[2]);
+        } else {
+          at::vec::transpose_mxn<float, 16, 16>(sp, M, tile, CB);
+          for (int64_t r = 0; r < CB; ++r) store_float(tile + r * CB, d + r * st[2], CB);
+        }
+      }
+    }
+    for (; s < S; ++s) {
+      T* d = Y + n * st[0] + s * st[2] + c0;
+      for (int64_t b = 0; b < B; ++b) d[b] = static_cast<T>(src[b * M + n * S + s]);
+    }
+  }
+}
+
 template <typename T>
 static void gather_channel(const T* X, const at::IntArrayRef st, int64_t ch, int64_t N, int64_t S, float* dst) {
   for (int64_t n = 0; n < N; ++n) {
@@ -510,6 +562,26 @@ static void scatter_channel(const float* src, T* Y, const at::IntArrayRef st, in
   }
 }
 
+// Channels per block: several when C is the innermost dimension (a block of buffers up to 4 MiB each), else one.
+static int64_t channel_block(const at::Tensor& x, int64_t M) {
+  if (x.stride(1) != 1 || x.size(1) == 1) return 1;
+  return std::max<int64_t>(1, std::min<int64_t>(CB, (int64_t(1) << 20) / std::max<int64_t>(M, 1)));
+}
+
+template <typename T>
+static void gather(const T* X, const at::IntArrayRef st, int64_t c0, int64_t nb, int64_t N, int64_t S, float* dst,
+                   int64_t M) {
+  if (st[1] == 1 && nb > 1) gather_block(X, st, c0, nb, N, S, dst, M);
+  else for (int64_t b = 0; b < nb; ++b) gather_channel(X, st, c0 + b, N, S, dst + b * M);
+}
+
+template <typename T>
+static void scatter(const float* src, T* Y, const at::IntArrayRef st, int64_t c0, int64_t nb, int64_t N, int64_t S,
+                    int64_t M) {
+  if (st[1] == 1 && nb > 1) scatter_block(src, Y, st, c0, nb, N, S, M);
+  else for (int64_t b = 0; b < nb; ++b) scatter_channel(src + b * M, Y, st, c0 + b, N, S);
+}
+
 std::vector<at::Tensor> channels_forward(const at::Tensor& x, const c10::optional<at::Tensor>& weight,
                                          const c10::optional<at::Tensor>& bias, const c10::optional<at::Tensor>& lam_t,
                                          double lam, int64_t op, bool cts, double eps) {
@@ -526,18 +598,23 @@ std::vector<at::Tensor> channels_forward(const at::Tensor& x, const c10::optiona
     using scalar_t = decltype(tag);
     const scalar_t* X = x.data_ptr<scalar_t>();
     scalar_t* Y = y.data_ptr<scalar_t>();
-    at::parallel_for(0, C, 1, [&](int64_t begin, int64_t end) {
-      std::vector<float> xbuf(M), ybuf(M);
-      for (int64_t ch = begin; ch < end; ++ch) {
-        Affine af;
-        af.per_element = false;
-        af.has_w = Wp != nullptr; af.has_b = Bp != nullptr;
-        af.ws = Wp ? Wp[ch] : 1.f; af.bs = Bp ? Bp[ch] : 0.f;
-        gather_channel(X, x.strides(), ch, N, S, xbuf.data());
-        const Stats st = group_forward(xbuf.data(), ybuf.data(), M, af, c);
-        scatter_channel(ybuf.data(), Y, y.strides(), ch, N, S);
-        float* o = ST + ch * 6;
-        o[0] = st.mu; o[1] = st.r; o[2] = st.var; o[3] = st.m_c; o[4] = st.v_c; o[5] = st.v_u;
+    const int64_t B = channel_block(x, M);
+    at::parallel_for(0, (C + B - 1) / B, 1, [&](int64_t begin, int64_t end) {
+      std::vector<float> xbuf(B * M), ybuf(B * M);
+      for (int64_t blk = begin; blk < end; ++blk) {
+        const int64_t c0 = blk * B, nb = std::min(B, C - c0);
+        gather(X, x.strides(), c0, nb, N, S, xbuf.data(), M);
+        for (int64_t b = 0; b < nb; ++b) {
+          const int64_t ch = c0 + b;
+          Affine af;
+          af.per_element = false;
+          af.has_w = Wp != nullptr; af.has_b = Bp != nullptr;
+          af.ws = Wp ? Wp[ch] : 1.f; af.bs = Bp ? Bp[ch] : 0.f;
+          const Stats st = group_forward(xbuf.data() + b * M, ybuf.data() + b * M, M, af, c);
+          float* o = ST + ch * 6;
+          o[0] = st.mu; o[1] = st.r; o[2] = st.var; o[3] = st.m_c; o[4] = st.v_c; o[5] = st.v_u;
+        }
+        scatter(ybuf.data(), Y, y.strides(), c0, nb, N, S, M);
       }
     });
   });
@@ -566,24 +643,29 @@ std::vector<at::Tensor> channels_backward(const at::Tensor& gy, const at::Tensor
     const scalar_t* X = x.data_ptr<scalar_t>();
     const scalar_t* G = gy.data_ptr<scalar_t>();
     scalar_t* GX = gx.data_ptr<scalar_t>();
-    at::parallel_for(0, C, 1, [&](int64_t begin, int64_t end) {
-      std::vector<float> xbuf(M), gbuf(M), gxbuf(M);
+    const int64_t B = channel_block(x, M);
+    at::parallel_for(0, (C + B - 1) / B, 1, [&](int64_t begin, int64_t end) {
+      std::vector<float> xbuf(B * M), gbuf(B * M), gxbuf(B * M);
       Scratch buf;
       double dl = 0;
-      for (int64_t ch = begin; ch < end; ++ch) {
-        Affine af;
-        af.per_element = false;
-        af.has_w = Wp != nullptr;
-        af.ws = Wp ? Wp[ch] : 1.f;
-        gather_channel(X, x.strides(), ch, N, S, xbuf.data());
-        gather_channel(G, gy.strides(), ch, N, S, gbuf.data());
-        Grads out;
-        group_backward(xbuf.data(), gbuf.data(), gxbuf.data(), M, ST[ch * 6], ST[ch * 6 + 1], af, c, need_dw,
-                       need_db, need_dl, out, buf);
-        scatter_channel(gxbuf.data(), GX, gx.strides(), ch, N, S);
-        GW[ch] = static_cast<float>(out.dw_s);
-        GB[ch] = static_cast<float>(out.db_s);
-        dl += out.dl;
+      for (int64_t blk = begin; blk < end; ++blk) {
+        const int64_t c0 = blk * B, nb = std::min(B, C - c0);
+        gather(X, x.strides(), c0, nb, N, S, xbuf.data(), M);
+        gather(G, gy.strides(), c0, nb, N, S, gbuf.data(), M);
+        for (int64_t b = 0; b < nb; ++b) {
+          const int64_t ch = c0 + b;
+          Affine af;
+          af.per_element = false;
+          af.has_w = Wp != nullptr;
+          af.ws = Wp ? Wp[ch] : 1.f;
+          Grads out;
+          group_backward(xbuf.data() + b * M, gbuf.data() + b * M, gxbuf.data() + b * M, M, ST[ch * 6],
+                         ST[ch * 6 + 1], af, c, need_dw, need_db, need_dl, out, buf);
+          GW[ch] = static_cast<float>(out.dw_s);
+          GB[ch] = static_cast<float>(out.db_s);
+          dl += out.dl;
+        }
+        scatter(gxbuf.data(), GX, gx.strides(), c0, nb, N, S, M);
       }
       dl_part.data_ptr<double>()[at::get_thread_num()] += dl;
     });
