@@ -87,6 +87,9 @@ def _factory_kwargs(module: nn.Module) -> dict:
 
 def _parse_target(target: str) -> tuple[str, Optional[str], Optional[str]]:
     """-> (family, op, only_kind): family is 'ib', 'dyt', 'normalnorm'; only_kind restricts sources."""
+    if not isinstance(target, str):
+        raise TypeError(f"target must be a str (an op such as 'tanh', a registry name, 'normalnorm' or 'dyt'); "
+                        f"got {type(target).__name__}")
     key = canonical_name(target)
     op = ALIASES.get(key, key)
     if op in COMPRESSIONS:

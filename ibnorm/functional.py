@@ -59,8 +59,20 @@ def _autograd(x: Tensor, dims: Sequence[int], centered: bool, eps: float, compre
     return ib_norm_autograd(x, dims, centered, eps, compression, strength, order, weight, bias, wview)
 
 
-def _trailing_dims(x: Tensor, shape: tuple[int, ...]) -> tuple[int, ...]:
-    return tuple(range(x.dim() - len(shape), x.dim()))
+def _last_dims(input: Tensor, normalized_shape: Union[int, Sequence[int]], weight: Optional[Tensor],
+               bias: Optional[Tensor], eps: float, centered: bool, compression: str, strength: Optional[Strength],
+               order: str, impl: str) -> Tensor:
+    """Layer (``centered``) and RMS grouping: groups are the last ``len(normalized_shape)`` dims."""
+    shape = R.normalized_shape_of(normalized_shape)
+    R.check_trailing(input, shape)
+    check_order(order)
+    m = math.prod(shape)
+    y = _rows(input, m, centered, eps, compression, strength, order, weight, bias, (m,), impl)
+    if y is not None:
+        return y
+    dims = tuple(range(input.dim() - len(shape), input.dim()))
+    return _autograd(input, dims, centered, eps, compression, strength, order, weight, bias, shape, impl,
+                     "layer" if centered else "RMS")[0]
 
 
 def ib_layer_norm(input: Tensor, normalized_shape: Union[int, Sequence[int]], weight: Optional[Tensor] = None,
@@ -71,15 +83,7 @@ def ib_layer_norm(input: Tensor, normalized_shape: Union[int, Sequence[int]], we
     impl = resolve_impl(impl)
     if impl == "reference":
         return R.ib_layer_norm(input, normalized_shape, weight, bias, eps, compression, strength, order)
-    shape = R.normalized_shape_of(normalized_shape)
-    R.check_trailing(input, shape)
-    check_order(order)
-    m = math.prod(shape)
-    y = _rows(input, m, True, eps, compression, strength, order, weight, bias, (m,), impl)
-    if y is not None:
-        return y
-    return _autograd(input, _trailing_dims(input, shape), True, eps, compression, strength, order, weight, bias,
-                     shape, impl, "layer")[0]
+    return _last_dims(input, normalized_shape, weight, bias, eps, True, compression, strength, order, impl)
 
 
 def ib_rms_norm(input: Tensor, normalized_shape: Union[int, Sequence[int]], weight: Optional[Tensor] = None,
@@ -89,16 +93,9 @@ def ib_rms_norm(input: Tensor, normalized_shape: Union[int, Sequence[int]], weig
     impl = resolve_impl(impl)
     if impl == "reference":
         return R.ib_rms_norm(input, normalized_shape, weight, eps, compression, strength, order)
-    shape = R.normalized_shape_of(normalized_shape)
-    R.check_trailing(input, shape)
-    check_order(order)
+    R.check_trailing(input, R.normalized_shape_of(normalized_shape))
     eps = torch.finfo(input.dtype).eps if eps is None else eps
-    m = math.prod(shape)
-    y = _rows(input, m, False, eps, compression, strength, order, weight, None, (m,), impl)
-    if y is not None:
-        return y
-    return _autograd(input, _trailing_dims(input, shape), False, eps, compression, strength, order, weight, None,
-                     shape, impl, "RMS")[0]
+    return _last_dims(input, normalized_shape, weight, None, eps, False, compression, strength, order, impl)
 
 
 def ib_group_norm(input: Tensor, num_groups: int, weight: Optional[Tensor] = None, bias: Optional[Tensor] = None,
@@ -159,7 +156,7 @@ def ib_batch_norm(input: Tensor, running_stats: Optional[GroupStats], weight: Op
         wview = (input.shape[1],) + (1,) * (input.dim() - 2)
         y, stats = _autograd(input, dims, True, eps, compression, strength, order, weight, bias, wview, impl, "batch")
         stats = tuple(t if t.numel() else None for t in stats)
-    if training and running_stats is not None:
+    if training and running_stats is not None and count > 0:
         R.update_running(running_stats, GroupStats(*stats), momentum, count)
     return y
 

@@ -43,8 +43,8 @@ def _check_positive_int(name: str, value: int) -> int:
 def _check_eps(eps: Optional[float], allow_none: bool = False) -> Optional[float]:
     if eps is None and allow_none:
         return None
-    if isinstance(eps, bool) or not isinstance(eps, numbers.Real) or not eps >= 0:
-        raise ValueError(f"eps must be a float >= 0; got {eps!r}")
+    if isinstance(eps, bool) or not isinstance(eps, numbers.Real) or not 0 <= eps < float("inf"):
+        raise ValueError(f"eps must be a finite float >= 0; got {eps!r}")
     return float(eps)
 
 

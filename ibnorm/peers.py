@@ -28,7 +28,7 @@ from typing import Optional, Sequence
 import torch
 from torch import Tensor, nn
 
-from .reference import check_trailing, compute_dtype
+from .reference import check_batch_count, check_trailing, compute_dtype
 from .layers import _check_eps, _check_positive_int, _shape_t, _to_shape, reset_affine
 
 NEWTON_MIN_CURVATURE = 1e-2
@@ -180,6 +180,8 @@ class _BatchNormalNorm(nn.Module):
         view = [1, self.num_features] + [1] * (input.dim() - 2)
         x = input.to(compute_dtype(input.dtype))
         use_batch = self.training or not self.track_running_stats
+        if self.training:  # as nn.BatchNorm: a batch of one value per channel has no variance to normalize by
+            check_batch_count(x.numel() // self.num_features, input)
         if use_batch:
             var, mean = torch.var_mean(x, dim=dims, correction=0, keepdim=True)
             h = (x - mean) * torch.rsqrt(var + self.eps)
@@ -188,8 +190,8 @@ class _BatchNormalNorm(nn.Module):
                 self.num_batches_tracked.add_(1)
                 f = 1.0 / float(self.num_batches_tracked) if self.momentum is None else self.momentum
                 n = x.numel() // self.num_features
-                with torch.no_grad():
-                    for buf, new in ((self.running_mean, mean), (self.running_var, var * n / max(n - 1, 1)),
+                with torch.no_grad():  # an empty batch counts, as in nn.BatchNorm, but has no statistics to add
+                    for buf, new in () if n == 0 else ((self.running_mean, mean), (self.running_var, var * n / max(n - 1, 1)),
                                      (self.running_lambda, lam)):
                         buf.mul_(1 - f).add_(new.detach().reshape(-1).to(buf.dtype), alpha=f)
         else:

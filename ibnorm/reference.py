@@ -248,7 +248,7 @@ def ib_batch_norm(
         if training:
             check_batch_count(count, x)
         z, stats = ib_core(xc, dims, True, eps, compression, strength, order, reduce=reduce)
-        if training and running_stats is not None:
+        if training and running_stats is not None and count > 0:
             update_running(running_stats, stats, momentum, count)
     else:
         run = GroupStats(*[None if t is None else t.to(xc.dtype).reshape(view) for t in running_stats])
@@ -257,8 +257,9 @@ def ib_batch_norm(
 
 
 def check_batch_count(count: int, x: Tensor) -> None:
-    """Batch statistics in training need more than one value per channel (as ``nn.BatchNorm``)."""
-    if count <= 1:
+    """Batch statistics in training need more than one value per channel (as ``nn.BatchNorm``; an empty batch passes
+    and updates nothing)."""
+    if count == 1:
         raise ValueError(f"Expected more than 1 value per channel when training, got input size {list(x.shape)}")
 
 

@@ -81,4 +81,11 @@ def get_norm_layer(norm: Union[str, type, functools.partial, Callable[..., nn.Mo
 
 def create_norm_layer(name: Union[str, type, functools.partial], num_features: Any, **kwargs: Any) -> nn.Module:
     """Build a norm layer by name: ``create_norm_layer("ib_layer_tanh", 768, strength=0.3)``."""
-    return get_norm_layer(name)(num_features, **kwargs)
+    factory = get_norm_layer(name)
+    fixed = factory.keywords if isinstance(factory, functools.partial) else {}
+    clash = {k: (fixed[k], v) for k, v in kwargs.items() if k in fixed and fixed[k] != v}
+    if clash:
+        raise ValueError(f"{name!r} fixes " + ", ".join(f"{k}={a!r}" for k, (a, _) in clash.items())
+                         + "; it conflicts with " + ", ".join(f"{k}={b!r}" for k, (_, b) in clash.items())
+                         + ": use the registry name that has it, or the class")
+    return factory(num_features, **kwargs)

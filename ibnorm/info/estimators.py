@@ -248,6 +248,8 @@ def mutual_information(x: Any, y: Any, method: str = "ksg", **kwargs: Any) -> fl
     if method == "ksg" and k < 1:
         raise ValueError(f"k must be >= 1; got {k}")
     x, y = _validate(x, y, k)
+    if np.ptp(x, axis=0).max() == 0 or np.ptp(y, axis=0).max() == 0:
+        return 0.0  # a constant carries no information (and would give KSG's jitter something to find)
     if method == "ksg":
         return ksg(x, y, **kwargs)
     if method == "renyi":

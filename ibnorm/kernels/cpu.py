@@ -50,6 +50,16 @@ def _stable_source(flags: list[str]) -> Path:
     return dst
 
 
+def _put_ninja_on_path() -> None:
+    """cpp_extension runs `ninja` from PATH; PyPI's ninja (a dev extra) sits in the venv, off PATH unless activated."""
+    try:
+        import ninja
+    except ImportError:
+        return
+    if ninja.BIN_DIR not in os.environ.get("PATH", "").split(os.pathsep):
+        os.environ["PATH"] = ninja.BIN_DIR + os.pathsep + os.environ.get("PATH", "")
+
+
 def load():
     """The compiled extension, or None (with one warning saying why) when it cannot be had."""
     global _module, _failed
@@ -66,6 +76,7 @@ def load():
             _failed = f"CPU capability {cap} has no vectorized build"
             return None
         try:
+            _put_ninja_on_path()
             from torch.utils.cpp_extension import load as cpp_load
             flags = ["-O3", "-fopenmp", *_FLAGS[cap]]
             src = _stable_source(flags)

@@ -16,6 +16,16 @@ from .sweep import ABLATIONS, ALL_MODELS, GRID_PRESETS, IB_OPS, ablation_norms, 
 from .train import TrainConfig, train
 
 
+def _bool(s: str) -> bool:
+    """A strict boolean: 'maybe' is an error, not False."""
+    low = s.strip().lower()
+    if low in ("1", "true", "yes", "on"):
+        return True
+    if low in ("0", "false", "no", "off"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected true or false (1/0, yes/no, on/off); got {s!r}")
+
+
 def _csv(kind):
     return lambda s: [kind(x) for x in s.split(",") if x]
 
@@ -34,7 +44,7 @@ def _add_train_args(p: argparse.ArgumentParser) -> None:
             continue
         flag = "--" + f.name.replace("_", "-")
         if f.type in ("bool",) or isinstance(f.default, bool):
-            p.add_argument(flag, type=lambda s: s.lower() in ("1", "true", "yes"), default=None, metavar="BOOL")
+            p.add_argument(flag, type=_bool, default=None, metavar="BOOL")
         else:
             kind = {"int": int, "float": float, "str": str}.get(str(f.type).replace("Optional[", "").rstrip("]"), str)
             p.add_argument(flag, type=kind, default=None)
@@ -48,7 +58,10 @@ def _overrides(args: argparse.Namespace) -> dict:
 def cmd_train(args: argparse.Namespace) -> int:
     cfg = TrainConfig(model=args.model, norm=args.norm, seed=args.seed, progress=not args.no_progress, **_overrides(args))
     out = Path(args.out or f"runs/train/{args.model}/{slug(args.norm)}/seed{args.seed}")
+    finished = (out / "result.json").exists()
     result = train(cfg, out)
+    if finished:
+        print(f"{out} already holds this finished run; nothing was trained (delete it to train again)", file=sys.stderr)
     if "stopped_at" in result:
         print(f"stopped after step {result['stopped_at']}; run the same command to continue ({result['checkpoint']})",
               file=sys.stderr)

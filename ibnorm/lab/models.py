@@ -123,7 +123,10 @@ def apply_norm(model: nn.Module, preset: Preset, norm: str) -> ConversionReport:
         if not kwargs:
             return ConversionReport(target="base")
         name = "none"  # the identity op equals the base norm; it carries options such as affine=0
-    report = convert_norms(model, name, **kwargs)
+    try:
+        report = convert_norms(model, name, **kwargs)
+    except TypeError as e:  # a misspelled option or a value of the wrong type, named by the layer
+        raise ValueError(f"norm {norm!r}: {e}") from None
     if report.total == 0:
         raise ValueError(f"norm {norm!r} converts no layer of {preset.name} (skipped: {report.skipped})")
     return report

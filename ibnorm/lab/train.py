@@ -133,12 +133,26 @@ def load_canonical_state(model: nn.Module, state: dict) -> None:
         raise ValueError(f"checkpoint does not fit the model: missing {bad}, unexpected {unexpected}")
 
 
+def _config_difference(saved: dict, cfg: TrainConfig) -> str:
+    """The fields in which a saved config differs from ``cfg``, as 'field: saved -> now'."""
+    saved, now = fingerprint_of(saved), cfg.fingerprint()
+    return ", ".join(f"{k}: {saved.get(k)!r} -> {now.get(k)!r}" for k in sorted(set(saved) | set(now))
+                     if saved.get(k) != now.get(k))
+
+
 def _check_resumable(ckpt: dict, cfg: TrainConfig, path: Path) -> None:
-    saved = fingerprint_of(ckpt["config"])
-    if saved != cfg.fingerprint():
-        diff = {k: (saved.get(k), v) for k, v in cfg.fingerprint().items() if saved.get(k) != v}
-        raise ValueError(f"{path} holds a checkpoint of a different configuration {diff}; "
+    diff = _config_difference(ckpt["config"], cfg)
+    if diff:
+        raise ValueError(f"{path} holds a checkpoint of a different configuration ({diff}); "
                          f"use another output directory or delete it")
+
+
+def _load_checkpoint(path: Path, device: torch.device) -> dict:
+    try:
+        return torch.load(path, map_location=device, weights_only=False)
+    except Exception as e:  # truncated or foreign file: say which and what to do, not a pickle traceback
+        raise ValueError(f"{path} cannot be read as a checkpoint ({type(e).__name__}: {str(e)[:200]}); "
+                         f"delete it to train this run from the start") from None
 
 
 def train(cfg: TrainConfig, out_dir: str | Path) -> dict:
@@ -150,9 +164,11 @@ def train(cfg: TrainConfig, out_dir: str | Path) -> dict:
     result_path, ckpt_path = out_dir / "result.json", out_dir / "ckpt.pt"
     if result_path.exists():
         result = json.loads(result_path.read_text())
-        if fingerprint_of(result["config"]) == cfg.fingerprint():
+        diff = _config_difference(result["config"], cfg)
+        if not diff:
             return result
-        raise ValueError(f"{result_path} is a finished run of a different configuration; use another output directory")
+        raise ValueError(f"{result_path} is a finished run of a different configuration ({diff}); "
+                         f"use another output directory")
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
 
@@ -180,7 +196,7 @@ def train(cfg: TrainConfig, out_dir: str | Path) -> dict:
 
     start, history, elapsed, acc, resumed_from = 0, [], 0.0, [0.0, 0], []
     if ckpt_path.exists():
-        ckpt = torch.load(ckpt_path, map_location=dist.device, weights_only=False)
+        ckpt = _load_checkpoint(ckpt_path, dist.device)
         _check_resumable(ckpt, cfg, ckpt_path)
         load_canonical_state(dist.unwrap(model), ckpt["model"])
         opt.load_state_dict(ckpt["optimizer"])

@@ -1,0 +1,95 @@
+"""Defects found by trying the library as a demanding user would (issue 10), each with the test that caught it."""
+import os
+import stat
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+import ibnorm
+from ibnorm.info import mutual_information
+
+
+def test_infinite_eps_is_refused():
+    with pytest.raises(ValueError, match="eps must be a finite float"):
+        ibnorm.IBLayerNorm(8, eps=float("inf"))
+    with pytest.raises(ValueError, match="eps must be a finite float"):
+        ibnorm.IBBatchNorm2d(4, eps=float("nan"))
+
+
+@pytest.mark.parametrize("target", [None, 5, nn.LayerNorm])
+def test_convert_norms_rejects_a_target_of_the_wrong_type(target):
+    model = nn.Sequential(nn.LayerNorm(4))
+    with pytest.raises(TypeError, match="target must be a str"):
+        ibnorm.convert_norms(model, target)
+    assert isinstance(model[0], nn.LayerNorm)
+
+
+def test_registry_name_and_keyword_must_agree():
+    with pytest.raises(ValueError, match="'ib_layer_tanh' fixes compression='tanh'; it conflicts with compression='log'"):
+        ibnorm.create_norm_layer("ib_layer_tanh", 16, compression="log")
+    assert ibnorm.create_norm_layer("ib_layer_tanh", 16, compression="tanh").compression == "tanh"  # agreeing is fine
+
+
+@pytest.mark.parametrize("cls", [ibnorm.BatchNormalNorm2d, ibnorm.IBBatchNorm2d])
+def test_batch_layers_handle_batches_without_variance_like_batchnorm(cls):
+    """One value per channel raises, as nn.BatchNorm does; an empty batch passes and leaves the running statistics."""
+    for layer in (nn.BatchNorm2d(3), cls(3)):
+        with pytest.raises(ValueError, match="more than 1 value per channel"):
+            layer(torch.randn(1, 3, 1, 1))
+        assert layer(torch.randn(0, 3, 2, 2)).shape == (0, 3, 2, 2)
+        for name, buf in layer.named_buffers():
+            assert torch.isfinite(buf.float()).all(), name
+        assert torch.all(layer.running_var == 1) and torch.all(layer.running_mean == 0)
+    layer = ibnorm.BatchNormalNorm1d(3)
+    with pytest.raises(ValueError, match="more than 1 value per channel"):
+        layer(torch.randn(1, 3))
+
+
+@pytest.mark.parametrize("method", ["ksg", "renyi", "binning"])
+def test_a_constant_has_no_information(method):
+    y = np.random.default_rng(0).standard_normal(500)
+    for seed in (0, 1):
+        kw = {"seed": seed} if method == "ksg" else {}
+        assert mutual_information(np.ones(500), y, method, **kw) == 0.0
+        assert mutual_information(y, np.full(500, 3.0), method, **kw) == 0.0
+
+
+def test_written_files_follow_the_umask(tmp_path):
+    from ibnorm.atomic import atomic_write_text
+    old = os.umask(0o022)
+    try:
+        atomic_write_text(tmp_path / "a.json", "{}")
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE((tmp_path / "a.json").stat().st_mode) == 0o644
+
+
+def test_cli_errors_are_one_line_with_exit_code_2(tmp_path, capsys):
+    from ibnorm.lab.cli import main
+    base = ["train", "--model", "resnet-mini", "--steps", "1", "--no-progress", "--out", str(tmp_path / "r")]
+    for spec, words in (("ib_tanh:strength=abc", "strength must be a float"),
+                        ("ib_tanh:foo=1", "foo")):
+        assert main([*base, "--norm", spec]) == 2
+        err = capsys.readouterr().err.strip()
+        assert err.startswith("ibnorm train: error: norm") and words in err and "\n" not in err, err
+    with pytest.raises(SystemExit) as e:
+        main([*base, "--sync-bn", "maybe"])
+    assert e.value.code == 2 and "expected true or false" in capsys.readouterr().err
+
+
+def test_a_corrupt_checkpoint_and_a_changed_config_are_named(tmp_path):
+    from ibnorm.lab.train import TrainConfig, train
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "ckpt.pt").write_bytes(b"not a checkpoint")
+    cfg = TrainConfig(model="resnet-mini", width=8, steps=2, progress=False)
+    with pytest.raises(ValueError, match="cannot be read as a checkpoint.*delete it"):
+        train(cfg, out)
+    import dataclasses
+    import json
+    (out / "ckpt.pt").unlink()
+    (out / "result.json").write_text(json.dumps({"config": dataclasses.asdict(dataclasses.replace(cfg, steps=3).resolved())}))
+    with pytest.raises(ValueError, match=r"different configuration \(steps: 3 -> 2\)"):
+        train(cfg, out)
