@@ -6,7 +6,7 @@ plain transcription of the definition (``docs/method.md``), ``ibnorm.ops`` the c
 (optional ``lab`` extra), which this package never imports.
 """
 from . import functional
-from .convert import ConversionReport, convert_norms
+from .convert import ConversionReport, convert_norms, from_pretrained
 from .distributed import IBSyncBatchNorm, convert_sync_ibnorm
 from .layers import IBBatchNorm1d, IBBatchNorm2d, IBBatchNorm3d, IBGroupNorm, IBLayerNorm, IBRMSNorm
 from .ops import COMPRESSIONS, ORDERS, compress, get_compression
@@ -19,6 +19,6 @@ __all__ = [
     "COMPRESSIONS", "ORDERS", "compress", "get_compression", "functional",
     "IBLayerNorm", "IBRMSNorm", "IBGroupNorm", "IBBatchNorm1d", "IBBatchNorm2d", "IBBatchNorm3d",
     "LayerNormalNorm", "BatchNormalNorm1d", "BatchNormalNorm2d", "DynamicTanh",
-    "get_norm_layer", "create_norm_layer", "list_norm_layers", "convert_norms", "ConversionReport",
+    "get_norm_layer", "create_norm_layer", "list_norm_layers", "convert_norms", "ConversionReport", "from_pretrained",
     "IBSyncBatchNorm", "convert_sync_ibnorm",
 ]

@@ -1,8 +1,10 @@
 """``convert_norms``: swap a model's norm layers for IBNorm (or a peer) in place, keeping their state."""
 from __future__ import annotations
 
+import json
 from collections import Counter
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Optional
 
 import torch
@@ -188,4 +190,64 @@ def convert_norms(model: nn.Module, target: str, **layer_kwargs: Any) -> Convers
             done[id(child)] = new
             report.replaced[type(child).__name__] += 1
             report.paths.append((path, type(child).__name__, type(new).__name__))
+    if report.total:
+        _record_in_config(model, target, layer_kwargs)
     return report
+
+
+# ---- saving and reloading converted Hugging Face models --------------------------------------------------------
+
+CONFIG_KEY = "ibnorm_conversions"  # the list of convert_norms calls, kept in a PreTrainedModel's config
+
+
+def _record_in_config(model: nn.Module, target: str, layer_kwargs: dict) -> None:
+    """Note the conversion in a Hugging Face config, which save_pretrained writes to config.json."""
+    config = getattr(model, "config", None)
+    if config is None or not hasattr(config, "to_json_string"):
+        return
+    try:
+        json.dumps(layer_kwargs)
+    except TypeError as e:
+        raise TypeError(f"layer_kwargs must be JSON values to be recorded in the model's config; got {layer_kwargs!r}") from e
+    setattr(config, CONFIG_KEY, list(getattr(config, CONFIG_KEY, None) or []) + [{"target": target, "kwargs": layer_kwargs}])
+
+
+def _saved_state(path: Path) -> dict:
+    """Every tensor of a save_pretrained directory: safetensors or torch files, sharded or not."""
+    for index_name, single in (("model.safetensors.index.json", "model.safetensors"),
+                               ("pytorch_model.bin.index.json", "pytorch_model.bin")):
+        index = path / index_name
+        files = sorted(set(json.loads(index.read_text())["weight_map"].values())) if index.exists() else \
+            ([single] if (path / single).exists() else [])
+        if files:
+            state = {}
+            for name in files:
+                if name.endswith(".safetensors"):
+                    from safetensors.torch import load_file
+                    state.update(load_file(str(path / name)))
+                else:
+                    state.update(torch.load(path / name, map_location="cpu", weights_only=True))
+            return state
+    raise FileNotFoundError(f"path must be a save_pretrained directory with model.safetensors or pytorch_model.bin; "
+                            f"found neither in {path}")
+
+
+def from_pretrained(model_class: Any, path: str | Path, **kwargs: Any) -> nn.Module:
+    """``model_class.from_pretrained(path, **kwargs)``, then the conversions recorded in its config reapplied and
+    every saved weight and buffer loaded: learned strengths, running statistics and the layers' settings.
+
+    Saving is ``model.save_pretrained(path)`` after :func:`convert_norms`; a model never converted loads as usual.
+    """
+    model = model_class.from_pretrained(path, **kwargs)
+    conversions = getattr(model.config, CONFIG_KEY, None) or []
+    for record in conversions:
+        convert_norms(model, record["target"], **record["kwargs"])
+    if not conversions:
+        return model
+    missing, unexpected = model.load_state_dict(_saved_state(Path(path)), strict=False)
+    norm_paths = tuple(f"{name}." for name, m in model.named_modules() if isinstance(m, IB_LAYERS + PEERS))
+    lost = [k for k in missing if k.startswith(norm_paths)]
+    if lost or unexpected:
+        raise ValueError(f"{path} does not fit the converted model: norm-layer keys missing {lost}, "
+                         f"unexpected {list(unexpected)}")
+    return model

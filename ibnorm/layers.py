@@ -10,6 +10,7 @@ paper), ``order`` (``compress_then_standardize``, the definition, or ``standardi
 """
 from __future__ import annotations
 
+import json
 import numbers
 from typing import Optional, Sequence, Union
 
@@ -56,8 +57,46 @@ def reset_affine(module: nn.Module) -> None:
             init(param)
 
 
-class _IBMixin:
+class SettingsInState:
+    """Keeps a layer's settings in its state dict, so that they travel with the weights.
+
+    ``layer_settings()`` (name -> number, string or bool) is saved as the buffer ``norm_settings``, JSON text as uint8,
+    which dtype casts leave alone and safetensors can store. Loading a state saved with other settings fails and
+    names each difference; a state saved before settings were recorded loads as it did.
+    """
+
+    def layer_settings(self) -> dict:
+        raise NotImplementedError
+
+    def _register_settings(self) -> None:
+        text = json.dumps(self.layer_settings(), sort_keys=True).encode()
+        self.register_buffer("norm_settings", torch.tensor(list(text), dtype=torch.uint8), persistent=True)
+
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
+                              error_msgs) -> None:
+        key = prefix + "norm_settings"
+        saved = state_dict.get(key)
+        if saved is not None:
+            theirs, mine = json.loads(bytes(saved.tolist()).decode()), self.layer_settings()
+            diff = [f"{k}: saved {theirs.get(k)!r}, this layer {mine.get(k)!r}" for k in sorted(set(theirs) | set(mine))
+                    if theirs.get(k) != mine.get(k)]
+            if diff:
+                error_msgs.append(f"{type(self).__name__} '{prefix[:-1]}' was saved with other settings ("
+                                  + "; ".join(diff) + "): build it with the saved settings (ibnorm.from_pretrained "
+                                  "does for converted Hugging Face models)")
+                return
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
+                                      error_msgs)
+        if saved is None and key in missing_keys:  # a state from before settings were saved
+            missing_keys.remove(key)
+
+
+class _IBMixin(SettingsInState):
     """Holds the compression op, its strength (fixed or learnable) and the order."""
+
+    def layer_settings(self) -> dict:
+        return {"compression": self.compression, "strength": self.init_strength, "order": self.order,
+                "learnable_strength": self.learnable_strength}
 
     compression: str
     order: str
@@ -69,6 +108,7 @@ class _IBMixin:
         self.order = check_order(order)
         self.init_strength = resolve_strength(self.compression, strength)
         self.learnable_strength = bool(learnable_strength)
+        self._register_settings()
         if self.learnable_strength:
             if self.init_strength is None:
                 raise ValueError("learnable_strength=True needs compression 'power', 'log' or 'tanh'; got 'none'")

@@ -29,7 +29,7 @@ import torch
 from torch import Tensor, nn
 
 from .reference import check_batch_count, check_trailing, compute_dtype
-from .layers import _check_eps, _check_positive_int, _shape_t, _to_shape, reset_affine
+from .layers import SettingsInState, _check_eps, _check_positive_int, _shape_t, _to_shape, reset_affine
 
 NEWTON_MIN_CURVATURE = 1e-2
 _SMALL = 1e-6
@@ -97,7 +97,12 @@ def _check_noise(noise_train: float) -> float:
     return float(noise_train)
 
 
-class LayerNormalNorm(nn.Module):
+class _NoiseSetting(SettingsInState):
+    def layer_settings(self) -> dict:
+        return {"noise_train": self.noise_train}
+
+
+class LayerNormalNorm(_NoiseSetting, nn.Module):
     """NormalNorm with LayerNorm's grouping and signature (plus ``noise_train``, default 1.0)."""
 
     def __init__(self, normalized_shape: _shape_t, eps: float = 1e-5, elementwise_affine: bool = True,
@@ -108,6 +113,7 @@ class LayerNormalNorm(nn.Module):
         self.eps = _check_eps(eps)
         self.elementwise_affine = elementwise_affine
         self.noise_train = _check_noise(noise_train)
+        self._register_settings()
         self.weight = nn.Parameter(torch.empty(self.normalized_shape, **factory)) if elementwise_affine else None
         self.bias = nn.Parameter(torch.empty(self.normalized_shape, **factory)) if elementwise_affine and bias else None
         self.reset_parameters()
@@ -133,7 +139,7 @@ class LayerNormalNorm(nn.Module):
         return f"{self.normalized_shape}, eps={self.eps}, elementwise_affine={self.elementwise_affine}, noise_train={self.noise_train}"
 
 
-class _BatchNormalNorm(nn.Module):
+class _BatchNormalNorm(_NoiseSetting, nn.Module):
     """NormalNorm with BatchNorm's grouping: per channel over batch and spatial dims.
 
     Running averages (momentum, unbiased variance, as ``nn.BatchNorm``) of the mean and variance of
@@ -152,6 +158,7 @@ class _BatchNormalNorm(nn.Module):
         self.affine = affine
         self.track_running_stats = track_running_stats
         self.noise_train = _check_noise(noise_train)
+        self._register_settings()
         self.weight = nn.Parameter(torch.empty(num_features, **factory)) if affine else None
         self.bias = nn.Parameter(torch.empty(num_features, **factory)) if affine else None
         if track_running_stats:
@@ -216,7 +223,7 @@ class BatchNormalNorm2d(_BatchNormalNorm):
     _expected_dims = (4,)
 
 
-class DynamicTanh(nn.Module):
+class DynamicTanh(SettingsInState, nn.Module):
     """Dynamic Tanh: ``weight * tanh(alpha * x) + bias``, ``alpha`` a learnable scalar.
 
     ``channels_last=True`` applies ``weight``/``bias`` over the last dims (transformers);
@@ -234,10 +241,14 @@ class DynamicTanh(nn.Module):
             raise TypeError(f"alpha_init must be a float; got {type(alpha_init).__name__}")
         self.alpha_init = float(alpha_init)
         self.channels_last = channels_last
+        self._register_settings()
         self.alpha = nn.Parameter(torch.empty(1, **factory))
         self.weight = nn.Parameter(torch.empty(self.normalized_shape, **factory))
         self.bias = nn.Parameter(torch.empty(self.normalized_shape, **factory))
         self.reset_parameters()
+
+    def layer_settings(self) -> dict:
+        return {"channels_last": self.channels_last}
 
     def reset_parameters(self) -> None:
         nn.init.constant_(self.alpha, self.alpha_init)

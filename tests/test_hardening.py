@@ -93,3 +93,79 @@ def test_a_corrupt_checkpoint_and_a_changed_config_are_named(tmp_path):
     (out / "result.json").write_text(json.dumps({"config": dataclasses.asdict(dataclasses.replace(cfg, steps=3).resolved())}))
     with pytest.raises(ValueError, match=r"different configuration \(steps: 3 -> 2\)"):
         train(cfg, out)
+
+
+# ---- settings travel with the weights; converted models reload ----------------------------------------------
+
+def test_a_state_saved_with_other_settings_is_refused_by_name():
+    saved = ibnorm.IBLayerNorm(8, compression="tanh", strength=0.3).state_dict()
+    with pytest.raises(RuntimeError, match=r"strength: saved 0.3, this layer 0.9"):
+        ibnorm.IBLayerNorm(8, compression="tanh", strength=0.9).load_state_dict(saved)
+    with pytest.raises(RuntimeError, match=r"compression: saved 'tanh', this layer 'log'"):
+        ibnorm.IBLayerNorm(8, compression="log", strength=0.3).load_state_dict(saved)
+    with pytest.raises(RuntimeError, match=r"noise_train: saved 0.4"):
+        ibnorm.LayerNormalNorm(8).load_state_dict(ibnorm.LayerNormalNorm(8, noise_train=0.4).state_dict())
+    ibnorm.IBLayerNorm(8, compression="tanh", strength=0.3).half().load_state_dict(saved)  # dtype casts keep them
+    old = {k: v for k, v in saved.items() if k != "norm_settings"}  # a state from before settings were saved
+    ibnorm.IBLayerNorm(8, compression="tanh", strength=0.9).load_state_dict(old)
+
+
+def test_plain_module_recipe_round_trip(tmp_path):
+    """The README's recipe for a plain nn.Module: save the state dict; rebuild, convert the same way, load."""
+    def build():
+        torch.manual_seed(0)
+        return nn.Sequential(nn.Conv2d(1, 4, 3), nn.BatchNorm2d(4), nn.Flatten(), nn.LayerNorm(64))
+
+    model = build()
+    ibnorm.convert_norms(model, "tanh", strength=0.3, learnable_strength=True)
+    with torch.no_grad():
+        model[3].strength_raw.fill_(1.7)
+    model(torch.randn(8, 1, 6, 6))  # moves the running statistics
+    model.eval()
+    torch.save(model.state_dict(), tmp_path / "model.pt")
+    again = build()
+    ibnorm.convert_norms(again, "tanh", strength=0.3, learnable_strength=True)
+    again.load_state_dict(torch.load(tmp_path / "model.pt", weights_only=True))
+    again.eval()
+    x = torch.randn(3, 1, 6, 6)
+    torch.testing.assert_close(again(x), model(x))
+
+
+@pytest.mark.parametrize("family", ["gpt2", "llama", "resnet"])
+def test_save_pretrained_then_from_pretrained_gives_the_same_logits(tmp_path, family):
+    transformers = pytest.importorskip("transformers")
+    transformers.logging.set_verbosity_error()
+    torch.manual_seed(0)
+    if family == "gpt2":
+        cls, model = transformers.GPT2LMHeadModel, transformers.GPT2LMHeadModel(
+            transformers.GPT2Config(n_layer=1, n_embd=16, n_head=2, vocab_size=50, n_positions=16))
+        inputs = {"input_ids": torch.randint(0, 50, (2, 8))}
+    elif family == "llama":
+        cls, model = transformers.LlamaForCausalLM, transformers.LlamaForCausalLM(transformers.LlamaConfig(
+            num_hidden_layers=1, hidden_size=16, intermediate_size=32, num_attention_heads=2, num_key_value_heads=2,
+            vocab_size=50, max_position_embeddings=16))
+        inputs = {"input_ids": torch.randint(0, 50, (2, 8))}
+    else:
+        cls, model = transformers.ResNetForImageClassification, transformers.ResNetForImageClassification(
+            transformers.ResNetConfig(num_channels=1, embedding_size=8, hidden_sizes=[8, 16], depths=[1, 1],
+                                      layer_type="basic", num_labels=3))
+        inputs = {"pixel_values": torch.randn(4, 1, 32, 32)}
+    report = ibnorm.convert_norms(model, "tanh", strength=0.3, learnable_strength=True)
+    assert report.total > 0
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, ibnorm.IBBatchNorm2d) or hasattr(m, "strength_raw"):
+                m.strength_raw.add_(0.7)  # a "learned" strength, not the initial one
+    model.train()
+    model(**inputs)  # running statistics, mean(c)/var(c)/var(u) included, move away from their init
+    model.eval()
+    model.save_pretrained(tmp_path)
+    stock = cls.from_pretrained(tmp_path)  # what transformers alone gives back: the stock norms
+    loaded = ibnorm.from_pretrained(cls, tmp_path).eval()
+    want = model(**inputs).logits
+    torch.testing.assert_close(loaded(**inputs).logits, want)
+    assert not torch.allclose(stock.eval()(**inputs).logits, want, atol=1e-4)
+    ours, theirs = model.state_dict(), loaded.state_dict()
+    for key in ours:
+        if key.endswith(("strength_raw", "running_mean_c", "running_var_c", "running_var_u", "norm_settings")):
+            torch.testing.assert_close(theirs[key], ours[key], msg=key)
