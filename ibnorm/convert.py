@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from .ops import ALIASES, COMPRESSIONS
-from .layers import IB_CLASS_BY_GROUPING, IB_LAYERS
+from .layers import IB_CLASS_BY_GROUPING, IB_LAYERS, _IBMixin
 from .peers import PEERS, DynamicTanh
 from .registry import IB_GROUPINGS, _REGISTRY, canonical_name
 
@@ -48,9 +48,21 @@ def is_hf_rmsnorm(module: nn.Module) -> bool:
             and hasattr(module, "variance_epsilon"))
 
 
+def _skip_reason(module: nn.Module) -> Optional[str]:
+    """Why a norm layer that ``norm_kind`` does not convert is left alone, or None for other modules."""
+    if isinstance(module, (_IBMixin,) + PEERS):
+        return f"already {type(module).__name__}: convert the original model, or build the layer you want directly"
+    if isinstance(module, nn.modules.batchnorm._NormBase) and type(module) not in _BN_KIND:
+        return f"{type(module).__name__} is not a plain BatchNorm1d/2d/3d (a subclass, SyncBatchNorm or instance norm)"
+    for base in (nn.LayerNorm, nn.GroupNorm, nn.RMSNorm):
+        if isinstance(module, base) and type(module) is not base and type(module).forward is not base.forward:
+            return f"{type(module).__name__} subclasses {base.__name__} with its own forward, which a replacement would lose"
+    return None
+
+
 def norm_kind(module: nn.Module) -> Optional[str]:
     """The grouping of a base norm layer (``layer``, ``rms``, ``batch1d/2d/3d``, ``group``) or None."""
-    if isinstance(module, IB_LAYERS + PEERS):
+    if _skip_reason(module) is not None:
         return None
     if isinstance(module, nn.LayerNorm):
         return "layer"
@@ -74,10 +86,12 @@ def _source_config(module: nn.Module, kind: str) -> dict:
                         elementwise_affine=module.elementwise_affine)
         return dict(normalized_shape=tuple(module.weight.shape), eps=float(module.variance_epsilon),
                     elementwise_affine=True)
+    # bias=False (no bias under an affine map) is kept for every grouping
     if kind == "group":
-        return dict(num_groups=module.num_groups, num_channels=module.num_channels, eps=module.eps, affine=module.affine)
+        return dict(num_groups=module.num_groups, num_channels=module.num_channels, eps=module.eps, affine=module.affine,
+                    bias=module.bias is not None or not module.affine)
     return dict(num_features=module.num_features, eps=module.eps, momentum=module.momentum, affine=module.affine,
-                track_running_stats=module.track_running_stats)
+                track_running_stats=module.track_running_stats, bias=module.bias is not None or not module.affine)
 
 
 def _factory_kwargs(module: nn.Module) -> dict:
@@ -126,6 +140,7 @@ def _build(family: str, op: Optional[str], kind: str, src: nn.Module, layer_kwar
     if family == "ib":
         return IB_CLASS_BY_GROUPING[kind](**cfg, **fk, compression=op, **layer_kwargs)
     if family == "dyt":
+        cfg.pop("bias", None)
         if kind in ("layer", "rms"):
             return DynamicTanh(cfg["normalized_shape"], channels_last=True, **fk, **layer_kwargs)
         channels = cfg["num_channels"] if kind == "group" else cfg["num_features"]
@@ -133,8 +148,11 @@ def _build(family: str, op: Optional[str], kind: str, src: nn.Module, layer_kwar
     name = _NORMALNORM.get(kind)
     if name is None:
         return None
-    if kind == "rms":
-        cfg = dict(cfg, bias=False)
+    if kind == "rms":  # NormalNorm centres; nn.RMSNorm's eps=None means the dtype's machine epsilon
+        eps = cfg["eps"] if cfg["eps"] is not None else torch.finfo(fk.get("dtype", torch.float32)).eps
+        cfg = dict(cfg, bias=False, eps=eps)
+    if kind.startswith("batch") or kind == "group":
+        cfg.pop("bias")  # NormalNorm's batch layers have no bias switch
     return _REGISTRY[name](**cfg, **fk, **layer_kwargs)
 
 
@@ -166,30 +184,40 @@ def convert_norms(model: nn.Module, target: str, **layer_kwargs: Any) -> Convers
         raise ValueError("model must contain the norm layers, not be one: convert its parent, or build the "
                          "layer with ibnorm.create_norm_layer")
     family, op, only_kind = _parse_target(target)
+    if family == "ib" and "compression" in layer_kwargs:
+        raise ValueError(f"compression must not be given with target {target!r}, which names the op; got "
+                         f"compression={layer_kwargs['compression']!r}")
     report = ConversionReport(target=target)
-    done: dict[int, nn.Module] = {}
+    # Every replacement is built before any is made: an error leaves the model as it was.
+    plan: list[tuple[nn.Module, str, nn.Module]] = []
+    built: dict[int, nn.Module] = {}
     for parent_path, parent in list(model.named_modules()):
         for child_name, child in list(parent._modules.items()):  # not named_children: it hides shared modules
             path = f"{parent_path}.{child_name}" if parent_path else child_name
-            kind = None if child is None else norm_kind(child)
+            if child is None:
+                continue
+            kind = norm_kind(child)
             if kind is None:
+                reason = _skip_reason(child)
+                if reason is not None:
+                    report.skipped[path] = reason
                 continue
-            if id(child) in done:
-                setattr(parent, child_name, done[id(child)])
-                continue
-            if only_kind is not None and kind != only_kind:
-                report.skipped[path] = f"{type(child).__name__} is {kind}-grouped, target {target!r} is {only_kind}-grouped"
-                continue
-            new = _build(family, op, kind, child, layer_kwargs)
-            if new is None:
-                report.skipped[path] = f"no {family} layer for {kind} grouping"
-                continue
-            _copy_state(child, new)
-            new.train(child.training)
-            setattr(parent, child_name, new)
-            done[id(child)] = new
-            report.replaced[type(child).__name__] += 1
-            report.paths.append((path, type(child).__name__, type(new).__name__))
+            if id(child) not in built:
+                if only_kind is not None and kind != only_kind:
+                    report.skipped[path] = f"{type(child).__name__} is {kind}-grouped, target {target!r} is {only_kind}-grouped"
+                    continue
+                new = _build(family, op, kind, child, layer_kwargs)
+                if new is None:
+                    report.skipped[path] = f"no {family} layer for {kind} grouping"
+                    continue
+                _copy_state(child, new)
+                new.train(child.training)
+                built[id(child)] = new
+                report.replaced[type(child).__name__] += 1
+                report.paths.append((path, type(child).__name__, type(new).__name__))
+            plan.append((parent, child_name, built[id(child)]))
+    for parent, child_name, new in plan:  # a module shared at several places stays shared
+        setattr(parent, child_name, new)
     if report.total:
         _record_in_config(model, target, layer_kwargs)
     return report

@@ -225,7 +225,8 @@ class IBGroupNorm(_IBMixin, nn.Module):
     """IBNorm with ``nn.GroupNorm``'s grouping: per sample, per group of channels."""
 
     def __init__(self, num_groups: int, num_channels: int, eps: float = 1e-5, affine: bool = True,
-                 device=None, dtype=None, *, compression: str = "power", strength: Optional[float] = None,
+                 device=None, dtype=None, *, bias: bool = True, compression: str = "power",
+                 strength: Optional[float] = None,
                  learnable_strength: bool = False, order: str = COMPRESS_THEN_STANDARDIZE,
                  impl: Optional[str] = None) -> None:
         super().__init__()
@@ -236,7 +237,7 @@ class IBGroupNorm(_IBMixin, nn.Module):
             raise ValueError(f"num_channels must be divisible by num_groups; got num_channels={num_channels}, num_groups={num_groups}")
         self.eps = _check_eps(eps)
         self.affine = affine
-        self._register_affine((num_channels,), affine, affine, factory)
+        self._register_affine((num_channels,), affine, affine and bias, factory)
         self._init_ib(compression, strength, learnable_strength, order, factory, impl)
         self.reset_parameters()
 
@@ -267,7 +268,8 @@ class _IBBatchNorm(_IBMixin, nn.Module):
     _expected_dims: tuple[int, ...] = ()
 
     def __init__(self, num_features: int, eps: float = 1e-5, momentum: Optional[float] = 0.1, affine: bool = True,
-                 track_running_stats: bool = True, device=None, dtype=None, *, compression: str = "power",
+                 track_running_stats: bool = True, device=None, dtype=None, *, bias: bool = True,
+                 compression: str = "power",
                  strength: Optional[float] = None, learnable_strength: bool = False,
                  order: str = COMPRESS_THEN_STANDARDIZE, impl: Optional[str] = None) -> None:
         super().__init__()
@@ -279,7 +281,7 @@ class _IBBatchNorm(_IBMixin, nn.Module):
         self.momentum = momentum
         self.affine = affine
         self.track_running_stats = track_running_stats
-        self._register_affine((num_features,), affine, affine, factory)
+        self._register_affine((num_features,), affine, affine and bias, factory)
         names = ("running_mean", "running_var", "running_mean_c", "running_var_c", "running_var_u")
         if track_running_stats:
             for name in names:

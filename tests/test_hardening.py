@@ -169,3 +169,47 @@ def test_save_pretrained_then_from_pretrained_gives_the_same_logits(tmp_path, fa
     for key in ours:
         if key.endswith(("strength_raw", "running_mean_c", "running_var_c", "running_var_u", "norm_settings")):
             torch.testing.assert_close(theirs[key], ours[key], msg=key)
+
+
+# ---- conversion: all or nothing, bias=False kept, what it left alone and why ----------------------------------
+
+def test_bias_false_is_kept_for_every_grouping():
+    model = nn.Sequential(nn.BatchNorm2d(4, bias=False), nn.GroupNorm(2, 4, bias=False), nn.Flatten(),
+                          nn.LayerNorm(36, bias=False))
+    ibnorm.convert_norms(model, "tanh")
+    assert [type(m).__name__ for m in (model[0], model[1], model[3])] == ["IBBatchNorm2d", "IBGroupNorm", "IBLayerNorm"]
+    for m in (model[0], model[1], model[3]):
+        assert m.bias is None and m.weight is not None
+    assert "bias" not in dict(model.named_parameters()).keys() and model(torch.randn(2, 4, 3, 3)).shape == (2, 36)
+
+
+def test_conversion_is_all_or_nothing():
+    model = nn.Sequential(nn.LayerNorm(4), nn.Unflatten(1, (4, 1)), nn.BatchNorm1d(4))
+    with pytest.raises(TypeError):  # elementwise_affine fits the LayerNorm's replacement, not the BatchNorm's
+        ibnorm.convert_norms(model, "tanh", elementwise_affine=False)
+    assert type(model[0]) is nn.LayerNorm and type(model[2]) is nn.BatchNorm1d  # nothing was half converted
+    mixed = nn.Sequential(nn.LayerNorm(4), nn.RMSNorm(4))  # nn.RMSNorm's eps=None becomes the dtype's epsilon
+    ibnorm.convert_norms(mixed, "normalnorm")
+    assert [type(m).__name__ for m in mixed] == ["LayerNormalNorm", "LayerNormalNorm"]
+    assert mixed[1].eps == torch.finfo(torch.float32).eps
+
+
+def test_what_conversion_leaves_alone_is_reported_with_the_reason():
+    class MyLayerNorm(nn.LayerNorm):
+        def forward(self, x):
+            return super().forward(x) * 2
+
+    class MyBatchNorm(nn.BatchNorm1d):
+        pass
+
+    model = nn.Sequential(MyLayerNorm(4), nn.Unflatten(1, (4, 1)), MyBatchNorm(4), nn.SyncBatchNorm(4))
+    report = ibnorm.convert_norms(model, "tanh")
+    assert report.total == 0 and type(model[0]) is MyLayerNorm
+    assert "own forward" in report.skipped["0"] and "not a plain BatchNorm" in report.skipped["2"]
+    assert "SyncBatchNorm" in report.skipped["3"]
+    converted = nn.Sequential(nn.LayerNorm(4))
+    ibnorm.convert_norms(converted, "tanh")
+    again = ibnorm.convert_norms(converted, "log")
+    assert again.total == 0 and "already IBLayerNorm" in again.skipped["0"]
+    with pytest.raises(ValueError, match="compression must not be given with target 'ib_tanh'"):
+        ibnorm.convert_norms(nn.Sequential(nn.LayerNorm(4)), "ib_tanh", compression="log")
