@@ -213,3 +213,47 @@ def test_what_conversion_leaves_alone_is_reported_with_the_reason():
     assert again.total == 0 and "already IBLayerNorm" in again.skipped["0"]
     with pytest.raises(ValueError, match="compression must not be given with target 'ib_tanh'"):
         ibnorm.convert_norms(nn.Sequential(nn.LayerNorm(4)), "ib_tanh", compression="log")
+
+
+def test_every_flag_has_help_and_shows_its_default():
+    import argparse
+    from ibnorm.lab.cli import build_parser
+    top = build_parser()
+    subparsers = next(a for a in top._actions if isinstance(a, argparse._SubParsersAction)).choices
+    assert set(subparsers) == {"train", "compare", "ablate", "info", "bench"}
+    for name, p in subparsers.items():
+        for action in p._actions:
+            if isinstance(action, argparse._HelpAction):
+                continue
+            assert action.help, (name, action.dest)
+            takes_value = not isinstance(action, (argparse._StoreTrueAction, argparse._StoreFalseAction))
+            if takes_value and not action.required and action.option_strings:
+                assert "default" in action.help, (name, action.dest, action.help)
+
+
+def test_float_labels_get_a_warning():
+    y = np.tile(np.arange(4.0), 100)
+    x = y[:, None] + np.random.default_rng(0).standard_normal((400, 1))
+    with pytest.warns(UserWarning, match="class labels"):
+        mutual_information(x, y, "ksg")
+
+
+def test_huge_rows_stay_finite_on_the_fast_path():
+    x = torch.randn(4, 64, dtype=torch.float64).float() * 1e19
+    fast = ibnorm.IBLayerNorm(64, compression="tanh")
+    ref = ibnorm.IBLayerNorm(64, compression="tanh", impl="reference")
+    y = fast(x)
+    assert torch.isfinite(y).all()
+    torch.testing.assert_close(y, ref(x), rtol=1e-4, atol=1e-4)
+
+
+def test_a_wrong_norm_spec_is_reported_before_the_data_loads(tmp_path, monkeypatch):
+    from ibnorm.lab import data as D
+    from ibnorm.lab.train import TrainConfig, train
+    monkeypatch.setattr(D, "_roots", lambda: [tmp_path])  # no dataset anywhere
+    D.load_fashion_mnist.cache_clear()
+    try:
+        with pytest.raises(ValueError, match="converts no layer"):
+            train(TrainConfig(model="resnet-mini", norm="ib_layer_tanh", width=8, steps=1, progress=False), tmp_path / "r")
+    finally:
+        D.load_fashion_mnist.cache_clear()

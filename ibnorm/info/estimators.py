@@ -37,6 +37,7 @@
 """
 from __future__ import annotations
 
+import warnings
 from typing import Any, Optional
 
 import numpy as np
@@ -248,6 +249,9 @@ def mutual_information(x: Any, y: Any, method: str = "ksg", **kwargs: Any) -> fl
     if method == "ksg" and k < 1:
         raise ValueError(f"k must be >= 1; got {k}")
     x, y = _validate(x, y, k)
+    if y.dtype.kind == "f" and y.shape[1] == 1 and np.all(y == np.round(y)) and len(np.unique(y)) <= min(50, len(y) // 10):
+        warnings.warn("y holds a few whole numbers in a float array: class labels? They are treated as continuous; "
+                      "pass them as integers (y.astype(int)) to use the discrete-label estimators", stacklevel=2)
     if np.ptp(x, axis=0).max() == 0 or np.ptp(y, axis=0).max() == 0:
         return 0.0  # a constant carries no information (and would give KSG's jitter something to find)
     if method == "ksg":

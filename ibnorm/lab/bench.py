@@ -233,8 +233,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
 def add_bench_parser(sub) -> None:
     p = sub.add_parser("bench", help="time and memory of IBNorm vs PyTorch norms and peers (ratios)")
-    p.add_argument("--rounds", type=int, default=7)
-    p.add_argument("--threads", type=int, default=0)
-    p.add_argument("--quick", action="store_true", help="one row shape only")
-    p.add_argument("--out", default="benchmarks/results")
+    p.add_argument("--rounds", type=int, default=7, help="timing rounds, interleaved over candidates (default: 7)")
+    p.add_argument("--threads", type=int, default=0, help="torch threads (default: 0, torch's default)")
+    p.add_argument("--quick", action="store_true", help="one row shape and one batch layout only")
+    p.add_argument("--out", default="benchmarks/results", help="output folder (default: benchmarks/results)")
     p.set_defaults(fn=cmd_bench)

@@ -13,7 +13,7 @@ from .info.command import add_info_parser
 from .records import command_line
 from .report import summarize
 from .sweep import ABLATIONS, ALL_MODELS, GRID_PRESETS, IB_OPS, ablation_norms, run_grid, slug
-from .train import TrainConfig, train
+from .train import FIELD_HELP, TrainConfig, field_default, train
 
 
 def _bool(s: str) -> bool:
@@ -38,16 +38,18 @@ def _norm_list(s: str) -> list[str]:
 _OWN_FLAGS = {"model", "norm", "seed", "progress"}  # TrainConfig fields with flags of their own (or none)
 
 
-def _add_train_args(p: argparse.ArgumentParser) -> None:
+def _add_train_args(p: argparse.ArgumentParser, preset: bool = False) -> None:
+    where = " in train; a grid takes its preset's" if preset else ""
     for f in dataclasses.fields(TrainConfig):
         if f.name in _OWN_FLAGS:
             continue
         flag = "--" + f.name.replace("_", "-")
+        text = f"{FIELD_HELP[f.name]} (default: {field_default(f.name)}{where})"
         if f.type in ("bool",) or isinstance(f.default, bool):
-            p.add_argument(flag, type=_bool, default=None, metavar="BOOL")
+            p.add_argument(flag, type=_bool, default=None, metavar="BOOL", help=text)
         else:
             kind = {"int": int, "float": float, "str": str}.get(str(f.type).replace("Optional[", "").rstrip("]"), str)
-            p.add_argument(flag, type=kind, default=None)
+            p.add_argument(flag, type=kind, default=None, help=text)
 
 
 def _overrides(args: argparse.Namespace) -> dict:
@@ -98,16 +100,18 @@ def cmd_ablate(args: argparse.Namespace) -> int:
     return _grid(args, f"ablate-{args.kind}-{args.preset}", preset)
 
 
-def main(argv: Optional[list[str]] = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
+    """The ``ibnorm`` command line: train, compare, ablate, info, bench."""
     parser = argparse.ArgumentParser(prog="ibnorm", description="IBNorm experiments: train, compare, ablate, info, bench")
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("train", help="train one model with one norm (resumes if killed)")
-    p.add_argument("--model", required=True, choices=ALL_MODELS)
-    p.add_argument("--norm", default="base", help="base, ib_power, ib_log, ib_tanh, normalnorm, dyt, a registry name; options as NAME:key=value,...")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", help="run directory (default runs/train/MODEL/NORM/seedK)")
-    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--model", required=True, choices=ALL_MODELS, help="model preset")
+    p.add_argument("--norm", default="base", help="base, ib_power, ib_log, ib_tanh, normalnorm, dyt, a registry name; "
+                   "options as NAME:key=value,... (default: base)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the initialization and the batches (default: 0)")
+    p.add_argument("--out", help="run directory (default: runs/train/MODEL/NORM/seedK)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
     _add_train_args(p)
     p.set_defaults(fn=cmd_train)
 
@@ -115,24 +119,30 @@ def main(argv: Optional[list[str]] = None) -> int:
                         ("ablate", "the paper's ablations: strength, order, affine")):
         p = sub.add_parser(name, help=help_)
         if name == "ablate":
-            p.add_argument("kind", choices=ABLATIONS)
-            p.add_argument("--models", type=_csv(str), default=["vit-mini"])
-            p.add_argument("--ops", type=_csv(str), default=list(IB_OPS))
-            p.add_argument("--preset", choices=sorted(GRID_PRESETS), default="quick")
+            p.add_argument("kind", choices=ABLATIONS, help="which ablation")
+            p.add_argument("--models", type=_csv(str), default=["vit-mini"], help="comma-separated (default: vit-mini)")
+            p.add_argument("--ops", type=_csv(str), default=list(IB_OPS),
+                           help=f"comma-separated (default: {','.join(IB_OPS)})")
+            p.add_argument("--preset", choices=sorted(GRID_PRESETS), default="quick",
+                           help="training settings from this preset (default: quick)")
         else:
-            p.add_argument("--preset", choices=sorted(GRID_PRESETS), default="quick")
-            p.add_argument("--models", type=_csv(str))
-            p.add_argument("--norms", type=_norm_list)
-        p.add_argument("--seeds", type=_csv(int))
-        p.add_argument("--results-dir")
-        p.add_argument("--runs-dir")
-        p.add_argument("--no-progress", action="store_true")
-        _add_train_args(p)
+            p.add_argument("--preset", choices=sorted(GRID_PRESETS), default="quick", help="the grid (default: quick)")
+            p.add_argument("--models", type=_csv(str), help="comma-separated (default: the preset's)")
+            p.add_argument("--norms", type=_norm_list, help="comma- or ;-separated norm specs (default: the preset's)")
+        p.add_argument("--seeds", type=_csv(int), help="comma-separated (default: the preset's)")
+        p.add_argument("--results-dir", help="where tables go (default: results/GRID)")
+        p.add_argument("--runs-dir", help="where checkpoints go (default: runs/GRID)")
+        p.add_argument("--no-progress", action="store_true", help="no progress bars")
+        _add_train_args(p, preset=True)
         p.set_defaults(fn=cmd_compare if name == "compare" else cmd_ablate)
 
     add_info_parser(sub)
     add_bench_parser(sub)
+    return parser
 
+
+def main(argv: Optional[list[str]] = None) -> int:
+    parser = build_parser()
     args = parser.parse_args(argv)
     try:
         return args.fn(args)

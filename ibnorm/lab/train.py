@@ -70,7 +70,7 @@ class TrainConfig:
     threads: int = 0  # torch threads (0 = leave torch's default)
     progress: bool = True
 
-    def resolved(self) -> "TrainConfig":
+    def resolved(self) -> "TrainConfig":  # (FIELD_HELP below says what each field means)
         task = get_preset(self.model).task
         out = dataclasses.replace(self)
         for key, value in TASK_DEFAULTS[task].items():
@@ -93,6 +93,35 @@ class TrainConfig:
     def run_fields(self) -> dict:
         """The fields that identify a run in every record it writes."""
         return {"model": self.model, "norm": self.norm, "seed": self.seed}
+
+
+# What each TrainConfig field means: the command line's help text.
+FIELD_HELP = {
+    "steps": "optimizer steps", "batch_size": "global batch (split over ranks under torchrun)",
+    "lr": "peak learning rate (AdamW)", "weight_decay": "AdamW weight decay, on matrices only",
+    "warmup_steps": "linear warmup steps", "min_lr_ratio": "cosine decay ends at this fraction of lr",
+    "grad_clip": "clip the global gradient norm (0 = off)", "beta2": "AdamW beta2",
+    "eval_every": "evaluate every N steps", "eval_batches": "LM: validation batches per evaluation",
+    "eval_examples": "vision: fixed test subset size (0 = all 10k)",
+    "train_subset": "vision: fixed training subset size (default: all 60k)",
+    "dataset": "austen (LMs); fashion-mnist or mnist (vision)", "tokenizer": "LMs: byte or gpt2",
+    "context": "LMs: tokens per window", "width": "model width (default: the preset's)",
+    "depth": "model depth (default: the preset's)",
+    "sync_bn": "under torchrun: batch statistics over the global batch",
+    "info_every": "record information-plane quantities every N steps (0 = off)",
+    "info_probe": "probe examples for the information quantities",
+    "checkpoint_every": "write a checkpoint every N steps", "stop_after": "stop with a checkpoint after this step (0 = run to the end)",
+    "threads": "torch threads (0 = torch's default)",
+}
+
+
+def field_default(name: str) -> str:
+    """A field's effective default, as the help text shows it (task-dependent ones from TASK_DEFAULTS)."""
+    per_task = {task: d[name] for task, d in TASK_DEFAULTS.items() if name in d}
+    if per_task:
+        return ", ".join(f"{task} {value}" for task, value in per_task.items())
+    default = {f.name: f.default for f in dataclasses.fields(TrainConfig)}[name]
+    return "none" if default is None else str(default)
 
 
 def fingerprint_of(config: dict) -> dict:
@@ -171,6 +200,8 @@ def train(cfg: TrainConfig, out_dir: str | Path) -> dict:
                          f"use another output directory")
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
+    # A wrong norm spec is reported before any data loads (built before seeding, so nothing else changes).
+    build_model(cfg.model, cfg.norm, **{k: getattr(cfg, k) for k in ("width", "depth") if getattr(cfg, k) is not None})
 
     dist = DistContext.from_env()
     if cfg.batch_size % dist.world_size:

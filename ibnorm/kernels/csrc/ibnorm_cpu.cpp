@@ -177,6 +177,13 @@ static Stats group_forward_op(const float* xr, float* yr, int64_t M, const Affin
   double var = hsum(acc2);
   for (int64_t j = vend; j < M; ++j) { float d = xr[j] - muf; var += d * d; }
   var /= M;
+  if (!std::isfinite(var)) {  // squares past float's range (|x| ~ 1e19): the same mean, scaled by the largest deviation
+    float big = 0.f;
+    for (int64_t j = 0; j < M; ++j) big = std::max(big, std::fabs(xr[j] - muf));
+    double sum = 0;
+    for (int64_t j = 0; j < M; ++j) { const double d = (xr[j] - muf) / big; sum += d * d; }
+    var = sum / M * big * big;
+  }
   const float r = 1.f / std::sqrt(static_cast<float>(var) + c.eps);
   const Vec vr(r);
   Stats st{muf, r, static_cast<float>(var), 0.f, 0.f, static_cast<float>(var) * r * r};

@@ -73,12 +73,14 @@ def cmd_info(args: argparse.Namespace) -> int:
 
 def add_info_parser(sub) -> None:
     p = sub.add_parser("info", help="information planes, IB values and variance contraction of finished runs")
-    p.add_argument("run_dirs", nargs="+", metavar="RUN_DIR")
-    p.add_argument("--out", default="results/info")
-    p.add_argument("--method", default="renyi", choices=["renyi", "ksg", "binning"])
-    p.add_argument("--beta", type=float, default=0.1)
-    p.add_argument("--probe", type=int, default=512)
-    p.add_argument("--max-dim", type=int, default=DEFAULT_MAX_DIM)
+    p.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="finished run directories (with result.json)")
+    p.add_argument("--out", default="results/info", help="output folder (default: results/info)")
+    p.add_argument("--method", default="renyi", choices=["renyi", "ksg", "binning"],
+                   help="MI estimator (default: renyi)")
+    p.add_argument("--beta", type=float, default=0.1, help="beta of the IB value I(T;Y) - beta I(X;T) (default: 0.1)")
+    p.add_argument("--probe", type=int, default=512, help="held-out probe examples (default: 512)")
+    p.add_argument("--max-dim", type=int, default=DEFAULT_MAX_DIM,
+                   help=f"random projection of wider layers to this many dims (default: {DEFAULT_MAX_DIM})")
     p.add_argument("--base", default=None, help="the norm differences are taken to, as 'MODEL NORM' "
                    "(default: the run whose norm is 'base', else the first)")
     p.set_defaults(fn=cmd_info)
