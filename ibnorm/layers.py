@@ -94,6 +94,12 @@ class SettingsInState:
 class _IBMixin(SettingsInState):
     """Holds the compression op, its strength (fixed or learnable) and the order."""
 
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs) -> None:
+        raw = state_dict.get(prefix + "strength_raw")
+        if raw is not None and raw.dim() == 0:  # saved when strength_raw was 0-dimensional
+            state_dict[prefix + "strength_raw"] = raw.reshape(1)
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
     def layer_settings(self) -> dict:
         return {"compression": self.compression, "strength": self.init_strength, "order": self.order,
                 "learnable_strength": self.learnable_strength}
@@ -113,7 +119,8 @@ class _IBMixin(SettingsInState):
             if self.init_strength is None:
                 raise ValueError("learnable_strength=True needs compression 'power', 'log' or 'tanh'; got 'none'")
             dtype = torch.float64 if factory.get("dtype") == torch.float64 else torch.float32
-            self.strength_raw = nn.Parameter(torch.empty((), device=factory.get("device"), dtype=dtype))
+            # shape (1,), not (): FSDP2's fully_shard cannot shard a 0-dimensional parameter
+            self.strength_raw = nn.Parameter(torch.empty(1, device=factory.get("device"), dtype=dtype))
         else:
             self.register_parameter("strength_raw", None)
 
@@ -135,7 +142,7 @@ class _IBMixin(SettingsInState):
     def strength(self) -> Union[float, Tensor, None]:
         """The lambda in use: a float, or a 0-d tensor (with grad) when learnable."""
         if self.strength_raw is not None:
-            return raw_to_strength(self.compression, self.strength_raw)
+            return raw_to_strength(self.compression, self.strength_raw).reshape(())
         return self.init_strength
 
     def _groups(self, input: Tensor) -> tuple[Tensor, tuple[int, ...], bool]:

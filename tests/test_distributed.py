@@ -14,7 +14,7 @@ import torch.multiprocessing as mp
 
 import ibnorm
 from ibnorm.distributed import IBSyncBatchNorm, convert_sync_ibnorm
-from test_data import needs_fashion
+from test_data import needs_austen, needs_fashion
 
 OPS = [("power", 0.3), ("log", 0.8), ("tanh", 1.3), ("none", None)]
 
@@ -169,3 +169,44 @@ def test_missing_rank_fails_fast_with_a_clear_error(tmp_path):
                           env=env, capture_output=True, text=True, timeout=120)
     assert proc.returncode != 0 and time.time() - t0 < 60
     assert "not every rank joined" in proc.stderr and "IBNORM_DIST_TIMEOUT" in proc.stderr
+
+
+def _lm_args(out, steps, **extra):
+    args = ["--model", "gpt2-mini", "--width", "32", "--depth", "2", "--batch-size", "8", "--context", "32",
+            "--steps", str(steps), "--eval-every", "2", "--eval-batches", "2", "--warmup-steps", "1",
+            "--checkpoint-every", "2", "--threads", "1", "--no-progress", "--norm", "ib_tanh:learnable_strength=1",
+            "--out", str(out)]
+    for k, v in extra.items():
+        args += ["--" + k.replace("_", "-"), str(v)]
+    return args
+
+
+@needs_austen
+def test_fsdp_two_processes_match_one_process_and_resume_under_one(tmp_path):
+    """FSDP2 (fully_shard) over 2 gloo processes trains as one process does; its torch.distributed.checkpoint
+    checkpoint, written by 2 processes, resumes in 1."""
+    one = subprocess.run([sys.executable, "-m", "ibnorm.lab.cli", "train", *_lm_args(tmp_path / "one", 6)],
+                         capture_output=True, text=True, timeout=300)
+    assert one.returncode == 0, one.stderr[-3000:]
+    two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port",
+                          str(free_port()), "-m", "ibnorm.lab.cli", "train", *_lm_args(tmp_path / "two", 6, fsdp="true")],
+                         env=dict(os.environ, OMP_NUM_THREADS="1"), capture_output=True, text=True, timeout=300)
+    assert two.returncode == 0, two.stderr[-3000:]
+    stopped = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port",
+                              str(free_port()), "-m", "ibnorm.lab.cli", "train",
+                              *_lm_args(tmp_path / "resumed", 6, fsdp="true", stop_after=4)],
+                             env=dict(os.environ, OMP_NUM_THREADS="1"), capture_output=True, text=True, timeout=300)
+    assert stopped.returncode == 0, stopped.stderr[-3000:]
+    assert (tmp_path / "resumed" / "ckpt.dcp").is_dir() and not (tmp_path / "resumed" / "result.json").exists()
+    rest = subprocess.run([sys.executable, "-m", "ibnorm.lab.cli", "train", *_lm_args(tmp_path / "resumed", 6, fsdp="true")],
+                          capture_output=True, text=True, timeout=300)
+    assert rest.returncode == 0, rest.stderr[-3000:]
+    reference = json.loads((tmp_path / "one" / "result.json").read_text())
+    for name in ("two", "resumed"):
+        result = json.loads((tmp_path / name / "result.json").read_text())
+        assert [h["step"] for h in result["history"]] == [2, 4, 6]
+        for a, b in zip(result["history"], reference["history"]):
+            for key in ("train_loss", "val_loss"):
+                assert a[key] == pytest.approx(b[key], rel=1e-4), (name, key, a, b)
+    assert json.loads((tmp_path / "resumed" / "result.json").read_text())["resumed_from"] == [4]
+    assert not (tmp_path / "resumed" / "ckpt.dcp").exists()  # a finished run keeps no checkpoint

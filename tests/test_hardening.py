@@ -9,6 +9,7 @@ from torch import nn
 
 import ibnorm
 from ibnorm.info import mutual_information
+from test_data import needs_fashion
 
 
 def test_infinite_eps_is_refused():
@@ -257,3 +258,14 @@ def test_a_wrong_norm_spec_is_reported_before_the_data_loads(tmp_path, monkeypat
             train(TrainConfig(model="resnet-mini", norm="ib_layer_tanh", width=8, steps=1, progress=False), tmp_path / "r")
     finally:
         D.load_fashion_mnist.cache_clear()
+
+
+@needs_fashion
+def test_rerunning_a_finished_run_says_nothing_was_trained(tmp_path, capsys):
+    from ibnorm.lab.cli import main
+    args = ["train", "--model", "resnet-mini", "--width", "8", "--steps", "2", "--eval-every", "2", "--eval-examples", "64",
+            "--train-subset", "64", "--batch-size", "8", "--no-progress", "--out", str(tmp_path / "r")]
+    assert main(args) == 0
+    assert "nothing was trained" not in capsys.readouterr().err
+    assert main(args) == 0
+    assert "already holds this finished run; nothing was trained" in capsys.readouterr().err

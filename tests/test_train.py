@@ -63,7 +63,7 @@ def test_weight_decay_groups_and_schedule():
     model, _ = build_model("vit-mini", "ib_tanh:learnable_strength=true", width=32, depth=1)
     decay, no_decay = param_groups(model, 0.1)
     assert all(p.dim() >= 2 for p in decay["params"]) and all(p.dim() < 2 for p in no_decay["params"])
-    assert no_decay["weight_decay"] == 0.0 and any(p.dim() == 0 for p in no_decay["params"])  # the strengths
+    assert no_decay["weight_decay"] == 0.0 and any(p.shape == (1,) for p in no_decay["params"])  # the strengths
     cfg = TrainConfig(steps=100, lr=1.0, warmup_steps=10, min_lr_ratio=0.1)
     assert lr_at(0, cfg) == pytest.approx(0.1) and lr_at(9, cfg) == pytest.approx(1.0)
     assert lr_at(99, cfg) == pytest.approx(0.1, abs=1e-3) and lr_at(55, cfg) < lr_at(20, cfg)

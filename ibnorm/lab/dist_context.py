@@ -67,11 +67,20 @@ class DistContext:
     def is_main(self) -> bool:
         return self.rank == 0
 
-    def prepare_model(self, model: nn.Module, sync_bn: bool = True) -> nn.Module:
+    def prepare_model(self, model: nn.Module, sync_bn: bool = True, fsdp: bool = False) -> nn.Module:
+        """DDP, or with ``fsdp`` FSDP2 (``fully_shard`` on every block of every ``nn.ModuleList``, then the root)."""
         if self.world_size == 1:
             return model
         if sync_bn:
             model = convert_sync_ibnorm(model)
+        if fsdp:
+            from torch.distributed.fsdp import fully_shard
+            for module in list(model.modules()):
+                if isinstance(module, nn.ModuleList):
+                    for block in module:
+                        fully_shard(block)
+            fully_shard(model)
+            return model
         ids = [self.local_rank] if self.device.type == "cuda" else None
         return nn.parallel.DistributedDataParallel(model, device_ids=ids)
 

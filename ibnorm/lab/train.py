@@ -17,6 +17,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import shutil
 import sys
 import time
 from dataclasses import dataclass
@@ -63,6 +64,7 @@ class TrainConfig:
     width: Optional[int] = None
     depth: Optional[int] = None
     sync_bn: bool = True  # under DDP: batch statistics over the global batch
+    fsdp: bool = False  # under torchrun: shard parameters, gradients and optimizer state (FSDP2)
     info_every: int = 0  # record information-plane quantities every N steps (0 = off)
     info_probe: int = 512
     checkpoint_every: int = 25
@@ -108,6 +110,7 @@ FIELD_HELP = {
     "context": "LMs: tokens per window", "width": "model width (default: the preset's)",
     "depth": "model depth (default: the preset's)",
     "sync_bn": "under torchrun: batch statistics over the global batch",
+    "fsdp": "under torchrun: shard the model with FSDP2 (fully_shard); checkpoints through torch.distributed.checkpoint",
     "info_every": "record information-plane quantities every N steps (0 = off)",
     "info_probe": "probe examples for the information quantities",
     "checkpoint_every": "write a checkpoint every N steps", "stop_after": "stop with a checkpoint after this step (0 = run to the end)",
@@ -215,7 +218,9 @@ def train(cfg: TrainConfig, out_dir: str | Path) -> dict:
     # Checkpoints hold the single-process layout, so a run resumes under any world size.
     own_keys = set(model.state_dict())
     model.to(dist.device)
-    model = dist.prepare_model(model, sync_bn=cfg.sync_bn)
+    if cfg.fsdp and cfg.info_every:
+        raise ValueError("info_every must be 0 with fsdp: the recorder runs the model on rank 0 alone")
+    model = dist.prepare_model(model, sync_bn=cfg.sync_bn, fsdp=cfg.fsdp)
     opt = torch.optim.AdamW(param_groups(model, cfg.weight_decay), lr=cfg.lr, betas=(0.9, cfg.beta2),
                             fused=False, foreach=True)
 
@@ -229,8 +234,11 @@ def train(cfg: TrainConfig, out_dir: str | Path) -> dict:
     if ckpt_path.exists():
         ckpt = _load_checkpoint(ckpt_path, dist.device)
         _check_resumable(ckpt, cfg, ckpt_path)
-        load_canonical_state(dist.unwrap(model), ckpt["model"])
-        opt.load_state_dict(ckpt["optimizer"])
+        if cfg.fsdp:
+            _load_sharded(model, opt, out_dir / "ckpt.dcp")
+        else:
+            load_canonical_state(dist.unwrap(model), ckpt["model"])
+            opt.load_state_dict(ckpt["optimizer"])
         start, history, elapsed, acc = ckpt["step"], ckpt["history"], ckpt["elapsed"], ckpt["train_acc"]
         torch.set_rng_state(ckpt["rng"][dist.rank] if dist.rank < len(ckpt["rng"]) else ckpt["rng"][0])
         info_rows = ckpt.get("info", [])
@@ -273,10 +281,13 @@ def train(cfg: TrainConfig, out_dir: str | Path) -> dict:
             info_rows += recorder.record(done)
         if done % cfg.checkpoint_every == 0 and done < cfg.steps:
             rng = dist.gather_rng()
+            if cfg.fsdp:  # every rank writes its shards; ckpt.pt then holds the rest
+                _save_sharded(model, opt, out_dir / "ckpt.dcp", dist)
             if dist.is_main:
-                state = {k: v for k, v in dist.unwrap(model).state_dict().items() if k in own_keys}
-                atomic_torch_save({"model": state, "optimizer": opt.state_dict(),
-                                   "step": done, "history": history, "elapsed": time.time() - t0,
+                state = {} if cfg.fsdp else {
+                    "model": {k: v for k, v in dist.unwrap(model).state_dict().items() if k in own_keys},
+                    "optimizer": opt.state_dict()}
+                atomic_torch_save({**state, "step": done, "history": history, "elapsed": time.time() - t0,
                                    "train_acc": acc, "rng": rng, "info": info_rows, "resumed_from": resumed_from,
                                    "config": dataclasses.asdict(cfg)}, ckpt_path)
             dist.barrier()
@@ -290,14 +301,51 @@ def train(cfg: TrainConfig, out_dir: str | Path) -> dict:
               "wall_time_s": time.time() - t0, "n_params": sum(p.numel() for p in model.parameters()),
               "norms": {"replaced": dict(report.replaced), "into": sorted({d for _, _, d in report.paths})},
               "world_size": dist.world_size, "resumed_from": resumed_from, "environment": provenance()}
+    final_state = _full_state(model) if cfg.fsdp else dist.unwrap(model).state_dict()
     if dist.is_main:
-        atomic_torch_save({k: v for k, v in dist.unwrap(model).state_dict().items() if k in own_keys},
-                          out_dir / "model.pt")
+        atomic_torch_save({k: v for k, v in final_state.items() if k in own_keys}, out_dir / "model.pt")
         if recorder is not None:
             from .info.recorder import write_info_csv
             write_info_csv(out_dir / "info.csv", [dict(r, **cfg.run_fields()) for r in info_rows])
         atomic_write_json(result_path, result)
         if ckpt_path.exists():
             ckpt_path.unlink()
+        shutil.rmtree(out_dir / "ckpt.dcp", ignore_errors=True)
     dist.barrier()
     return result
+
+
+# ---- sharded checkpoints (FSDP2): torch.distributed.checkpoint reshards, so any world size resumes -----------
+
+def _save_sharded(model: nn.Module, opt: torch.optim.Optimizer, path: Path, dist) -> None:
+    """Model and optimizer state, each rank writing its shards into a fresh folder that then replaces ``path``."""
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.state_dict import get_state_dict
+    model_sd, optim_sd = get_state_dict(model, opt)
+    tmp, old = path.with_name(path.name + ".tmp"), path.with_name(path.name + ".old")
+    if dist.is_main:
+        shutil.rmtree(tmp, ignore_errors=True)
+    dist.barrier()
+    dcp.save({"model": model_sd, "optim": optim_sd}, checkpoint_id=str(tmp))
+    dist.barrier()
+    if dist.is_main:  # the old checkpoint goes only once the new one is whole
+        if path.exists():
+            path.rename(old)
+        tmp.rename(path)
+        shutil.rmtree(old, ignore_errors=True)
+    dist.barrier()
+
+
+def _load_sharded(model: nn.Module, opt: torch.optim.Optimizer, path: Path) -> None:
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
+    model_sd, optim_sd = get_state_dict(model, opt)
+    state = {"model": model_sd, "optim": optim_sd}
+    dcp.load(state, checkpoint_id=str(path))
+    set_state_dict(model, opt, model_state_dict=state["model"], optim_state_dict=state["optim"])
+
+
+def _full_state(model: nn.Module) -> dict:
+    """The whole model's state on rank 0 (a collective: every rank calls it)."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+    return get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
