@@ -60,12 +60,13 @@ def _autograd(x: Tensor, dims: Sequence[int], centered: bool, eps: float, compre
 
 
 def _last_dims(input: Tensor, normalized_shape: Union[int, Sequence[int]], weight: Optional[Tensor],
-               bias: Optional[Tensor], eps: float, centered: bool, compression: str, strength: Optional[Strength],
+               bias: Optional[Tensor], eps: Optional[float], centered: bool, compression: str, strength: Optional[Strength],
                order: str, impl: str) -> Tensor:
     """Layer (``centered``) and RMS grouping: groups are the last ``len(normalized_shape)`` dims."""
     shape = R.normalized_shape_of(normalized_shape)
     R.check_trailing(input, shape)
     check_order(order)
+    eps = torch.finfo(input.dtype).eps if eps is None else eps  # nn.RMSNorm's convention
     m = math.prod(shape)
     y = _rows(input, m, centered, eps, compression, strength, order, weight, bias, (m,), impl)
     if y is not None:
@@ -93,8 +94,6 @@ def ib_rms_norm(input: Tensor, normalized_shape: Union[int, Sequence[int]], weig
     impl = resolve_impl(impl)
     if impl == "reference":
         return R.ib_rms_norm(input, normalized_shape, weight, eps, compression, strength, order)
-    R.check_trailing(input, R.normalized_shape_of(normalized_shape))
-    eps = torch.finfo(input.dtype).eps if eps is None else eps
     return _last_dims(input, normalized_shape, weight, None, eps, False, compression, strength, order, impl)
 
 

@@ -108,7 +108,7 @@ def supports(x: Tensor) -> bool:
 
 # ---- the operators: schemas and fake implementations here, CPU kernels and autograd in the C++ library -----------
 
-_LIB = torch.library.Library("ibnorm", "FRAGMENT")  # noqa: the registrations live as long as the module
+_LIB = torch.library.Library("ibnorm", "FRAGMENT")  # held here: the definitions live as long as this module
 _LIB.define("rows_forward(Tensor x, Tensor? weight, Tensor? bias, Tensor? lam_t, float lam, int op, bool centered, "
             "bool cts, float eps) -> (Tensor, Tensor)")
 _LIB.define("rows_backward(Tensor gy, Tensor x, Tensor? weight, Tensor stats, Tensor? lam_t, float lam, int op, "

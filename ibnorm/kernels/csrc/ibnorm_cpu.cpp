@@ -746,6 +746,14 @@ static auto typed_op(const char* name) {
   return c10::Dispatcher::singleton().findSchemaOrThrow(name, "").typed<Fn>();
 }
 
+// What both backwards need: the input, the weight and a learned strength (undefined when absent), the statistics.
+static void save_inputs(AutogradContext* ctx, const at::Tensor& x, const OptT& weight, const OptT& lam_t,
+                        const at::Tensor& stats, double lam, double eps) {
+  ctx->save_for_backward({x, weight.value_or(at::Tensor()), lam_t.value_or(at::Tensor()), stats});
+  ctx->saved_data["cfg"] = c10::List<double>({lam, eps});
+  ctx->mark_non_differentiable({stats});
+}
+
 // Gradients of every present tensor input (weight, bias, a learned strength); x always.
 struct RowsFunction : public torch::autograd::Function<RowsFunction> {
   static variable_list forward(AutogradContext* ctx, const at::Tensor& x, const OptT& weight, const OptT& bias,
@@ -753,11 +761,9 @@ struct RowsFunction : public torch::autograd::Function<RowsFunction> {
     at::AutoDispatchBelowADInplaceOrView guard;
     static auto fwd = typed_op<decltype(rows_forward_op)>("ibnorm::rows_forward");
     auto [y, stats] = fwd.call(x, weight, bias, lam_t, lam, op, centered, cts, eps);
-    ctx->save_for_backward({x, weight.value_or(at::Tensor()), lam_t.value_or(at::Tensor()), stats});
-    ctx->saved_data["cfg"] = c10::List<double>({lam, eps});
+    save_inputs(ctx, x, weight, lam_t, stats, lam, eps);
     ctx->saved_data["flags"] = c10::List<int64_t>({op, centered, cts});
     ctx->saved_data["bias_shape"] = bias.has_value() ? bias->sizes().vec() : std::vector<int64_t>{};
-    ctx->mark_non_differentiable({stats});
     return {y, stats};
   }
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
@@ -784,10 +790,8 @@ struct ChannelsFunction : public torch::autograd::Function<ChannelsFunction> {
     at::AutoDispatchBelowADInplaceOrView guard;
     static auto fwd = typed_op<decltype(channels_forward_op)>("ibnorm::channels_forward");
     auto [y, stats] = fwd.call(x, weight, bias, lam_t, lam, op, cts, eps);
-    ctx->save_for_backward({x, weight.value_or(at::Tensor()), lam_t.value_or(at::Tensor()), stats});
-    ctx->saved_data["cfg"] = c10::List<double>({lam, eps});
+    save_inputs(ctx, x, weight, lam_t, stats, lam, eps);
     ctx->saved_data["flags"] = c10::List<int64_t>({op, cts, bias.has_value()});
-    ctx->mark_non_differentiable({stats});
     return {y, stats};
   }
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
