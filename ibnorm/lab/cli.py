@@ -12,6 +12,7 @@ from .bench import add_bench_parser
 from .info.command import add_info_parser
 from .records import command_line
 from .report import summarize
+from .reproduce import FAMILIES, STAGES
 from .sweep import ABLATIONS, ALL_MODELS, GRID_PRESETS, IB_OPS, ablation_norms, run_grid, slug
 from .train import FIELD_HELP, TrainConfig, field_default, train
 
@@ -136,9 +137,37 @@ def build_parser() -> argparse.ArgumentParser:
         _add_train_args(p, preset=True)
         p.set_defaults(fn=cmd_compare if name == "compare" else cmd_ablate)
 
+    p = sub.add_parser("reproduce", help="train whatever the reproduction still lacks (resumable; skips committed runs)")
+    p.add_argument("--jobs", type=int, default=2, help="single-threaded runs at once (default: 2, one per core here)")
+    p.add_argument("--stages", type=_csv(str), help=f"comma-separated subset of {','.join(STAGES)} (default: all)")
+    p.add_argument("--models", type=_csv(str), help="comma-separated subset of the families (default: all four)")
+    p.add_argument("--limit", type=int, default=0, help="stop after this many runs (default: 0 = all)")
+    p.add_argument("--dry-run", action="store_true", help="list the pending runs and stop")
+    p.add_argument("--results-dir", default="results", help="where run results go (default: results)")
+    p.add_argument("--runs-dir", default="runs/reproduction", help="checkpoints and weights (default: runs/reproduction)")
+    p.set_defaults(fn=cmd_reproduce)
+
     add_info_parser(sub)
     add_bench_parser(sub)
     return parser
+
+
+def cmd_reproduce(args: argparse.Namespace) -> int:
+    from .reproduce import pending, reproduce
+    for name, values, allowed in (("stages", args.stages, STAGES), ("models", args.models, FAMILIES)):
+        bad = [v for v in values or [] if v not in allowed]
+        if bad:
+            raise ValueError(f"--{name} accepts {', '.join(allowed)}; got {', '.join(bad)}")
+    if args.jobs < 1:
+        raise ValueError(f"--jobs must be >= 1; got {args.jobs}")
+    if args.dry_run:
+        todo, waiting = pending(Path(args.results_dir), args.stages, args.models)
+        for job in todo:
+            print(f"{job.area}/{job.name}")
+        print(f"{len(todo)} runs pending; {waiting} more wait on a tuning result", file=sys.stderr)
+        return 0
+    reproduce(args.results_dir, args.runs_dir, args.jobs, args.stages, args.models, args.limit)
+    return 0
 
 
 def main(argv: Optional[list[str]] = None) -> int:

@@ -78,11 +78,16 @@ class Task:
             if cfg.dataset != "austen":
                 raise ValueError(f"dataset must be 'austen' for language models; got {cfg.dataset!r}")
             self.text = D.austen_data(cfg.tokenizer)
+            if cfg.holdout:
+                self.text = D.carve_holdout(self.text, cfg.holdout)
             self.vocab_size = self.text.vocab_size
-            g = torch.Generator().manual_seed(12345)  # the same validation windows for every run
-            self.val = [D.lm_batch(self.text.val, cfg.batch_size, cfg.context, g) for _ in range(cfg.eval_batches)]
+            if cfg.val_windows == "tiled":
+                self.val = D.tiled_batches(self.text.val, cfg.batch_size, cfg.context, cfg.eval_batches)
+            else:
+                g = torch.Generator().manual_seed(12345)  # the same validation windows for every run
+                self.val = [D.lm_batch(self.text.val, cfg.batch_size, cfg.context, g) for _ in range(cfg.eval_batches)]
         else:
-            self.vision = D.vision_data(cfg.dataset, cfg.train_subset, cfg.eval_examples or None)
+            self.vision = D.vision_data(cfg.dataset, cfg.train_subset, cfg.eval_examples or None, cfg.holdout)
             self.vocab_size = None
 
     def batch(self, step: int) -> tuple[Tensor, Tensor]:
@@ -115,14 +120,27 @@ class Task:
             loss = sum(losses) / len(losses)
             out = {"val_loss": loss, "val_ppl": math.exp(min(loss, 50.0)), "val_bpc": loss / math.log(2)}
         else:
-            total, correct, n = 0.0, 0, 0
-            xs, ys = self.vision.test_x, self.vision.test_y
-            for i in range(0, len(ys), 500):
-                x, y = xs[i:i + 500].to(device), ys[i:i + 500].to(device)
-                loss, logits = self.loss(model, x, y)
-                total += float(loss) * len(y)
-                correct += int((logits.argmax(-1) == y).sum())
-                n += len(y)
-            out = {"val_loss": total / n, "val_acc": correct / n}
+            loss, acc = self._classify(model, self.vision.test_x, self.vision.test_y, device)
+            out = {"val_loss": loss, "val_acc": acc}
         model.train(was_training)
         return out
+
+    @torch.no_grad()
+    def evaluate_train(self, model: nn.Module, device: torch.device) -> dict:
+        """Vision: loss and accuracy on the whole training set (eval mode), for the generalization gap."""
+        if self.kind.name != "vision":
+            return {}
+        was_training = model.training
+        model.eval()
+        loss, acc = self._classify(model, self.vision.train_x, self.vision.train_y, device)
+        model.train(was_training)
+        return {"train_eval_loss": loss, "train_acc": acc}
+
+    def _classify(self, model: nn.Module, xs: Tensor, ys: Tensor, device: torch.device) -> tuple[float, float]:
+        total, correct = 0.0, 0
+        for i in range(0, len(ys), 500):
+            x, y = xs[i:i + 500].to(device), ys[i:i + 500].to(device)
+            loss, logits = self.loss(model, x, y)
+            total += float(loss) * len(y)
+            correct += int((logits.argmax(-1) == y).sum())
+        return total / len(ys), correct / len(ys)

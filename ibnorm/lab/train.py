@@ -58,6 +58,11 @@ class TrainConfig:
     eval_batches: Optional[int] = None  # LM: validation batches per evaluation
     eval_examples: int = 2000  # vision: fixed test subset size (0 = all 10k)
     train_subset: Optional[int] = None  # vision: fixed train subset (None = all 60k)
+    holdout: int = 0  # evaluate on this many training examples (vision) or tokens (LM) carved out of the training data
+    val_windows: str = "random"  # LM validation windows: "random" (seeded) or "tiled" (consecutive, each token once)
+    eval_train: bool = False  # vision: also score the whole training set at the end (generalization gap)
+    curve_every: int = 10  # the result keeps the mean training loss of every N steps (the training curve)
+    init_from: str = ""  # start from this base-norm model.pt, then convert its norms (post-hoc conversion)
     dataset: Optional[str] = None  # "austen" for LMs; "fashion-mnist" or "mnist" for vision
     tokenizer: str = "byte"
     context: int = 128
@@ -82,6 +87,10 @@ class TrainConfig:
             raise ValueError(f"steps must be > 0; got {out.steps}")
         if out.batch_size <= 0:
             raise ValueError(f"batch_size must be > 0; got {out.batch_size}")
+        if out.val_windows not in ("random", "tiled"):
+            raise ValueError(f"val_windows must be 'random' or 'tiled'; got {out.val_windows!r}")
+        if out.curve_every <= 0:
+            raise ValueError(f"curve_every must be > 0; got {out.curve_every}")
         return out
 
     def fingerprint(self) -> dict:
@@ -106,6 +115,11 @@ FIELD_HELP = {
     "eval_every": "evaluate every N steps", "eval_batches": "LM: validation batches per evaluation",
     "eval_examples": "vision: fixed test subset size (0 = all 10k)",
     "train_subset": "vision: fixed training subset size (default: all 60k)",
+    "holdout": "evaluate on this many training images (vision) or tokens (LM) held out of training, not on the test set",
+    "val_windows": "LM validation windows: random (seeded) or tiled (consecutive, every token once)",
+    "eval_train": "vision: also score the whole training set at the end",
+    "curve_every": "the result keeps the mean training loss of every N steps",
+    "init_from": "start from this base-norm model.pt and convert its norms (post-hoc conversion)",
     "dataset": "austen (LMs); fashion-mnist or mnist (vision)", "tokenizer": "LMs: byte or gpt2",
     "context": "LMs: tokens per window", "width": "model width (default: the preset's)",
     "depth": "model depth (default: the preset's)",
@@ -128,8 +142,18 @@ def field_default(name: str) -> str:
 
 
 def fingerprint_of(config: dict) -> dict:
-    """A config (as saved in checkpoints and results) without the fields that do not change the run."""
-    return {k: v for k, v in config.items() if k not in _RUNTIME_FIELDS}
+    """A config (as saved in checkpoints and results) without the fields that do not change the run; a field
+    added since it was saved counts with its default."""
+    defaults = {f.name: f.default for f in dataclasses.fields(TrainConfig)}
+    return {k: v for k, v in {**defaults, **config}.items() if k not in _RUNTIME_FIELDS}
+
+
+class Diverged(FloatingPointError):
+    """The training loss became NaN or infinite: a result of the run (a learning rate too high), not a bug."""
+
+    def __init__(self, message: str, step: int, curve: list):
+        super().__init__(message)
+        self.step, self.curve = step, curve
 
 
 def model_overrides(cfg: TrainConfig, task: "Task") -> dict:
@@ -211,7 +235,13 @@ def train(cfg: TrainConfig, out_dir: str | Path) -> dict:
         raise ValueError(f"batch_size (global) must be divisible by the world size {dist.world_size}; got {cfg.batch_size}")
     torch.manual_seed(cfg.seed)
     task = Task(cfg)
-    model, report = build_model(cfg.model, cfg.norm, **model_overrides(cfg, task))
+    if cfg.init_from:  # the base model's trained weights first, then the norms converted as cfg.norm says
+        from .models import apply_norm
+        model, _ = build_model(cfg.model, "base", **model_overrides(cfg, task))
+        model.load_state_dict(torch.load(cfg.init_from, map_location="cpu", weights_only=True))
+        report = apply_norm(model, get_preset(cfg.model), cfg.norm)
+    else:
+        model, report = build_model(cfg.model, cfg.norm, **model_overrides(cfg, task))
     if report.total:
         from ..kernels import cpu
         cpu.load()  # a first-use build of the C++ kernel must not count as training time
@@ -231,6 +261,7 @@ def train(cfg: TrainConfig, out_dir: str | Path) -> dict:
         recorder = InfoRecorder(dist.unwrap(model), px, py, task.kind.name, vocab_size=task.vocab_size)
 
     start, history, elapsed, acc, resumed_from = 0, [], 0.0, [0.0, 0], []
+    curve, bucket = [], [0.0, 0]  # [step, mean training loss of the last curve_every steps]
     if ckpt_path.exists():
         ckpt = _load_checkpoint(ckpt_path, dist.device)
         _check_resumable(ckpt, cfg, ckpt_path)
@@ -243,6 +274,7 @@ def train(cfg: TrainConfig, out_dir: str | Path) -> dict:
         torch.set_rng_state(ckpt["rng"][dist.rank] if dist.rank < len(ckpt["rng"]) else ckpt["rng"][0])
         info_rows = ckpt.get("info", [])
         resumed_from = ckpt.get("resumed_from", []) + [start]  # the steps this run continued from, in order
+        curve, bucket = ckpt.get("curve", []), ckpt.get("curve_bucket", [0.0, 0])
     elif recorder is not None:
         info_rows += recorder.record(0)
 
@@ -266,9 +298,14 @@ def train(cfg: TrainConfig, out_dir: str | Path) -> dict:
         opt.step()
         loss_value = dist.mean(loss.item())
         if not math.isfinite(loss_value):
-            raise FloatingPointError(f"loss became {loss_value} at step {step} ({cfg.model}, {cfg.norm}, seed {cfg.seed})")
+            raise Diverged(f"loss became {loss_value} at step {step} ({cfg.model}, {cfg.norm}, seed {cfg.seed})",
+                           step, curve)
         acc = [acc[0] + loss_value, acc[1] + 1]
+        bucket = [bucket[0] + loss_value, bucket[1] + 1]
         done = step + 1
+        if done % cfg.curve_every == 0 or done == cfg.steps:
+            curve.append([done, bucket[0] / bucket[1]])
+            bucket = [0.0, 0]
         if bar is not None:
             bar.update(1)
             bar.set_postfix(loss=f"{loss_value:.4f}")
@@ -289,6 +326,7 @@ def train(cfg: TrainConfig, out_dir: str | Path) -> dict:
                     "optimizer": opt.state_dict()}
                 atomic_torch_save({**state, "step": done, "history": history, "elapsed": time.time() - t0,
                                    "train_acc": acc, "rng": rng, "info": info_rows, "resumed_from": resumed_from,
+                                   "curve": curve, "curve_bucket": bucket,
                                    "config": dataclasses.asdict(cfg)}, ckpt_path)
             dist.barrier()
             if cfg.stop_after and done >= cfg.stop_after:
@@ -297,7 +335,9 @@ def train(cfg: TrainConfig, out_dir: str | Path) -> dict:
                 return {"stopped_at": done, "checkpoint": str(ckpt_path)}
     if bar is not None:
         bar.close()
-    result = {"config": dataclasses.asdict(cfg), "final": history[-1], "history": history,
+    if cfg.eval_train:
+        history[-1].update(task.evaluate_train(dist.unwrap(model), dist.device))
+    result = {"config": dataclasses.asdict(cfg), "final": history[-1], "history": history, "curve": curve,
               "wall_time_s": time.time() - t0, "n_params": sum(p.numel() for p in model.parameters()),
               "norms": {"replaced": dict(report.replaced), "into": sorted({d for _, _, d in report.paths})},
               "world_size": dist.world_size, "resumed_from": resumed_from, "environment": provenance()}

@@ -121,12 +121,24 @@ class VisionData:
     test_y: torch.Tensor
 
 
-def vision_data(name: str = "fashion-mnist", train_subset: Optional[int] = None, test_subset: Optional[int] = None) -> VisionData:
-    """Load a vision dataset; subsets are a fixed, seed-independent selection (the same for every run)."""
+def vision_data(name: str = "fashion-mnist", train_subset: Optional[int] = None, test_subset: Optional[int] = None,
+                holdout: int = 0) -> VisionData:
+    """Load a vision dataset; subsets are a fixed, seed-independent selection (the same for every run).
+
+    ``holdout > 0`` carves that many training images (a fixed selection) out as the evaluation set, and the
+    test set is not loaded at all: tuning on it cannot touch the test set.
+    """
     if name not in VISION_DATASETS:
         raise ValueError(f"dataset must be one of {list(VISION_DATASETS)}; got {name!r}")
     xs, ys = VISION_DATASETS[name]("train")
-    xt, yt = VISION_DATASETS[name]("test")
+    if holdout:
+        if not 0 < holdout < len(ys):
+            raise ValueError(f"holdout must be in (0, {len(ys)}); got {holdout}")
+        order = np.random.default_rng(777).permutation(len(ys))
+        keep, held = np.sort(order[holdout:]), np.sort(order[:holdout])
+        xs, ys, xt, yt = xs[keep], ys[keep], xs[held], ys[held]
+    else:
+        xt, yt = VISION_DATASETS[name]("test")
 
     def pick(x, y, k, seed):
         if k is None or k >= len(y):
@@ -201,6 +213,26 @@ def austen_data(tokenizer: str = "byte", val_fraction: float = 0.1) -> TextData:
         train.append(ids[:cut])
         val.append(ids[cut:])
     return TextData(torch.from_numpy(np.concatenate(train)), torch.from_numpy(np.concatenate(val)), TOKENIZERS[tokenizer])
+
+
+def carve_holdout(data: TextData, tokens: int) -> TextData:
+    """The last ``tokens`` of the training stream become the evaluation stream (the validation text is not
+    used): a validation split carved from the training data, for tuning."""
+    if not 0 < tokens < len(data.train) // 2:
+        raise ValueError(f"holdout must be in (0, {len(data.train) // 2}) tokens; got {tokens}")
+    return TextData(data.train[:-tokens], data.train[-tokens:], data.vocab_size)
+
+
+def tiled_batches(stream: torch.Tensor, batch_size: int, context: int, batches: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """``batches`` batches of consecutive, non-overlapping windows from the start of ``stream``: every token
+    of the evaluated span is scored exactly once."""
+    windows = batch_size * batches
+    if windows * context + 1 > len(stream):
+        raise ValueError(f"eval_batches: {batches} batches of {batch_size} x {context} tokens need "
+                         f"{windows * context + 1} tokens; the evaluation text has {len(stream)}")
+    idx = torch.arange(windows)[:, None] * context + torch.arange(context + 1)
+    chunk = stream[idx]
+    return [(chunk[i:i + batch_size, :-1], chunk[i:i + batch_size, 1:]) for i in range(0, windows, batch_size)]
 
 
 def lm_batch(stream: torch.Tensor, batch_size: int, context: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:

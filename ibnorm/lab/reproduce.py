@@ -1,0 +1,290 @@
+"""The reproduction of the paper's claims: the protocol, in one place, and the runs it takes.
+
+Every number in ``RESULTS.md`` comes from a run planned here. The protocol is fixed before any run:
+
+- each family trains with the same data, model, steps, batch, optimizer and schedule for every norm
+  (:data:`FAMILIES`); only the learning rate differs, chosen per norm from the same 3-value grid
+  (:data:`LR_GRID`) on a validation split carved out of the training data, with one seed
+  (:data:`TUNE_SEED`) and a quarter of the steps;
+- the main table then runs :data:`SEEDS` at each norm's chosen rate and is scored on the test set (vision: all
+  10k images) or the validation text (LMs: 262,144 tokens, each scored once);
+- the other stages (generalization, ablations, learnable strength, post-hoc conversion) reuse a family's
+  settings and say what they change.
+
+A run's result JSON lands in ``results/<area>/runs/<stage>__<model>__<norm>__s<seed>.json`` (committed); its
+checkpoints and weights stay in ``runs/reproduction/`` (not committed). :func:`pending` lists the runs whose
+result is missing and whose inputs are ready: a run needs its family's chosen rate, so the tuning runs come
+first. ``ibnorm reproduce`` runs them, resumably, and ``ibnorm report`` turns the committed files into
+``RESULTS.md`` (:mod:`ibnorm.lab.results`).
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterable, Optional
+
+from ..atomic import atomic_write_json
+from .records import provenance
+from .sweep import IB_OPS, slug
+from .tasks import task_kind
+from .train import Diverged, TrainConfig
+
+# ---- the protocol: every setting of the reproduction, fixed before the runs ------------------------------------
+
+LR_GRID = (1e-3, 3e-3, 1e-2)  # AdamW peak rates: the same three for every norm and family
+SEEDS = (0, 1, 2)  # the main table's seeds
+TUNE_SEED = 100  # the learning-rate choice uses one seed that no reported run uses
+MAIN_NORMS = ("base", *IB_OPS, "dyt", "normalnorm")
+GENERALIZATION_SUBSET = 5000  # training images of the generalization stage (a fixed selection)
+POSTHOC_FRACTION = 0.25  # post-hoc conversion fine-tunes for this fraction of the main steps
+POSTHOC_LR_SCALE = 0.3  # ... at this fraction of the base norm's chosen rate (a fresh warmup and cosine)
+
+
+@dataclass(frozen=True)
+class Family:
+    """One model family's training protocol (the same for every norm)."""
+
+    model: str
+    steps: int  # main-table optimizer steps
+    tune_steps: int  # the learning-rate choice's shorter budget
+    settings: dict  # every other TrainConfig field that the protocol sets
+    tune_settings: dict  # what the tuning runs change: evaluation on a split carved from the training data
+    generalization_steps: int = 0  # vision: steps on the 5k subset (0 = no generalization stage)
+
+
+_VISION = dict(batch_size=64, weight_decay=0.05, warmup_steps=100, eval_examples=0, dataset="fashion-mnist")
+_LM = dict(batch_size=16, context=128, weight_decay=0.1, warmup_steps=100, eval_batches=128, val_windows="tiled",
+           dataset="austen", tokenizer="byte")
+# Tuning evaluates on 5,000 training images, or on the last 100,000 training bytes (32 x 16 x 128 of them scored).
+_VISION_TUNE = dict(holdout=5000)
+_LM_TUNE = dict(holdout=100_000, eval_batches=32)
+
+FAMILIES = {
+    # 3000 x 64 = 3.2 epochs of Fashion-MNIST; 6000 for the ViT, which learns more slowly (4000 steps at the old
+    # default rate gave the base norm 0.846, short of the 0.85 this protocol requires).
+    "resnet-mini": Family("resnet-mini", 3000, 750, dict(_VISION, eval_every=500), _VISION_TUNE, 3000),
+    "vit-mini": Family("vit-mini", 6000, 1500, dict(_VISION, eval_every=1000), _VISION_TUNE, 4000),
+    # 2000 x 16 x 128 = 4.1M training bytes, about one pass over the novels' training text.
+    "gpt2-mini": Family("gpt2-mini", 2000, 500, dict(_LM, eval_every=500), _LM_TUNE),
+    "llama-mini": Family("llama-mini", 2000, 500, dict(_LM, eval_every=500), _LM_TUNE),
+}
+VISION_FAMILIES = ("resnet-mini", "vit-mini")
+LM_FAMILIES = ("gpt2-mini", "llama-mini")
+
+GENERALIZATION_NORMS = ("base", *IB_OPS)  # claim 3 is about IBNorm against its variance-centric base
+
+# The ablations (claim 5) on llama-mini and vit-mini, 3 seeds, with the tuning budget (a quarter of the main
+# steps, the budget the rates were chosen at) and scored like the main table. Every variant of an op trains at
+# that op's chosen rate; the base norm's variants at the base norm's.
+ABLATION_MODELS = ("llama-mini", "vit-mini")
+STRENGTHS = {"ib_power": (0.25, 0.5, 0.75, 1.0), "ib_log": (0.1, 0.5, 1.0, 2.0), "ib_tanh": (0.1, 0.5, 1.0, 2.0)}
+ABLATION_NORMS = {
+    "reference": ["base", *IB_OPS],  # each op at its default: strength 0.5, compress-then-standardize, affine
+    "strength": [f"{op}:strength={v}" for op in IB_OPS for v in STRENGTHS[op] if v != 0.5],
+    "order": [f"{op}:order=standardize_then_compress" for op in IB_OPS],
+    "affine": ["base:affine=0"] + [f"{op}:affine=0" for op in IB_OPS],
+}
+# Learnable strength trains at the chosen rate of the same op with a fixed strength (no tuning of its own).
+LEARNABLE_NORMS = tuple(f"{op}:learnable_strength=1" for op in IB_OPS)
+# Post-hoc: power at strength 1 is the base norm itself; learnable strength lets it move away from there.
+POSTHOC_NORMS = ("base", "ib_power:strength=1.0,learnable_strength=1")
+
+# Areas (results/<area>/) and the order their stages run in: what the verdicts need most comes first.
+STAGES = ("tune", "main", "generalization", "ablation", "learnable", "posthoc")
+AREA = {"tune": "reproduction", "main": "reproduction", "learnable": "reproduction",
+        "posthoc": "reproduction", "generalization": "generalization", "ablation": "ablations"}
+
+
+@dataclass(frozen=True)
+class Job:
+    """One training run of the reproduction."""
+
+    stage: str
+    config: TrainConfig
+    tag: str = ""  # tuning: the learning rate; an ablation: its kind
+    needs: Optional["Job"] = None  # a run whose trained weights this one starts from
+
+    @property
+    def name(self) -> str:
+        c = self.config
+        tag = f"__{self.tag}" if self.tag else ""
+        return f"{self.stage}{tag}__{c.model}__{slug(c.norm)}__s{c.seed}"
+
+    @property
+    def area(self) -> str:
+        return AREA[self.stage]
+
+    def result_path(self, results_root: Path) -> Path:
+        return Path(results_root) / self.area / "runs" / f"{self.name}.json"
+
+    def run_dir(self, runs_root: Path) -> Path:
+        return Path(runs_root) / self.area / self.name
+
+
+def _config(model: str, norm: str, seed: int, steps: int, lr: float, **extra) -> TrainConfig:
+    fam = FAMILIES[model]
+    settings = dict(fam.settings, **extra)
+    return TrainConfig(model=model, norm=norm, seed=seed, steps=steps, lr=lr, threads=1, progress=False,
+                       checkpoint_every=100, **settings)
+
+
+def tune_jobs(model: str, norms: Iterable[str]) -> list[Job]:
+    fam = FAMILIES[model]
+    return [Job("tune", _config(model, norm, TUNE_SEED, fam.tune_steps, lr, **fam.tune_settings), tag=f"lr{lr:g}")
+            for norm in norms for lr in LR_GRID]
+
+
+def read_result(path: Path) -> Optional[dict]:
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+def score(result: dict) -> float:
+    """How a finished run ranks (higher is better): the headline metric; a diverged run ranks last."""
+    if "final" not in result:
+        return -math.inf
+    kind = task_kind(result["config"]["model"])
+    value = result["final"][kind.metric]
+    return value if kind.higher_is_better else -value
+
+
+def chosen_lr(results_root: Path, model: str, norm: str) -> Optional[float]:
+    """The grid rate with the best validation score (ties: the lower rate); None until every tuning run is in.
+    Returns NaN when the norm diverged at every rate."""
+    results = [read_result(j.result_path(results_root)) for j in tune_jobs(model, [norm])]
+    if any(r is None for r in results):
+        return None
+    scored = [(score(r), -r["config"]["lr"]) for r in results]
+    best = max(scored)
+    return math.nan if best[0] == -math.inf else -best[1]
+
+
+def planned_jobs(results_root: Path) -> tuple[list[Job], int]:
+    """Every job whose inputs are known now, in stage order, and how many more wait on a tuning result."""
+    jobs, waiting = [], 0
+    root = Path(results_root)
+
+    def at_chosen_rate(stage: str, model: str, norm: str, lr_of: str, seeds=SEEDS, tag: str = "", **extra) -> None:
+        nonlocal waiting
+        lr = chosen_lr(root, model, lr_of)
+        if lr is None:
+            waiting += len(seeds)
+        elif not math.isnan(lr):  # a norm that diverged at every rate has no further runs (the report says so)
+            steps = extra.pop("steps", FAMILIES[model].steps)
+            jobs.extend(Job(stage, _config(model, norm, s, steps, lr, **extra), tag=tag) for s in seeds)
+
+    for group in (VISION_FAMILIES, LM_FAMILIES):  # the cheaper vision families land first
+        for model in group:
+            jobs += tune_jobs(model, MAIN_NORMS)
+        for model in group:
+            for norm in MAIN_NORMS:
+                at_chosen_rate("main", model, norm, norm)
+    for model in VISION_FAMILIES:
+        for norm in GENERALIZATION_NORMS:
+            at_chosen_rate("generalization", model, norm, norm, steps=FAMILIES[model].generalization_steps,
+                           train_subset=GENERALIZATION_SUBSET, eval_train=True)
+    for model in ABLATION_MODELS:
+        for kind, norms in ABLATION_NORMS.items():
+            for norm in norms:
+                at_chosen_rate("ablation", model, norm, norm.split(":")[0], tag=kind, steps=FAMILIES[model].tune_steps)
+    for model in FAMILIES:
+        for norm in LEARNABLE_NORMS:
+            at_chosen_rate("learnable", model, norm, norm.split(":")[0])
+    for model in FAMILIES:
+        base_lr = chosen_lr(root, model, "base")
+        if base_lr is None or math.isnan(base_lr):
+            waiting += len(POSTHOC_NORMS) * len(SEEDS)
+            continue
+        fam = FAMILIES[model]
+        for seed in SEEDS:
+            parent = Job("main", _config(model, "base", seed, fam.steps, base_lr))
+            for norm in POSTHOC_NORMS:
+                cfg = _config(model, norm, seed, int(fam.steps * POSTHOC_FRACTION), base_lr * POSTHOC_LR_SCALE,
+                              init_from="")  # filled in by the runner: the parent's weights on this machine
+                jobs.append(Job("posthoc", cfg, needs=parent))
+    return jobs, waiting
+
+
+def pending(results_root: Path, stages: Optional[Iterable[str]] = None, models: Optional[Iterable[str]] = None) -> tuple[list[Job], int]:
+    """The planned jobs without a committed result (filtered by stage and model), and the count still waiting."""
+    jobs, waiting = planned_jobs(results_root)
+    stages, models = set(stages or STAGES), set(models or FAMILIES)
+    todo = [j for j in jobs if j.stage in stages and j.config.model in models
+            and not j.result_path(results_root).exists()]
+    return todo, waiting
+
+
+def run_job(job: Job, results_root: str, runs_root: str) -> dict:
+    """Train one job (resuming its checkpoint) and write its result JSON; a divergence is a result too."""
+    import torch
+    from .train import train
+
+    torch.set_num_threads(1)
+    cfg = job.config
+    if job.needs is not None:  # the parent's weights: trained again here if this machine lacks them
+        parent_dir = job.needs.run_dir(runs_root)
+        train(job.needs.config, parent_dir)
+        cfg = dataclasses.replace(cfg, init_from=str(parent_dir / "model.pt"))
+    try:
+        result = train(cfg, job.run_dir(runs_root))
+    except Diverged as e:
+        result = {"config": dataclasses.asdict(cfg), "diverged_at": e.step, "curve": e.curve, "error": str(e),
+                  "environment": provenance()}
+    result = dict(result, stage=job.stage, tag=job.tag)
+    if cfg.init_from:  # a path on this machine: not part of what the result means
+        result["config"] = dict(result["config"], init_from=job.needs.name)
+    atomic_write_json(job.result_path(results_root), result)
+    return result
+
+
+def describe(result: dict) -> str:
+    c = result["config"]
+    if "final" not in result:
+        return f"{c['model']} {c['norm']} s{c['seed']} lr {c['lr']:g}: diverged at step {result['diverged_at']}"
+    kind = task_kind(c["model"])
+    return (f"{c['model']} {c['norm']} s{c['seed']} lr {c['lr']:g}: {kind.metric} {result['final'][kind.metric]:.4f} "
+            f"({result['wall_time_s']:.0f}s)")
+
+
+def reproduce(results_root: str | Path = "results", runs_root: str | Path = "runs/reproduction", jobs: int = 1,
+              stages: Optional[Iterable[str]] = None, models: Optional[Iterable[str]] = None,
+              limit: int = 0, log: Callable[[str], None] = lambda s: print(s, file=sys.stderr, flush=True)) -> int:
+    """Run every pending job, ``jobs`` single-threaded processes at a time, planning again as results land (a
+    tuning result unlocks its family's seeds). ``limit`` stops after that many runs (0 = all). Returns the number
+    of runs made."""
+    from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+    import multiprocessing
+
+    results_root, runs_root = str(results_root), str(runs_root)
+    done, t0, in_flight = 0, time.time(), {}
+    ctx = multiprocessing.get_context("spawn")  # fresh interpreters: no thread pools inherited across fork
+    with ProcessPoolExecutor(max_workers=jobs, mp_context=ctx) as pool:
+        while True:
+            todo, waiting = pending(results_root, stages, models)
+            running = set(in_flight.values())
+            for job in todo:
+                if len(in_flight) >= jobs or (limit and done + len(in_flight) >= limit):
+                    break
+                if job.name not in running:
+                    in_flight[pool.submit(run_job, job, results_root, runs_root)] = job.name
+                    running.add(job.name)
+            if not in_flight:
+                log(f"reproduce: {done} runs made in {time.time() - t0:.0f}s; {len(todo)} pending, {waiting} waiting "
+                    f"on a tuning result")
+                return done
+            finished, _ = wait(in_flight, return_when=FIRST_COMPLETED)
+            for fut in finished:
+                name = in_flight.pop(fut)
+                result = fut.result()  # an error in a run stops the reproduction: it is a bug, not a result
+                done += 1
+                log(f"[{done} done, {len(todo) - len(in_flight)} pending, {time.time() - t0:.0f}s] {name}: "
+                    f"{describe(result)}")
+
+
+def environment_summary() -> dict:
+    return provenance() | {"pid": os.getpid()}
