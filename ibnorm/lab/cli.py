@@ -147,9 +147,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--runs-dir", default="runs/reproduction", help="checkpoints and weights (default: runs/reproduction)")
     p.set_defaults(fn=cmd_reproduce)
 
+    p = sub.add_parser("report", help="rebuild RESULTS.md, every runs.csv and the figures from the committed run files")
+    p.add_argument("--results-dir", default="results", help="where the run files are (default: results)")
+    p.add_argument("--page", default="RESULTS.md", help="the page to write (default: RESULTS.md)")
+    p.set_defaults(fn=cmd_report)
+
     add_info_parser(sub)
     add_bench_parser(sub)
     return parser
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from .results import build_report
+    if not Path(args.results_dir).is_dir():
+        raise FileNotFoundError(f"--results-dir: {args.results_dir} is not a folder")
+    build_report(args.results_dir, args.page)
+    print(f"wrote {args.page} and {args.results_dir}/*/runs.csv", file=sys.stderr)
+    return 0
 
 
 def cmd_reproduce(args: argparse.Namespace) -> int:

@@ -96,9 +96,11 @@ LEARNABLE_NORMS = tuple(f"{op}:learnable_strength=1" for op in IB_OPS)
 POSTHOC_NORMS = ("base", "ib_power:strength=1.0,learnable_strength=1")
 
 # Areas (results/<area>/) and the order their stages run in: what the verdicts need most comes first.
-STAGES = ("tune", "main", "generalization", "ablation", "learnable", "posthoc")
-AREA = {"tune": "reproduction", "main": "reproduction", "learnable": "reproduction",
-        "posthoc": "reproduction", "generalization": "generalization", "ablation": "ablations"}
+INFO_NORMS = ("base", *IB_OPS)  # claim 2: the base norm against the three ops, on the main table's vision models
+
+STAGES = ("tune", "main", "info", "generalization", "ablation", "learnable", "posthoc")
+AREA = {"tune": "reproduction", "main": "reproduction", "learnable": "reproduction", "posthoc": "reproduction",
+        "info": "info", "generalization": "generalization", "ablation": "ablations"}
 
 
 @dataclass(frozen=True)
@@ -156,11 +158,14 @@ def score(result: dict) -> float:
 def chosen_lr(results_root: Path, model: str, norm: str) -> Optional[float]:
     """The grid rate with the best validation score (ties: the lower rate); None until every tuning run is in.
     Returns NaN when the norm diverged at every rate."""
-    results = [read_result(j.result_path(results_root)) for j in tune_jobs(model, [norm])]
-    if any(r is None for r in results):
+    return chosen_lr_from({j.config.lr: read_result(j.result_path(results_root)) for j in tune_jobs(model, [norm])})
+
+
+def chosen_lr_from(results: dict[float, Optional[dict]]) -> Optional[float]:
+    """:func:`chosen_lr` of tuning results given by rate (None: not finished)."""
+    if any(r is None for r in results.values()):
         return None
-    scored = [(score(r), -r["config"]["lr"]) for r in results]
-    best = max(scored)
+    best = max((score(r), -lr) for lr, r in results.items())
     return math.nan if best[0] == -math.inf else -best[1]
 
 
@@ -184,6 +189,14 @@ def planned_jobs(results_root: Path) -> tuple[list[Job], int]:
         for model in group:
             for norm in MAIN_NORMS:
                 at_chosen_rate("main", model, norm, norm)
+    for model in VISION_FAMILIES:
+        for norm in INFO_NORMS:
+            lr = chosen_lr(root, model, norm)
+            if lr is None:
+                waiting += len(SEEDS)
+            elif not math.isnan(lr):
+                jobs.extend(Job("info", _config(model, norm, s, FAMILIES[model].steps, lr),
+                                needs=Job("main", _config(model, norm, s, FAMILIES[model].steps, lr))) for s in SEEDS)
     for model in VISION_FAMILIES:
         for norm in GENERALIZATION_NORMS:
             at_chosen_rate("generalization", model, norm, norm, steps=FAMILIES[model].generalization_steps,
@@ -229,6 +242,11 @@ def run_job(job: Job, results_root: str, runs_root: str) -> dict:
     if job.needs is not None:  # the parent's weights: trained again here if this machine lacks them
         parent_dir = job.needs.run_dir(runs_root)
         train(job.needs.config, parent_dir)
+        if job.stage == "info":
+            result = {"config": dataclasses.asdict(cfg), "rows": analyse_run(parent_dir, cfg), "stage": job.stage,
+                      "tag": job.tag, "environment": provenance()}
+            atomic_write_json(job.result_path(results_root), result)
+            return result
         cfg = dataclasses.replace(cfg, init_from=str(parent_dir / "model.pt"))
     try:
         result = train(cfg, job.run_dir(runs_root))
@@ -242,8 +260,26 @@ def run_job(job: Job, results_root: str, runs_root: str) -> dict:
     return result
 
 
+def analyse_run(run_dir: Path, cfg: TrainConfig) -> list[dict]:
+    """The information quantities of a finished vision run's weights (:mod:`ibnorm.lab.info.analysis`)."""
+    import torch
+    from .info.analysis import analyse_model
+    from .models import build_model
+    from .tasks import Task
+    from .train import model_overrides
+
+    task = Task(cfg.resolved())
+    model, _ = build_model(cfg.model, cfg.norm, **model_overrides(cfg, task))
+    model.load_state_dict(torch.load(Path(run_dir) / "model.pt", weights_only=True))
+    v = task.vision
+    return analyse_model(model, v.train_x, v.train_y, v.test_x, v.test_y, task.kind.input_key)
+
+
 def describe(result: dict) -> str:
     c = result["config"]
+    if "rows" in result:
+        pen = result["rows"][-1]
+        return f"{c['model']} {c['norm']} s{c['seed']}: penultimate IB {pen['IB']:.3f}, I(T;Y) probe {pen['I_TY_probe']:.3f}"
     if "final" not in result:
         return f"{c['model']} {c['norm']} s{c['seed']} lr {c['lr']:g}: diverged at step {result['diverged_at']}"
     kind = task_kind(c["model"])
@@ -262,6 +298,16 @@ def reproduce(results_root: str | Path = "results", runs_root: str | Path = "run
 
     results_root, runs_root = str(results_root), str(runs_root)
     done, t0, in_flight = 0, time.time(), {}
+    if jobs == 1:  # in this process: no start-up cost, and Ctrl-C stops at once (the checkpoint resumes)
+        while True:
+            todo, waiting = pending(results_root, stages, models)
+            if not todo or (limit and done >= limit):
+                log(f"reproduce: {done} runs made in {time.time() - t0:.0f}s; {len(todo)} pending, {waiting} "
+                    f"waiting on a tuning result")
+                return done
+            result = run_job(todo[0], results_root, runs_root)
+            done += 1
+            log(f"[{done} done, {len(todo) - 1} pending, {time.time() - t0:.0f}s] {todo[0].name}: {describe(result)}")
     ctx = multiprocessing.get_context("spawn")  # fresh interpreters: no thread pools inherited across fork
     with ProcessPoolExecutor(max_workers=jobs, mp_context=ctx) as pool:
         while True:

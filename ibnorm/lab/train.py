@@ -38,7 +38,8 @@ TASK_DEFAULTS = {
     "vision": dict(batch_size=64, lr=2e-3, weight_decay=0.05, warmup_steps=20, eval_batches=0, dataset="fashion-mnist"),
 }
 # Fields that do not change what a run computes: they may differ between a checkpoint and its resume.
-_RUNTIME_FIELDS = {"checkpoint_every", "threads", "progress", "stop_after"}
+# init_from is a path on this machine: where the same parent weights lie may differ (reproduce records the parent).
+_RUNTIME_FIELDS = {"checkpoint_every", "threads", "progress", "stop_after", "init_from"}
 
 
 @dataclass
@@ -187,6 +188,13 @@ def load_canonical_state(model: nn.Module, state: dict) -> None:
     bad = [k for k in missing if not k.rsplit(".", 1)[-1] in ("running_mean_c", "running_var_c", "running_var_u")]
     if bad or unexpected:
         raise ValueError(f"checkpoint does not fit the model: missing {bad}, unexpected {unexpected}")
+
+
+def learned_strengths(model: nn.Module) -> dict[str, float]:
+    """The strength each IBNorm layer with a learnable strength ended at, by layer name (empty when none)."""
+    from ..layers import _IBMixin
+    return {name: float(m.strength.detach()) for name, m in model.named_modules()
+            if isinstance(m, _IBMixin) and m.learnable_strength}
 
 
 def _config_difference(saved: dict, cfg: TrainConfig) -> str:
@@ -338,6 +346,7 @@ def train(cfg: TrainConfig, out_dir: str | Path) -> dict:
     if cfg.eval_train:
         history[-1].update(task.evaluate_train(dist.unwrap(model), dist.device))
     result = {"config": dataclasses.asdict(cfg), "final": history[-1], "history": history, "curve": curve,
+              "learned_strength": learned_strengths(dist.unwrap(model)),
               "wall_time_s": time.time() - t0, "n_params": sum(p.numel() for p in model.parameters()),
               "norms": {"replaced": dict(report.replaced), "into": sorted({d for _, _, d in report.paths})},
               "world_size": dist.world_size, "resumed_from": resumed_from, "environment": provenance()}

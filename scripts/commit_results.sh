@@ -1,0 +1,14 @@
+#!/bin/bash
+# Commit the reproduction's finished runs with RESULTS.md rebuilt from exactly those files (`ibnorm report`).
+# A sweep may keep writing while this runs: the report is rebuilt until no new run file landed meanwhile.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+list() { find results/reproduction/runs results/generalization/runs results/ablations/runs results/info/runs -name '*.json' 2>/dev/null | sort; }
+for attempt in 1 2 3 4 5; do
+  before=$(list)
+  .venv/bin/ibnorm report >/dev/null
+  [ "$before" == "$(list)" ] && break
+done
+git add RESULTS.md results/reproduction results/generalization results/ablations results/info
+n=$(echo "$before" | grep -c . || true)
+git commit -q -m "reproduce: ${n} runs in results/*/runs, RESULTS.md rebuilt by ibnorm report" -- RESULTS.md results/ && git log --oneline -1

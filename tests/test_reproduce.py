@@ -1,0 +1,166 @@
+"""The reproduction: its plan, its runner, its report, and the committed results it rebuilds byte for byte."""
+import json
+import math
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+
+from ibnorm.lab import reproduce as R
+from ibnorm.lab import results as RS
+
+REPO = Path(__file__).resolve().parents[1]
+TINY_VISION = dict(batch_size=16, eval_every=6, eval_examples=64, train_subset=256, dataset="fashion-mnist",
+                   warmup_steps=2, weight_decay=0.05)
+
+
+def _needs_data():
+    from ibnorm.lab import data as D
+    try:
+        D.load_fashion_mnist("test")
+    except D.DatasetMissingError as e:
+        pytest.skip(f"[data] {e}")
+
+
+@pytest.fixture
+def tiny_protocol(monkeypatch):
+    """One tiny vision family, two rates, two seeds: the whole plan in seconds."""
+    monkeypatch.setattr(R, "FAMILIES", {"resnet-mini": R.Family("resnet-mini", 12, 6, TINY_VISION,
+                                                                dict(holdout=300), 12)})
+    monkeypatch.setattr(R, "VISION_FAMILIES", ("resnet-mini",))
+    monkeypatch.setattr(R, "LM_FAMILIES", ())
+    monkeypatch.setattr(R, "ABLATION_MODELS", ())
+    monkeypatch.setattr(R, "LR_GRID", (1e-3, 3e-2))
+    monkeypatch.setattr(R, "SEEDS", (0, 1))
+    monkeypatch.setattr(R, "MAIN_NORMS", ("base", "ib_tanh"))
+    monkeypatch.setattr(R, "INFO_NORMS", ("base", "ib_tanh"))
+    monkeypatch.setattr(R, "GENERALIZATION_NORMS", ("base",))
+    monkeypatch.setattr(R, "LEARNABLE_NORMS", ())
+
+
+def test_plan_unlocks_seeds_at_the_rate_tuning_chose(tmp_path, tiny_protocol):
+    _needs_data()
+    results = tmp_path / "results"
+    todo, waiting = R.pending(results)
+    assert {j.stage for j in todo} == {"tune"} and len(todo) == 4  # 2 norms x 2 rates
+    assert waiting > 0
+    assert all(j.config.holdout == 300 and j.config.seed == R.TUNE_SEED for j in todo)
+
+    made = R.reproduce(results, tmp_path / "runs", jobs=1, stages=["tune", "main"], log=lambda s: None)
+    assert made == 4 + 2 * 2  # the tuning runs, then both norms' seeds at their chosen rates
+    for norm in ("base", "ib_tanh"):
+        tuned = {lr: json.loads((results / "reproduction" / "runs" / f"tune__lr{lr:g}__resnet-mini__{norm}__s100.json")
+                                .read_text()) for lr in R.LR_GRID}
+        best = max(R.LR_GRID, key=lambda lr: (tuned[lr]["final"]["val_acc"], -lr))
+        for seed in R.SEEDS:
+            main = json.loads((results / "reproduction" / "runs" / f"main__resnet-mini__{norm}__s{seed}.json").read_text())
+            assert main["config"]["lr"] == best and main["config"]["holdout"] == 0 and main["config"]["eval_examples"] == 64
+            assert main["curve"] and main["curve"][-1][0] == 12  # the training curve, every 10 steps and the last
+    # Committed results are skipped: a second pass trains nothing of these stages.
+    assert R.reproduce(results, tmp_path / "runs", jobs=1, stages=["tune", "main"], log=lambda s: None) == 0
+
+
+def test_info_stage_and_report_from_run_files(tmp_path, tiny_protocol):
+    _needs_data()
+    results = tmp_path / "results"
+    R.reproduce(results, tmp_path / "runs", jobs=1, stages=["tune", "main", "info"], log=lambda s: None)
+    info = json.loads((results / "info" / "runs" / "info__resnet-mini__ib_tanh__s0.json").read_text())
+    layers = [r for r in info["rows"] if r["layer"] != "penultimate"]
+    assert layers and all(r["contraction"] is not None and 0 < r["contraction"] < 1 for r in layers)  # tanh contracts
+    assert info["rows"][-1]["layer"] == "penultimate" and info["rows"][-1]["I_TY_probe"] >= 0
+
+    page = RS.build_report(results, tmp_path / "RESULTS.md")
+    assert "### resnet-mini" in page and "## Information (claim 2)" in page
+    first = {p: p.read_bytes() for p in [tmp_path / "RESULTS.md", *results.glob("*/runs.csv")]}
+    RS.build_report(results, tmp_path / "RESULTS.md")  # deterministic: the same bytes again
+    assert {p: p.read_bytes() for p in first} == first
+
+
+def test_a_rate_where_the_run_diverged_is_never_chosen():
+    ok = lambda acc, lr: {"config": {"model": "vit-mini", "lr": lr}, "final": {"val_acc": acc}}
+    diverged = {"config": {"model": "vit-mini", "lr": 1e-2}, "diverged_at": 40}
+    assert R.chosen_lr_from({1e-3: ok(0.80, 1e-3), 3e-3: ok(0.85, 3e-3), 1e-2: diverged}) == 3e-3
+    assert R.chosen_lr_from({1e-3: ok(0.85, 1e-3), 3e-3: ok(0.85, 3e-3), 1e-2: diverged}) == 1e-3  # tie: lower
+    assert R.chosen_lr_from({1e-3: ok(0.8, 1e-3), 3e-3: None, 1e-2: diverged}) is None  # not all in yet
+    assert math.isnan(R.chosen_lr_from({1e-3: diverged, 3e-3: diverged}))
+    lm = lambda loss, lr: {"config": {"model": "gpt2-mini", "lr": lr}, "final": {"val_loss": loss}}
+    assert R.chosen_lr_from({1e-3: lm(1.6, 1e-3), 3e-3: lm(1.5, 3e-3)}) == 3e-3  # LMs: lower loss wins
+
+
+def test_largest_loss_rise():
+    flat = [[10 * (i + 1), 2.0 - 0.01 * i] for i in range(30)]
+    assert RS.max_loss_rise(flat) == 0.0
+    spiked = [list(p) for p in flat]
+    spiked[20][1] += 0.5  # 0.5 above its own trend, 0.49 above the point before it (the lowest before it)
+    assert RS.max_loss_rise(spiked) == pytest.approx(0.49)
+    drift = [[10 * (i + 1), 1.0 + 0.01 * i] for i in range(30)]  # a slow rise: 0.01 per point
+    assert RS.max_loss_rise(drift) == pytest.approx(0.10)  # the window is the preceding 10 points, not the whole run
+
+
+def test_holdout_never_loads_the_test_set(monkeypatch):
+    import numpy as np
+    from ibnorm.lab import data as D
+    loaded = []
+
+    def fake(split):
+        loaded.append(split)
+        return np.arange(1000 * 784, dtype=np.uint8).reshape(1000, 28, 28) % 255, np.arange(1000) % 10
+
+    monkeypatch.setitem(D.VISION_DATASETS, "fashion-mnist", fake)
+    v = D.vision_data("fashion-mnist", holdout=200)
+    assert loaded == ["train"] and len(v.test_y) == 200 and len(v.train_y) == 800
+    w = D.vision_data("fashion-mnist", holdout=200)
+    assert torch.equal(v.test_x, w.test_x)  # a fixed selection
+    with pytest.raises(ValueError, match="holdout"):
+        D.vision_data("fashion-mnist", holdout=1000)
+
+
+def test_tiled_validation_scores_each_token_once():
+    from ibnorm.lab import data as D
+    stream = torch.arange(1000)
+    batches = D.tiled_batches(stream, batch_size=4, context=10, batches=3)
+    xs = torch.cat([x for x, _ in batches])
+    ys = torch.cat([y for _, y in batches])
+    assert xs.shape == (12, 10) and torch.equal(xs.flatten(), torch.arange(120))  # consecutive, no overlap
+    assert torch.equal(ys, xs + 1)  # next-token targets
+    with pytest.raises(ValueError, match="eval_batches"):
+        D.tiled_batches(stream, batch_size=4, context=100, batches=3)
+
+
+def test_carved_text_holdout_is_the_end_of_the_training_text():
+    from ibnorm.lab import data as D
+    text = D.TextData(torch.arange(100), torch.arange(100, 120), 256)
+    carved = D.carve_holdout(text, 30)
+    assert torch.equal(carved.train, torch.arange(70)) and torch.equal(carved.val, torch.arange(70, 100))
+
+
+# ---- the committed reproduction -------------------------------------------------------------------------------
+
+def test_report_rebuilds_the_committed_results_byte_for_byte(tmp_path):
+    """`ibnorm report` on the committed run files gives the committed RESULTS.md and every runs.csv."""
+    committed = [REPO / "results" / area for area in RS.AREAS if (REPO / "results" / area / "runs").is_dir()]
+    if not committed or not (REPO / "RESULTS.md").exists():
+        pytest.fail("RESULTS.md and results/*/runs/ must be committed")
+    for area_dir in committed:
+        shutil.copytree(area_dir / "runs", tmp_path / "results" / area_dir.name / "runs")
+    RS.build_report(tmp_path / "results", tmp_path / "RESULTS.md")
+    assert (tmp_path / "RESULTS.md").read_text() == (REPO / "RESULTS.md").read_text(), \
+        "RESULTS.md differs from what `ibnorm report` makes of the committed run files: run `ibnorm report`"
+    for area_dir in committed:
+        if (area_dir / "runs.csv").exists():
+            assert (tmp_path / "results" / area_dir.name / "runs.csv").read_bytes() == (area_dir / "runs.csv").read_bytes(), area_dir.name
+
+
+def test_committed_runs_follow_the_protocol():
+    """Every committed result is a run the current plan asks for, with the protocol's configuration."""
+    results = REPO / "results"
+    planned = {j.result_path(results): j for j in R.planned_jobs(results)[0]}
+    files = [f for area in RS.AREAS for f in sorted((results / area / "runs").glob("*.json"))]
+    assert files, "no committed reproduction run"
+    for f in files:
+        job = planned.get(f)
+        assert job is not None, f"{f.name} is not a run of the current protocol"
+        saved = json.loads(f.read_text())["config"]
+        want = {k: v for k, v in vars(job.config).items() if k not in ("init_from", "progress", "threads", "checkpoint_every")}
+        assert {k: saved.get(k) for k in want} == want, f.name
