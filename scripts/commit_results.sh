@@ -3,7 +3,7 @@
 # A sweep may keep writing while this runs: the report is rebuilt until no new run file landed meanwhile.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-list() { find results/reproduction/runs results/generalization/runs results/ablations/runs results/info/runs -name '*.json' 2>/dev/null | sort; }
+list() { find results/reproduction/runs results/generalization/runs results/ablations/runs results/info/runs -name '*.json' 2>/dev/null | sort || true; }
 for attempt in 1 2 3 4 5; do
   before=$(list)
   .venv/bin/ibnorm report >/dev/null
