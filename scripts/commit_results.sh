@@ -6,9 +6,9 @@ cd "$(dirname "$0")/.."
 list() { find results/reproduction/runs results/generalization/runs results/ablations/runs results/info/runs -name '*.json' 2>/dev/null | sort || true; }
 for attempt in 1 2 3 4 5; do
   before=$(list)
-  .venv/bin/ibnorm report >/dev/null
+  .venv/bin/ibnorm report 2>/dev/null
   [ "$before" == "$(list)" ] && break
 done
-git add RESULTS.md results/reproduction results/generalization results/ablations results/info
+git add RESULTS.md $(ls -d results/reproduction results/generalization results/ablations results/info 2>/dev/null)
 n=$(echo "$before" | grep -c . || true)
 git commit -q -m "reproduce: ${n} runs in results/*/runs, RESULTS.md rebuilt by ibnorm report" -- RESULTS.md results/ && git log --oneline -1
