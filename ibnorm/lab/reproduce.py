@@ -289,36 +289,36 @@ def describe(result: dict) -> str:
 
 def reproduce(results_root: str | Path = "results", runs_root: str | Path = "runs/reproduction", jobs: int = 1,
               stages: Optional[Iterable[str]] = None, models: Optional[Iterable[str]] = None,
-              limit: int = 0, log: Callable[[str], None] = lambda s: print(s, file=sys.stderr, flush=True)) -> int:
-    """Run every pending job, ``jobs`` single-threaded processes at a time, planning again as results land (a
-    tuning result unlocks its family's seeds). ``limit`` stops after that many runs (0 = all). Returns the number
-    of runs made."""
-    from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+              limit: int = 0, log: Optional[Callable[[str], None]] = None, progress: bool = True) -> int:
+    """Run every pending job, ``jobs`` single-threaded processes at a time (1: in this process), planning again
+    as results land (a tuning result unlocks its family's seeds). ``limit`` stops after that many runs (0 = all).
+    Killed, it resumes: finished results are skipped and unfinished runs continue from their checkpoints.
+    Returns the number of runs made."""
+    from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
     import multiprocessing
+    from tqdm import tqdm
 
     results_root, runs_root = str(results_root), str(runs_root)
     done, t0, in_flight = 0, time.time(), {}
-    if jobs == 1:  # in this process: no start-up cost, and Ctrl-C stops at once (the checkpoint resumes)
+    bar = tqdm(desc="reproduce", unit="run", file=sys.stderr, dynamic_ncols=True, disable=not progress)
+    log = log or bar.write
+    pool = ProcessPoolExecutor(max_workers=jobs, mp_context=multiprocessing.get_context("spawn")) if jobs > 1 else None
+    try:
         while True:
             todo, waiting = pending(results_root, stages, models)
-            if not todo or (limit and done >= limit):
-                log(f"reproduce: {done} runs made in {time.time() - t0:.0f}s; {len(todo)} pending, {waiting} "
-                    f"waiting on a tuning result")
-                return done
-            result = run_job(todo[0], results_root, runs_root)
-            done += 1
-            log(f"[{done} done, {len(todo) - 1} pending, {time.time() - t0:.0f}s] {todo[0].name}: {describe(result)}")
-    ctx = multiprocessing.get_context("spawn")  # fresh interpreters: no thread pools inherited across fork
-    with ProcessPoolExecutor(max_workers=jobs, mp_context=ctx) as pool:
-        while True:
-            todo, waiting = pending(results_root, stages, models)
-            running = set(in_flight.values())
+            bar.total = done + len(todo) + waiting
+            bar.refresh()
             for job in todo:
                 if len(in_flight) >= jobs or (limit and done + len(in_flight) >= limit):
                     break
-                if job.name not in running:
-                    in_flight[pool.submit(run_job, job, results_root, runs_root)] = job.name
-                    running.add(job.name)
+                if job.name in in_flight.values():
+                    continue
+                if pool is None:  # in this process: no start-up cost, and Ctrl-C stops at once
+                    fut: Future = Future()
+                    fut.set_result(run_job(job, results_root, runs_root))
+                else:
+                    fut = pool.submit(run_job, job, results_root, runs_root)
+                in_flight[fut] = job.name
             if not in_flight:
                 log(f"reproduce: {done} runs made in {time.time() - t0:.0f}s; {len(todo)} pending, {waiting} waiting "
                     f"on a tuning result")
@@ -328,9 +328,9 @@ def reproduce(results_root: str | Path = "results", runs_root: str | Path = "run
                 name = in_flight.pop(fut)
                 result = fut.result()  # an error in a run stops the reproduction: it is a bug, not a result
                 done += 1
-                log(f"[{done} done, {len(todo) - len(in_flight)} pending, {time.time() - t0:.0f}s] {name}: "
-                    f"{describe(result)}")
-
-
-def environment_summary() -> dict:
-    return provenance() | {"pid": os.getpid()}
+                bar.update(1)
+                log(f"[{done} done, {time.time() - t0:.0f}s] {name}: {describe(result)}")
+    finally:
+        bar.close()
+        if pool is not None:
+            pool.shutdown(cancel_futures=True)
