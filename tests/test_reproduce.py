@@ -176,3 +176,19 @@ def test_committed_runs_follow_the_protocol():
         saved = json.loads(f.read_text())["config"]
         want = {k: v for k, v in vars(job.config.resolved()).items() if k not in ("init_from", "progress", "threads", "checkpoint_every")}
         assert {k: saved.get(k) for k in want} == want, f.name
+
+
+def test_result_records_learned_strength_and_curve(tmp_path):
+    _needs_data()
+    from ibnorm.lab.train import TrainConfig, train
+    cfg = TrainConfig(model="resnet-mini", norm="ib_tanh:learnable_strength=1,strength=0.3", steps=12, lr=5e-2,
+                      curve_every=5, progress=False, **TINY_VISION)
+    r = train(cfg, tmp_path / "run")
+    learned = r["learned_strength"]
+    assert len(learned) == 9 and all(0.0 < v for v in learned.values())  # every BatchNorm of the ResNet
+    assert any(abs(v - 0.3) > 1e-4 for v in learned.values())  # it moved from where it started
+    state = torch.load(tmp_path / "run" / "model.pt")
+    from ibnorm.ops import raw_to_strength
+    for name, v in learned.items():
+        assert v == pytest.approx(float(raw_to_strength("tanh", state[f"{name}.strength_raw"])))
+    assert [s for s, _ in r["curve"]] == [5, 10, 12]  # every curve_every steps and the last

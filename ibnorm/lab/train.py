@@ -190,11 +190,14 @@ def load_canonical_state(model: nn.Module, state: dict) -> None:
         raise ValueError(f"checkpoint does not fit the model: missing {bad}, unexpected {unexpected}")
 
 
-def learned_strengths(model: nn.Module) -> dict[str, float]:
-    """The strength each IBNorm layer with a learnable strength ended at, by layer name (empty when none)."""
+def learned_strengths(model: nn.Module, state: dict) -> dict[str, float]:
+    """The strength each IBNorm layer with a learnable strength ended at, by layer name (empty when none), from a
+    full (unsharded) state dict: under FSDP the module's own parameter is a shard."""
     from ..layers import _IBMixin
-    return {name: float(m.strength.detach()) for name, m in model.named_modules()
-            if isinstance(m, _IBMixin) and m.learnable_strength}
+    from ..ops import raw_to_strength
+    return {name: float(raw_to_strength(m.compression, state[f"{name}.strength_raw"].detach()).reshape(()))
+            for name, m in model.named_modules()
+            if isinstance(m, _IBMixin) and m.learnable_strength and f"{name}.strength_raw" in state}
 
 
 def _config_difference(saved: dict, cfg: TrainConfig) -> str:
@@ -345,12 +348,12 @@ def train(cfg: TrainConfig, out_dir: str | Path) -> dict:
         bar.close()
     if cfg.eval_train:
         history[-1].update(task.evaluate_train(dist.unwrap(model), dist.device))
+    final_state = _full_state(model) if cfg.fsdp else dist.unwrap(model).state_dict()
     result = {"config": dataclasses.asdict(cfg), "final": history[-1], "history": history, "curve": curve,
-              "learned_strength": learned_strengths(dist.unwrap(model)),
+              "learned_strength": learned_strengths(dist.unwrap(model), final_state),
               "wall_time_s": time.time() - t0, "n_params": sum(p.numel() for p in model.parameters()),
               "norms": {"replaced": dict(report.replaced), "into": sorted({d for _, _, d in report.paths})},
               "world_size": dist.world_size, "resumed_from": resumed_from, "environment": provenance()}
-    final_state = _full_state(model) if cfg.fsdp else dist.unwrap(model).state_dict()
     if dist.is_main:
         atomic_torch_save({k: v for k, v in final_state.items() if k in own_keys}, out_dir / "model.pt")
         if recorder is not None:
