@@ -192,3 +192,23 @@ def test_result_records_learned_strength_and_curve(tmp_path):
     for name, v in learned.items():
         assert v == pytest.approx(float(raw_to_strength("tanh", state[f"{name}.strength_raw"])))
     assert [s for s, _ in r["curve"]] == [5, 10, 12]  # every curve_every steps and the last
+
+
+@pytest.mark.parametrize("argv, names", [(["reproduce", "--stages", "tune,bogus"], "--stages"),
+                                         (["reproduce", "--models", "bert-mini"], "--models"),
+                                         (["reproduce", "--jobs", "0"], "--jobs"),
+                                         (["report", "--results-dir", "/no/such/folder"], "--results-dir")])
+def test_bad_reproduce_arguments_exit_2_with_one_line(argv, names, capsys):
+    from ibnorm.lab.cli import main
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and names in err
+
+
+def test_dry_run_lists_the_pending_runs(tmp_path, capsys):
+    from ibnorm.lab.cli import main
+    assert main(["reproduce", "--dry-run", "--results-dir", str(tmp_path), "--models", "vit-mini"]) == 0
+    out = capsys.readouterr()
+    listed = out.out.split()
+    assert len(listed) == len(R.MAIN_NORMS) * len(R.LR_GRID) and all(x.startswith("reproduction/tune__") for x in listed)
+    assert "waiting on a tuning result" in out.err or "wait on a tuning result" in out.err

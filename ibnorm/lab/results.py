@@ -17,7 +17,7 @@ import math
 import statistics
 from collections import defaultdict
 from pathlib import Path
-from typing import Optional
+from typing import Iterable, Optional
 
 from ..atomic import atomic_write_text
 from . import reproduce as R
@@ -325,19 +325,33 @@ def info_section(runs: list[dict]) -> tuple[list[str], dict, dict]:
     return lines + ["", "![information planes](results/info/info_planes.png)", ""], comparisons, ixt
 
 
-def info_plot(runs: list[dict], path: Path) -> None:
+def _panels(models: list[str], width: float, height: float):
+    """A figure with one panel per family, side by side: (figure, [(axis, model), ...])."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    models = [m for m in R.VISION_FAMILIES if any(r["config"]["model"] == m for r in runs)]
-    fig, axes = plt.subplots(1, max(1, len(models)), figsize=(4.4 * max(1, len(models)), 3.8), squeeze=False)
-    for ax, model in zip(axes[0], models):
-        per_norm = defaultdict(list)
-        for r in runs:
-            if r["config"]["model"] == model:
-                per_norm[r["config"]["norm"]].append(r["rows"])
-        for norm, seeds in sorted(per_norm.items()):
+    fig, axes = plt.subplots(1, max(1, len(models)), figsize=(width * max(1, len(models)), height), squeeze=False)
+    return fig, list(zip(axes[0], models))
+
+
+def _per_norm(runs: list[dict], model: str, value) -> list[tuple[str, list]]:
+    """``value(run)`` of one family's runs, grouped by norm (sorted)."""
+    out = defaultdict(list)
+    for r in runs:
+        if r["config"]["model"] == model:
+            out[r["config"]["norm"]].append(value(r))
+    return sorted(out.items())
+
+
+def _models(families: Iterable[str], runs: list[dict]) -> list[str]:
+    return [m for m in families if any(r["config"]["model"] == m for r in runs)]
+
+
+def info_plot(runs: list[dict], path: Path) -> None:
+    fig, panels = _panels(_models(R.VISION_FAMILIES, runs), 4.4, 3.8)
+    for ax, model in panels:
+        for norm, seeds in _per_norm(runs, model, lambda r: r["rows"]):
             n = min(len(rows) for rows in seeds)
             xs = [statistics.fmean(rows[i]["I_XT"] for rows in seeds) for i in range(n)]
             ys = [statistics.fmean(rows[i]["I_TY_probe"] for rows in seeds) for i in range(n)]
@@ -470,13 +484,8 @@ def compute_section(all_runs: list[dict], pending: int, waiting: int) -> list[st
 # ---- figures ----------------------------------------------------------------------------------------------------
 
 def forest_plot(comparisons: dict, path: Path) -> None:
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    models = [m for m in R.FAMILIES if any(k[0] == m for k in comparisons)]
-    fig, axes = plt.subplots(1, max(1, len(models)), figsize=(3.6 * max(1, len(models)), 3.4), squeeze=False)
-    for ax, model in zip(axes[0], models):
+    fig, panels = _panels([m for m in R.FAMILIES if any(k[0] == m for k in comparisons)], 3.6, 3.4)
+    for ax, model in panels:
         items = sorted((n, p) for (m, n), (p, _) in comparisons.items() if m == model)
         for i, (norm, p) in enumerate(items):
             color = "tab:green" if p.verdict(task_kind(model).higher_is_better) == "better" else (
@@ -494,19 +503,10 @@ def forest_plot(comparisons: dict, path: Path) -> None:
 
 
 def curves_plot(runs: list[dict], path: Path) -> None:
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     main = [r for r in runs if r.get("stage") == "main" and "final" in r]
-    models = [m for m in R.FAMILIES if any(r["config"]["model"] == m for r in main)]
-    fig, axes = plt.subplots(1, max(1, len(models)), figsize=(4.0 * max(1, len(models)), 3.4), squeeze=False)
-    for ax, model in zip(axes[0], models):
-        per_norm = defaultdict(list)
-        for r in main:
-            if r["config"]["model"] == model:
-                per_norm[r["config"]["norm"]].append(r["curve"])
-        for norm, curves in sorted(per_norm.items()):
+    fig, panels = _panels(_models(R.FAMILIES, main), 4.0, 3.4)
+    for ax, model in panels:
+        for norm, curves in _per_norm(main, model, lambda r: r["curve"]):
             n = min(len(c) for c in curves)
             steps = [curves[0][i][0] for i in range(n)]
             mean = [statistics.fmean(c[i][1] for c in curves) for i in range(n)]
@@ -522,23 +522,13 @@ def curves_plot(runs: list[dict], path: Path) -> None:
 
 def strength_plot(runs: list[dict], path: Path) -> bool:
     """The strength each layer learned, per family and op (mean over seeds); False when there is nothing to plot."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     learned = [r for r in runs if r.get("stage") == "learnable" and r.get("learned_strength")]
     if not learned:
         return False
-    models = [m for m in R.FAMILIES if any(r["config"]["model"] == m for r in learned)]
-    fig, axes = plt.subplots(1, len(models), figsize=(4.0 * len(models), 3.4), squeeze=False)
-    for ax, model in zip(axes[0], models):
-        per_norm = defaultdict(lambda: defaultdict(list))
-        for r in learned:
-            if r["config"]["model"] == model:
-                for layer, s in r["learned_strength"].items():
-                    per_norm[r["config"]["norm"].split(":")[0]][layer].append(s)
-        for norm, layers in sorted(per_norm.items()):
-            ax.plot(range(len(layers)), [statistics.fmean(v) for v in layers.values()], "o-", ms=3, label=norm)
+    fig, panels = _panels(_models(R.FAMILIES, learned), 4.0, 3.4)
+    for ax, model in panels:
+        for norm, seeds in _per_norm(learned, model, lambda r: list(r["learned_strength"].values())):
+            ax.plot(range(len(seeds[0])), [statistics.fmean(v) for v in zip(*seeds)], "o-", ms=3, label=norm.split(":")[0])
         ax.axhline(0.5, color="k", lw=0.6, ls="--")
         ax.set_title(f"{model}: learned strength per layer", fontsize=9)
         ax.set_xlabel("norm layer (model order)", fontsize=8)
