@@ -27,11 +27,10 @@ def _needs_data():
 def tiny_protocol(monkeypatch):
     """One tiny vision family, two rates, two seeds: the whole plan in seconds."""
     monkeypatch.setattr(R, "FAMILIES", {"resnet-mini": R.Family("resnet-mini", 12, 6, TINY_VISION,
-                                                                dict(holdout=300), 12)})
+                                                                dict(holdout=300), 12, (1e-3, 3e-2))})
     monkeypatch.setattr(R, "VISION_FAMILIES", ("resnet-mini",))
     monkeypatch.setattr(R, "LM_FAMILIES", ())
     monkeypatch.setattr(R, "ABLATION_MODELS", ())
-    monkeypatch.setattr(R, "LR_GRID", (1e-3, 3e-2))
     monkeypatch.setattr(R, "SEEDS", (0, 1))
     monkeypatch.setattr(R, "MAIN_NORMS", ("base", "ib_tanh"))
     monkeypatch.setattr(R, "INFO_NORMS", ("base", "ib_tanh"))
@@ -51,8 +50,8 @@ def test_plan_unlocks_seeds_at_the_rate_tuning_chose(tmp_path, tiny_protocol):
     assert made == 4 + 2 * 2  # the tuning runs, then both norms' seeds at their chosen rates
     for norm in ("base", "ib_tanh"):
         tuned = {lr: json.loads((results / "reproduction" / "runs" / f"tune__lr{lr:g}__resnet-mini__{norm}__s100.json")
-                                .read_text()) for lr in R.LR_GRID}
-        best = max(R.LR_GRID, key=lambda lr: (tuned[lr]["final"]["val_acc"], -lr))
+                                .read_text()) for lr in R.FAMILIES["resnet-mini"].lr_grid}
+        best = max(R.FAMILIES["resnet-mini"].lr_grid, key=lambda lr: (tuned[lr]["final"]["val_acc"], -lr))
         for seed in R.SEEDS:
             main = json.loads((results / "reproduction" / "runs" / f"main__resnet-mini__{norm}__s{seed}.json").read_text())
             assert main["config"]["lr"] == best and main["config"]["holdout"] == 0 and main["config"]["eval_examples"] == 64
@@ -210,5 +209,5 @@ def test_dry_run_lists_the_pending_runs(tmp_path, capsys):
     assert main(["reproduce", "--dry-run", "--results-dir", str(tmp_path), "--models", "vit-mini"]) == 0
     out = capsys.readouterr()
     listed = out.out.split()
-    assert len(listed) == len(R.MAIN_NORMS) * len(R.LR_GRID) and all(x.startswith("reproduction/tune__") for x in listed)
+    assert len(listed) == len(R.MAIN_NORMS) * len(R.FAMILIES["vit-mini"].lr_grid) and all(x.startswith("reproduction/tune__") for x in listed)
     assert "waiting on a tuning result" in out.err or "wait on a tuning result" in out.err
