@@ -305,8 +305,10 @@ def reproduce(results_root: str | Path = "results", runs_root: str | Path = "run
 
     results_root, runs_root = str(results_root), str(runs_root)
     done, t0, in_flight = 0, time.time(), {}
-    bar = tqdm(desc="reproduce", unit="run", file=sys.stderr, dynamic_ncols=True, disable=not progress)
-    log = log or bar.write
+    # A bar on a terminal; a log (a background run writing to a file) gets one line per finished run only.
+    bar = tqdm(desc="reproduce", unit="run", file=sys.stderr, dynamic_ncols=True,
+               disable=not (progress and sys.stderr.isatty()))
+    log = log or (lambda s: bar.write(s, file=sys.stderr))
     pool = ProcessPoolExecutor(max_workers=jobs, mp_context=multiprocessing.get_context("spawn")) if jobs > 1 else None
     try:
         while True:
