@@ -34,8 +34,10 @@ class IBSyncBatchNorm(_IBBatchNorm):
 
     Like ``nn.SyncBatchNorm``: input ``(N, C, *)``; in training, every mean and variance is summed
     over the processes of ``process_group`` (two passes, differentiable all-reduces, so the backward
-    is exact); running statistics are therefore identical on every rank. Outside a process group,
-    or in eval, it is :class:`ibnorm.IBBatchNorm2d` for any input rank (fast path included).
+    is exact); running statistics are therefore identical on every rank. On CPU the C++ channel kernel runs in
+    passes with the sums over processes between them (:class:`ibnorm.kernels.cpu.SyncChannels`); elsewhere, or with
+    ``impl="reference"``, the plain-PyTorch definition does. Outside a process group, or in eval, it is
+    :class:`ibnorm.IBBatchNorm2d` for any input rank (fast path included).
     """
 
     def __init__(self, num_features: int, eps: float = 1e-5, momentum: Optional[float] = 0.1, affine: bool = True,

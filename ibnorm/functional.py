@@ -132,12 +132,23 @@ def ib_batch_norm(input: Tensor, running_stats: Optional[GroupStats], weight: Op
     """IBNorm with BatchNorm's grouping: per channel (dim 1) over the batch and spatial dims.
 
     ``running_stats`` (the five running buffers, or None), ``training``, ``momentum`` (the resolved factor)
-    and ``reduce`` (a sum over processes) are as in :func:`ibnorm.reference.ib_batch_norm`. The kernels
-    take batch statistics of this process; eval with running statistics, and statistics summed over
-    processes, run on the reference.
+    and ``reduce`` (a sum over processes) are as in :func:`ibnorm.reference.ib_batch_norm`. The C++ kernel takes
+    batch statistics of this process, or with ``reduce`` runs in passes with the sums over processes between them
+    (:class:`ibnorm.kernels.cpu.SyncChannels`); eval with running statistics runs on the reference.
     """
     impl = resolve_impl(impl)
     use_batch = training or running_stats is None
+    if reduce is not None and use_batch and impl in ("auto", "cpu") and cpu.supports(input):
+        R.check_channels(input)
+        check_order(order)
+        y, st = cpu.ib_channels_sync(input, weight, bias, strength, eps, compression,
+                                     order == COMPRESS_THEN_STANDARDIZE, reduce)
+        if training:
+            R.check_batch_count(st["count"], input)
+            if running_stats is not None and st["count"] > 0:
+                R.update_running(running_stats, GroupStats(st["mean_x"], st["var_x"], st["mean_c"], st["var_c"],
+                                                           st["var_u"]), momentum, st["count"])
+        return y
     if impl == "reference" or reduce is not None or not use_batch:
         return R.ib_batch_norm(input, running_stats, weight, bias, training, momentum, eps, compression, strength,
                                order, reduce)

@@ -17,6 +17,13 @@ from ibnorm.distributed import IBSyncBatchNorm, convert_sync_ibnorm
 from test_data import needs_austen, needs_fashion
 
 OPS = [("power", 0.3), ("log", 0.8), ("tanh", 1.3), ("none", None)]
+# Sync cases: name -> (op, strength, layer options, channels_last). The C++ sync kernel must run for every one.
+SYNC_CASES = {op: (op, lam, {}, False) for op, lam in OPS}
+SYNC_CASES.update({
+    "tanh learnable, channels_last": ("tanh", 0.7, {"learnable_strength": True}, True),
+    "log standardize_then_compress": ("log", 0.8, {"order": "standardize_then_compress"}, False),
+    "power reference": ("power", 0.3, {"impl": "reference"}, False),
+})
 
 
 def free_port() -> int:
@@ -32,42 +39,53 @@ def full_batch():
     return x, w
 
 
-def make_layer(cls, op, lam):
-    m = cls(3, compression=op, strength=lam, momentum=0.3)
+def make_layer(cls, op, lam, **kwargs):
+    m = cls(3, compression=op, strength=lam, momentum=0.3, **kwargs)
     with torch.no_grad():
         m.weight.copy_(torch.tensor([0.5, 1.5, 2.0]))
         m.bias.copy_(torch.tensor([0.1, -0.2, 0.3]))
     return m
 
 
-def run_layer_steps(m, x, w, steps=2):
+def run_layer_steps(m, x, w, steps=2, channels_last=False):
     for _ in range(steps):
-        xg = x.detach().clone().requires_grad_(True)
+        xg = x.detach().clone()
+        if channels_last:
+            xg = xg.contiguous(memory_format=torch.channels_last)
+        xg.requires_grad_(True)
         m.zero_grad()
         y = m(xg)
         (y * w).sum().backward()
-    return y.detach(), xg.grad, m.weight.grad.clone(), m.bias.grad.clone()
+    grads = [m.weight.grad.clone(), m.bias.grad.clone()]
+    if m.strength_raw is not None:
+        grads.append(m.strength_raw.grad.clone())
+    return y.detach(), xg.grad, grads
 
 
 def _worker(rank, world, port, out):
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     dist.init_process_group("gloo", rank=rank, world_size=world)
     torch.set_num_threads(1)
+    from ibnorm.kernels import cpu
+    calls = []
+    kernel = cpu.ib_channels_sync
+    cpu.ib_channels_sync = lambda *a, **k: calls.append(1) or kernel(*a, **k)  # which path ran
     x, w = full_batch()
     per = x.shape[0] // world
     sl = slice(rank * per, (rank + 1) * per)
     results = {}
-    for op, lam in OPS:
-        m = make_layer(IBSyncBatchNorm, op, lam)
-        y, gx, gw, gb = run_layer_steps(m, x[sl], w[sl])
-        for g in (gw, gb):
+    for name, (op, lam, kwargs, channels_last) in SYNC_CASES.items():
+        m = make_layer(IBSyncBatchNorm, op, lam, **kwargs)
+        calls.clear()
+        y, gx, grads = run_layer_steps(m, x[sl], w[sl], channels_last=channels_last)
+        for g in grads:
             dist.all_reduce(g)  # what DDP does with parameter gradients (sum; the loss is a sum here)
         ys = [torch.zeros_like(y) for _ in range(world)]
         gxs = [torch.zeros_like(gx) for _ in range(world)]
-        dist.all_gather(ys, y)
-        dist.all_gather(gxs, gx)
-        results[op] = {"y": torch.cat(ys), "gx": torch.cat(gxs), "gw": gw, "gb": gb,
-                       "buffers": {k: v.clone() for k, v in m.state_dict().items() if "running" in k or "num_batches" in k}}
+        dist.all_gather(ys, y.contiguous())
+        dist.all_gather(gxs, gx.contiguous())
+        results[name] = {"y": torch.cat(ys), "gx": torch.cat(gxs), "grads": grads, "kernel_calls": len(calls),
+                         "buffers": {k: v.clone() for k, v in m.state_dict().items() if "running" in k or "num_batches" in k}}
     torch.save(results, Path(out) / f"rank{rank}.pt")
     dist.destroy_process_group()
 
@@ -76,16 +94,19 @@ def test_sync_ibnorm_on_two_processes_equals_one_process_on_the_whole_batch(tmp_
     mp.spawn(_worker, args=(2, free_port(), str(tmp_path)), nprocs=2, join=True)
     r0, r1 = (torch.load(tmp_path / f"rank{i}.pt") for i in range(2))
     x, w = full_batch()
-    for op, lam in OPS:
-        ref = make_layer(ibnorm.IBBatchNorm2d, op, lam)
-        y, gx, gw, gb = run_layer_steps(ref, x, w)
-        got = r0[op]
-        for name, a, b in (("output", got["y"], y), ("input grad", got["gx"], gx), ("weight grad", got["gw"], gw),
-                           ("bias grad", got["gb"], gb)):
-            torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5, msg=f"{op}: {name}")
+    for case, (op, lam, kwargs, channels_last) in SYNC_CASES.items():
+        ref = make_layer(ibnorm.IBBatchNorm2d, op, lam, **kwargs)
+        y, gx, grads = run_layer_steps(ref, x, w, channels_last=channels_last)
+        got = r0[case]
+        # The C++ sync kernel ran on every rank (twice: two steps), unless the case asks for the reference.
+        assert got["kernel_calls"] == r1[case]["kernel_calls"] == (0 if kwargs.get("impl") == "reference" else 2), case
+        pairs = [("output", got["y"], y), ("input grad", got["gx"], gx)]
+        pairs += [(f"parameter grad {i}", a, b) for i, (a, b) in enumerate(zip(got["grads"], grads, strict=True))]
+        for name, a, b in pairs:
+            torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5, msg=f"{case}: {name}")
         for k, v in got["buffers"].items():
-            torch.testing.assert_close(v, ref.state_dict()[k], atol=1e-5, rtol=1e-5, msg=f"{op}: {k}")
-            assert torch.equal(v, r1[op]["buffers"][k]), f"{op}: {k} differs between ranks"
+            torch.testing.assert_close(v, ref.state_dict()[k], atol=1e-5, rtol=1e-5, msg=f"{case}: {k}")
+            assert torch.equal(v, r1[case]["buffers"][k]), f"{case}: {k} differs between ranks"
 
 
 def test_convert_sync_ibnorm_keeps_state():

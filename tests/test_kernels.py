@@ -241,13 +241,36 @@ def _batch_layouts(shape):
     yield "sliced", torch.cat([x, x], dim=3)[..., ::2]  # gaps between elements
 
 
+def _assert_batch_layers_match(fast, ref, x, gy, msg):
+    """Two batch-grouped layers agree on the output, every gradient and the running buffers (per-dtype tolerance)."""
+    rtol, atol = TOL[x.dtype]
+    yf, gxf, gpf = run(fast, x, gy)
+    yr, gxr, gpr = run(ref, x, gy)
+    torch.testing.assert_close(yf, yr, rtol=rtol, atol=atol * (1 + yr.float().abs().max()), msg=msg)
+    torch.testing.assert_close(gxf, gxr, rtol=rtol, atol=atol * (1 + gxr.float().abs().max()), msg=msg)
+    assert set(gpf) == set(gpr)
+    for n in gpr:
+        s = 1 + gpr[n].float().abs().max()
+        torch.testing.assert_close(gpf[n], gpr[n], rtol=rtol * 10, atol=atol * s * 10, msg=f"{n} {msg}")
+    for b in ("running_mean", "running_var", "running_mean_c", "running_var_c", "running_var_u"):
+        torch.testing.assert_close(getattr(fast, b), getattr(ref, b), rtol=rtol, atol=atol, msg=f"{b} {msg}")
+    assert yf.shape == x.shape
+    return yf
+
+
+@pytest.mark.parametrize("sync", [False, True], ids=["local", "sync"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
 @pytest.mark.parametrize("op,lam", OPS)
-def test_batch_kernel_every_layout(op, lam, dtype, kernel_calls):
-    """Batch grouping on the C++ kernel: outputs, every gradient and the running buffers, for NCHW,
-    channels_last, permuted and strided input, against the reference."""
+def test_batch_kernel_every_layout(op, lam, dtype, sync, kernel_calls, monkeypatch):
+    """Batch grouping on the C++ kernel: outputs, every gradient (a learned strength's too) and the running buffers,
+    for NCHW, channels_last, permuted and strided input, both orders, against the reference. ``sync``:
+    IBSyncBatchNorm's passes, in one process with the sum over processes the identity (tests/test_distributed.py
+    checks the sums over two processes)."""
     from ibnorm.kernels import cpu
-    rtol, atol = TOL[dtype]
+    sync_calls = []
+    kernel = cpu.ib_channels_sync
+    monkeypatch.setattr(cpu, "ib_channels_sync", lambda *a, **k: sync_calls.append(1) or kernel(*a, **k))
+    identity = lambda: (lambda t: t.clone())  # the sum over a process group of one
     # 20 channels x 35 positions: channels_last takes the 16x16 transposed tiles and their ragged edges.
     for layout, x in [*_batch_layouts((3, 5, 7, 4)), *_batch_layouts((2, 20, 5, 7))]:
         for order in ibnorm.ORDERS:
@@ -255,20 +278,14 @@ def test_batch_kernel_every_layout(op, lam, dtype, kernel_calls):
             gy = torch.randn(x.shape).to(dtype)
             fast = build("batch2d", x.shape, op, lam, "auto", dtype, True, order)
             ref = build("batch2d", x.shape, op, lam, "reference", dtype, True, order)
-            yf, gxf, gpf = run(fast, x, gy)
-            yr, gxr, gpr = run(ref, x, gy)
-            msg = f"{layout} {order}"
-            torch.testing.assert_close(yf, yr, rtol=rtol, atol=atol * (1 + yr.float().abs().max()), msg=msg)
-            torch.testing.assert_close(gxf, gxr, rtol=rtol, atol=atol * (1 + gxr.float().abs().max()), msg=msg)
-            for n in gpr:
-                s = 1 + gpr[n].float().abs().max()
-                torch.testing.assert_close(gpf[n], gpr[n], rtol=rtol * 10, atol=atol * s * 10, msg=f"{n} {msg}")
-            for b in ("running_mean", "running_var", "running_mean_c", "running_var_c", "running_var_u"):
-                torch.testing.assert_close(getattr(fast, b), getattr(ref, b), rtol=rtol, atol=atol, msg=f"{b} {msg}")
-            assert yf.shape == x.shape
+            if sync:
+                fast._reduce, ref._reduce = identity, identity
+            yf = _assert_batch_layers_match(fast, ref, x, gy, f"{layout} {order}")
+            assert yf.dtype == dtype
             if layout == "channels_last":  # the kernel writes the output in the input's layout
                 assert yf.is_contiguous(memory_format=torch.channels_last)
-    assert kernel_calls["channels"] == (16 if cpu.available() else 0)
+    expected = 16 if cpu.available() else 0
+    assert (len(sync_calls), kernel_calls["channels"]) == ((expected, 0) if sync else (0, expected))
 
 
 @pytest.mark.parametrize("shape", [(2, 6, 5, 3), (3, 6), (2, 6, 9)])

@@ -182,3 +182,97 @@ def ib_channels(x: Tensor, weight: Optional[Tensor], bias: Optional[Tensor], str
     y, stats = torch.ops.ibnorm.channels_forward(x3, _float_param(weight, (-1,)), _float_param(bias, (-1,)), lam_t, lam,
                                                  get_compression(compression).code, cts, float(eps))
     return y.reshape(x.shape), stats
+
+
+# ---- synchronized batch grouping (IBSyncBatchNorm): passes of the C++ kernel with all-reduces between them ------
+
+_FWD_SUMS, _FWD_APPLY, _BWD_SUMS_A, _BWD_SUMS_B, _BWD_DX = range(5)
+
+
+def _params(c: int, **columns: Tensor) -> Tensor:
+    """The kernel's per-channel table P ``[C, 9]``: mu, r, m_c, k, G1, kc, ku, SU, SUU (absent ones 0)."""
+    names = ("mu", "r", "m_c", "k", "G1", "kc", "ku", "SU", "SUU")
+    p = torch.zeros(c, len(names), dtype=torch.float32)
+    for i, name in enumerate(names):
+        if name in columns:
+            p[:, i] = columns[name].to(torch.float32)
+    return p
+
+
+class SyncChannels(torch.autograd.Function):
+    """Batch grouping with statistics summed over processes by ``reduce``: three forward passes (the moments of x,
+    step 3's sums, the output) and three backward passes (step 3's gradient sums, the sums through u, the input
+    gradient), each reading a channel once. Only sums over processes travel; parameter gradients stay local (DDP
+    reduces them), as in :class:`ibnorm.distributed.IBSyncBatchNorm`'s reference path."""
+
+    @staticmethod
+    def forward(ctx, x3, weight, bias, lam_t, lam, op, standardize, eps, reduce, stats_out):
+        c = x3.shape[1]
+        lam = float(lam_t) if lam_t is not None else lam
+        # Step 1: this process's mean and variance (exact, two-pass), combined in float64 over processes.
+        var_l, mean_l = torch.var_mean(x3.float(), dim=(0, 2), correction=0)
+        n_l = float(x3.shape[0] * x3.shape[2])
+        packed = torch.stack([mean_l.double() * n_l, (var_l.double() + mean_l.double() ** 2) * n_l,
+                              torch.full((c,), n_l, dtype=torch.float64)])
+        total = reduce(packed)
+        count = total[2]
+        mean = total[0] / count
+        var = (total[1] / count - mean ** 2).clamp_min(0.0)
+        r = (var + eps).rsqrt()
+        w, b = _float_param(weight, (-1,)), _float_param(bias, (-1,))
+        ext = load()
+        stats = {"mean_x": mean, "var_x": var, "mean_c": None, "var_c": None, "var_u": None}
+        if standardize:  # step 3's statistics: sums of c, c^2, u^2 over processes
+            _, sums = ext.channels_sync_pass(_FWD_SUMS, x3, None, None, None, _params(c, mu=mean, r=r), lam, op, True)
+            sums = reduce(sums[:, :3]) / count.unsqueeze(1)
+            m_c, v_u = sums[:, 0], sums[:, 2]
+            v_c = (sums[:, 1] - m_c ** 2).clamp_min(0.0)
+            k = ((v_u + eps) / (v_c + eps)).sqrt()
+            stats.update(mean_c=m_c, var_c=v_c, var_u=v_u)
+            p = _params(c, mu=mean, r=r, m_c=m_c, k=k)
+        else:
+            p = _params(c, mu=mean, r=r)
+        y, _ = ext.channels_sync_pass(_FWD_APPLY, x3, None, w, b, p, lam, op, standardize)
+        ctx.save_for_backward(x3, w, lam_t, p, torch.stack([count, stats["var_c"] if standardize else count,
+                                                            stats["var_u"] if standardize else count]))
+        ctx.cfg = (lam, op, standardize, eps, reduce, weight, bias is not None)
+        stats_out.update(stats, count=int(count[0]))  # for the running buffers
+        return y
+
+    @staticmethod
+    def backward(ctx, gy):
+        x3, w, lam_t, p, extra = ctx.saved_tensors
+        lam, op, standardize, eps, reduce, weight, has_b = ctx.cfg
+        ext = load()
+        gy = gy.contiguous() if gy.stride() != x3.stride() else gy
+        count, v_c, v_u = extra[0], extra[1], extra[2]
+        _, a = ext.channels_sync_pass(_BWD_SUMS_A, x3, gy, w, None, p, lam, op, standardize)
+        gw, gb = a[:, 2].float(), a[:, 3].float()  # local: DDP sums parameter gradients
+        p = p.clone()
+        if standardize:
+            g = reduce(a[:, :2]) / count.unsqueeze(1)
+            m_c, k = p[:, 2].double(), p[:, 3].double()
+            g1 = g[:, 0]
+            g2 = g[:, 1] - m_c * g1
+            p[:, 4], p[:, 5], p[:, 6] = g1.float(), (k * g2 / (v_c + eps)).float(), (k * g2 / (v_u + eps)).float()
+        _, bsum = ext.channels_sync_pass(_BWD_SUMS_B, x3, gy, w, None, p, lam, op, standardize)
+        su = reduce(bsum[:, :2]) / count.unsqueeze(1)
+        p[:, 7], p[:, 8] = su[:, 0].float(), su[:, 1].float()
+        gx, _ = ext.channels_sync_pass(_BWD_DX, x3, gy, w, None, p, lam, op, standardize)
+        gl = bsum[:, 2].sum().to(lam_t.dtype) if lam_t is not None and ctx.needs_input_grad[3] else None
+        return (gx, gw.to(weight.dtype) if weight is not None and ctx.needs_input_grad[1] else None,
+                gb.to(weight.dtype if weight is not None else gb.dtype) if has_b and ctx.needs_input_grad[2] else None,
+                gl, None, None, None, None, None, None)
+
+
+def ib_channels_sync(x: Tensor, weight: Optional[Tensor], bias: Optional[Tensor], strength, eps: float,
+                     compression: str, cts: bool, reduce) -> tuple[Tensor, dict]:
+    """Batch grouping of ``x`` ``(N, C, *)`` with statistics over processes (``reduce`` sums a tensor over them):
+    ``(y, statistics)``, the statistics those of the global batch (for the running buffers) with ``count``."""
+    lam_t, lam = _strength(strength)
+    op = get_compression(compression)
+    standardize = op.has_strength and cts
+    x3 = x.reshape(x.shape[0], x.shape[1], -1)
+    stats: dict = {}
+    y = SyncChannels.apply(x3, weight, bias, lam_t, lam, op.code, standardize, float(eps), reduce, stats)
+    return y.reshape(x.shape), stats

@@ -680,6 +680,107 @@ std::vector<at::Tensor> channels_backward(const at::Tensor& gy, const at::Tensor
   return {gx, need_dw ? gw : at::Tensor(), need_db ? gb : at::Tensor(), dl_part.sum().to(at::kFloat)};
 }
 
+// ---- synchronized batch grouping: passes with the statistics given ---------------------------------------------
+// IBSyncBatchNorm's statistics are sums over processes, so its forward and backward are split into passes over the
+// channels with an all-reduce between them (ibnorm/kernels/cpu.py, SyncChannels). P [C, 9] float holds, per
+// channel, what the earlier passes found: mu, r, m_c, k, G1, kc, ku, SU, SUU (docs/method.md names them).
+// Modes: 0: sums c, c^2, u^2 (step 3's statistics); 1: y; 2: sums gz, gz*c, g*z, g; 3: sums gu, gu*u, gc*dlam;
+// 4: gx. `standardize`: step 3 runs (an op with a strength, compress then standardize).
+enum SyncMode : int64_t { FWD_SUMS = 0, FWD_APPLY = 1, BWD_SUMS_A = 2, BWD_SUMS_B = 3, BWD_DX = 4 };
+
+template <int64_t OP>
+static void sync_group(int64_t mode, const float* xr, const float* gr, float* outr, int64_t M, const float* p,
+                       float w, float b, bool has_w, bool has_b, float lam, bool standardize, double* sums) {
+  const Vec vmu(p[0]), vr(p[1]), vmc(p[2]), vk(p[3]), vG1(p[4]), vkc(p[5]), vku(p[6]), vSU(p[7]), vSUU(p[8]);
+  const Vec vw(w), vb(b), zero(0.f), one(1.f);
+  const bool need_ds = mode >= BWD_SUMS_B, need_dl = mode == BWD_SUMS_B && OP != NONE;
+  Vec a0(0.f), a1(0.f), a2(0.f), a3(0.f);
+  for (int64_t j = 0; j < M; j += W) {
+    const int64_t n = std::min<int64_t>(W, M - j);
+    const Vec m = n < W ? Vec::set(zero, one, n) : one;  // lanes past the group's end count for nothing
+    const Vec u = (Vec::loadu(xr + j, n) - vmu) * vr;
+    Vec c, ds, dl(0.f);
+    terms<OP>(u, lam, need_ds, need_dl, c, ds, dl);
+    if (mode == FWD_SUMS) {
+      const Vec cm = c * m;
+      a0 = a0 + cm; a1 = a1 + cm * c; a2 = a2 + u * u * m;
+      continue;
+    }
+    const Vec z = standardize ? (c - vmc) * vk : c;
+    if (mode == FWD_APPLY) {
+      Vec y = has_w ? z * vw : z;
+      if (has_b) y = y + vb;
+      y.store(outr + j, n);
+      continue;
+    }
+    const Vec g = Vec::loadu(gr + j, n);  // zero past the end
+    const Vec gz = has_w ? g * vw : g;
+    if (mode == BWD_SUMS_A) {
+      a0 = a0 + gz; a1 = a1 + gz * c * m; a2 = a2 + g * z * m; a3 = a3 + g;
+      continue;
+    }
+    const Vec gc = standardize ? (gz - vG1) * vk - vkc * (c - vmc) : gz;
+    const Vec gu = standardize ? gc * ds + vku * u : gz * ds;
+    if (mode == BWD_SUMS_B) {
+      const Vec gum = gu * m;
+      a0 = a0 + gum; a1 = a1 + gum * u;
+      if (need_dl) a2 = a2 + gc * dl * m;
+      continue;
+    }
+    ((gu - vSU - u * vSUU) * vr).store(outr + j, n);
+  }
+  sums[0] = hsum(a0); sums[1] = hsum(a1); sums[2] = hsum(a2); sums[3] = hsum(a3);
+}
+
+// -> {y or gx (modes 1, 4; else undefined), sums [C, 4] float64 (modes 0, 2, 3)}
+std::vector<at::Tensor> channels_sync_pass(int64_t mode, const at::Tensor& x, const c10::optional<at::Tensor>& gy,
+                                           const c10::optional<at::Tensor>& weight,
+                                           const c10::optional<at::Tensor>& bias, const at::Tensor& P, double lam,
+                                           int64_t op, bool standardize) {
+  TORCH_CHECK(x.dim() == 3 && mode >= FWD_SUMS && mode <= BWD_DX, "x must be [N, C, S] and mode 0-4");
+  const int64_t N = x.size(0), C = x.size(1), S = x.size(2), M = N * S;
+  TORCH_CHECK(P.scalar_type() == at::kFloat && P.is_contiguous() && P.size(0) == C && P.size(1) == 9,
+              "P must be contiguous float32 [C, 9]");
+  const bool with_g = mode >= BWD_SUMS_A;
+  TORCH_CHECK(!with_g || (gy.has_value() && gy->sizes() == x.sizes() && gy->scalar_type() == x.scalar_type()),
+              "gy must be given, like x");
+  const bool writes = mode == FWD_APPLY || mode == BWD_DX;
+  at::Tensor out = writes ? at::empty_like(x) : at::Tensor();
+  TORCH_CHECK(!writes || out.strides() == x.strides(), "x must be dense (empty_like must keep its strides)");
+  auto sums = at::zeros({C, 4}, x.options().dtype(at::kDouble));
+  const float* Wp = opt_ptr(weight);
+  const float* Bp = opt_ptr(bias);
+  const float* Pp = P.data_ptr<float>();
+  double* SUMS = sums.data_ptr<double>();
+  const float l = static_cast<float>(lam);
+  dispatch(x.scalar_type(), [&](auto tag) {
+    using scalar_t = decltype(tag);
+    const scalar_t* X = x.data_ptr<scalar_t>();
+    const scalar_t* G = with_g ? gy->data_ptr<scalar_t>() : nullptr;
+    scalar_t* O = writes ? out.data_ptr<scalar_t>() : nullptr;
+    const int64_t B = channel_block(x, M);
+    at::parallel_for(0, (C + B - 1) / B, 1, [&](int64_t begin, int64_t end) {
+      std::vector<float> xbuf(B * M), gbuf(with_g ? B * M : 0), obuf(writes ? B * M : 0);
+      for (int64_t blk = begin; blk < end; ++blk) {
+        const int64_t c0 = blk * B, nb = std::min(B, C - c0);
+        gather(X, x.strides(), c0, nb, N, S, xbuf.data(), M);
+        if (with_g) gather(G, gy->strides(), c0, nb, N, S, gbuf.data(), M);
+        for (int64_t bi = 0; bi < nb; ++bi) {
+          const int64_t ch = c0 + bi;
+          with_op(op, [&](auto o) {
+            sync_group<decltype(o)::value>(mode, xbuf.data() + bi * M, with_g ? gbuf.data() + bi * M : nullptr,
+                                           writes ? obuf.data() + bi * M : nullptr, M, Pp + ch * 9,
+                                           Wp ? Wp[ch] : 1.f, Bp ? Bp[ch] : 0.f, Wp != nullptr, Bp != nullptr, l,
+                                           standardize, SUMS + ch * 4);
+          });
+        }
+        if (writes) scatter(obuf.data(), O, out.strides(), c0, nb, N, S, M);
+      }
+    });
+  });
+  return {out, sums};
+}
+
 // s(u), s'(u), ds/dlam(u) of op `op` over a float32 tensor, as the kernels evaluate them, so that tests can hold
 // the op codes and formulas to ibnorm/ops.py value by value.
 std::vector<at::Tensor> op_terms(const at::Tensor& u_in, int64_t op, double lam_d) {
@@ -838,4 +939,5 @@ TORCH_LIBRARY_IMPL(ibnorm, Autograd, m) {
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("op_terms", &op_terms, "s, s', ds/dlam of one op (float32), for tests");
+  m.def("channels_sync_pass", &channels_sync_pass, "one pass of synchronized batch grouping (IBSyncBatchNorm)");
 }
