@@ -181,7 +181,7 @@ def tuning_section(runs: list[dict]) -> list[str]:
         cells[(r["config"]["model"], r["config"]["norm"])][r["config"]["lr"]] = r
     lines += ["| family | norm | low rate | middle | high |", "|---|---|---|---|---|"]
     edges = []
-    for (model, norm), per_lr in cells.items():
+    for (model, norm), per_lr in sorted(cells.items(), key=lambda kv: (list(R.FAMILIES).index(kv[0][0]), kv[0][1])):
         grid = R.FAMILIES[model].lr_grid
         chosen = R.chosen_lr_from({lr: per_lr.get(lr) for lr in grid})
         row = []
