@@ -688,48 +688,113 @@ std::vector<at::Tensor> channels_backward(const at::Tensor& gy, const at::Tensor
 // 4: gx. `standardize`: step 3 runs (an op with a strength, compress then standardize).
 enum SyncMode : int64_t { FWD_SUMS = 0, FWD_APPLY = 1, BWD_SUMS_A = 2, BWD_SUMS_B = 3, BWD_DX = 4 };
 
+// The per-channel values of P as vectors: one channel broadcast (gathered channels), or W channels side by side
+// (channels_last rows).
+struct SyncVecs {
+  Vec mu, r, mc, k, G1, kc, ku, SU, SUU, w, b;
+};
+
+// One vector of elements of one pass: its output (modes 1, 4) or its contributions to the four sums.
 template <int64_t OP>
-static void sync_group(int64_t mode, const float* xr, const float* gr, float* outr, int64_t M, const float* p,
-                       float w, float b, bool has_w, bool has_b, float lam, bool standardize, double* sums) {
-  const Vec vmu(p[0]), vr(p[1]), vmc(p[2]), vk(p[3]), vG1(p[4]), vkc(p[5]), vku(p[6]), vSU(p[7]), vSUU(p[8]);
-  const Vec vw(w), vb(b), zero(0.f), one(1.f);
+__attribute__((always_inline)) static inline void sync_lanes(int64_t mode, const SyncVecs& p, bool has_w, bool has_b,
+                                                             float lam, bool standardize, const Vec& x, const Vec& g,
+                                                             Vec& out, Vec& s0, Vec& s1, Vec& s2, Vec& s3) {
   const bool need_ds = mode >= BWD_SUMS_B, need_dl = mode == BWD_SUMS_B && OP != NONE;
+  const Vec u = (x - p.mu) * p.r;
+  Vec c, ds, dl(0.f);
+  terms<OP>(u, lam, need_ds, need_dl, c, ds, dl);
+  if (mode == FWD_SUMS) {
+    s0 = c; s1 = c * c; s2 = u * u;
+    return;
+  }
+  const Vec z = standardize ? (c - p.mc) * p.k : c;
+  if (mode == FWD_APPLY) {
+    out = has_w ? z * p.w : z;
+    if (has_b) out = out + p.b;
+    return;
+  }
+  const Vec gz = has_w ? g * p.w : g;
+  if (mode == BWD_SUMS_A) {
+    s0 = gz; s1 = gz * c; s2 = g * z; s3 = g;
+    return;
+  }
+  const Vec gc = standardize ? (gz - p.G1) * p.k - p.kc * (c - p.mc) : gz;
+  const Vec gu = standardize ? gc * ds + p.ku * u : gz * ds;
+  if (mode == BWD_SUMS_B) {
+    s0 = gu; s1 = gu * u;
+    if (need_dl) s2 = gc * dl;
+    return;
+  }
+  out = (gu - p.SU - u * p.SUU) * p.r;
+}
+
+static inline SyncVecs sync_broadcast(const float* p, float w, float b) {
+  return {Vec(p[0]), Vec(p[1]), Vec(p[2]), Vec(p[3]), Vec(p[4]), Vec(p[5]), Vec(p[6]), Vec(p[7]), Vec(p[8]), Vec(w),
+          Vec(b)};
+}
+
+// One gathered channel of M values.
+template <int64_t OP>
+static void sync_group(int64_t mode, const float* xr, const float* gr, float* outr, int64_t M, const SyncVecs& p,
+                       bool has_w, bool has_b, float lam, bool standardize, double* sums) {
+  const Vec zero(0.f), one(1.f);
   Vec a0(0.f), a1(0.f), a2(0.f), a3(0.f);
   for (int64_t j = 0; j < M; j += W) {
     const int64_t n = std::min<int64_t>(W, M - j);
     const Vec m = n < W ? Vec::set(zero, one, n) : one;  // lanes past the group's end count for nothing
-    const Vec u = (Vec::loadu(xr + j, n) - vmu) * vr;
-    Vec c, ds, dl(0.f);
-    terms<OP>(u, lam, need_ds, need_dl, c, ds, dl);
-    if (mode == FWD_SUMS) {
-      const Vec cm = c * m;
-      a0 = a0 + cm; a1 = a1 + cm * c; a2 = a2 + u * u * m;
-      continue;
+    Vec out, s0(0.f), s1(0.f), s2(0.f), s3(0.f);
+    sync_lanes<OP>(mode, p, has_w, has_b, lam, standardize, Vec::loadu(xr + j, n),
+                   gr ? Vec::loadu(gr + j, n) : zero, out, s0, s1, s2, s3);
+    if (mode == FWD_APPLY || mode == BWD_DX) {
+      out.store(outr + j, n);
+    } else {
+      a0 = a0 + s0 * m; a1 = a1 + s1 * m; a2 = a2 + s2 * m; a3 = a3 + s3 * m;
     }
-    const Vec z = standardize ? (c - vmc) * vk : c;
-    if (mode == FWD_APPLY) {
-      Vec y = has_w ? z * vw : z;
-      if (has_b) y = y + vb;
-      y.store(outr + j, n);
-      continue;
-    }
-    const Vec g = Vec::loadu(gr + j, n);  // zero past the end
-    const Vec gz = has_w ? g * vw : g;
-    if (mode == BWD_SUMS_A) {
-      a0 = a0 + gz; a1 = a1 + gz * c * m; a2 = a2 + g * z * m; a3 = a3 + g;
-      continue;
-    }
-    const Vec gc = standardize ? (gz - vG1) * vk - vkc * (c - vmc) : gz;
-    const Vec gu = standardize ? gc * ds + vku * u : gz * ds;
-    if (mode == BWD_SUMS_B) {
-      const Vec gum = gu * m;
-      a0 = a0 + gum; a1 = a1 + gum * u;
-      if (need_dl) a2 = a2 + gc * dl * m;
-      continue;
-    }
-    ((gu - vSU - u * vSUU) * vr).store(outr + j, n);
   }
   sums[0] = hsum(a0); sums[1] = hsum(a1); sums[2] = hsum(a2); sums[3] = hsum(a3);
+}
+
+// Dense channels_last: R rows of C contiguous channels, W channels per vector, no gathering. Sums go to float
+// accumulators per channel, flushed into per-thread double partials every 256 rows.
+template <typename T, int64_t OP>
+static void sync_rows(int64_t mode, const T* X, const T* G, T* O, int64_t R, int64_t C, const float* PT,
+                      const float* Wp, const float* Bp, float lam, bool standardize, double* SUMS) {
+  const bool writes = mode == FWD_APPLY || mode == BWD_DX;
+  const int nthreads = at::get_num_threads();
+  std::vector<double> part(writes ? 0 : static_cast<size_t>(nthreads) * 4 * C, 0.0);
+  at::parallel_for(0, R, 256, [&](int64_t begin, int64_t end) {
+    double* mine = writes ? nullptr : part.data() + static_cast<size_t>(at::get_thread_num()) * 4 * C;
+    std::vector<float> xb(C), gb(G ? C : 0), ob(writes ? C : 0), acc(writes ? 0 : 4 * C, 0.f);
+    auto flush = [&]() {
+      for (int64_t i = 0; i < 4 * C; ++i) { mine[i] += acc[i]; acc[i] = 0.f; }
+    };
+    for (int64_t row = begin; row < end; ++row) {
+      load_float(X + row * C, xb.data(), C);
+      if (G) load_float(G + row * C, gb.data(), C);
+      for (int64_t j = 0; j < C; j += W) {
+        const int64_t n = std::min<int64_t>(W, C - j);
+        auto ld = [&](int64_t col) { return Vec::loadu(PT + col * C + j, n); };
+        const SyncVecs p{ld(0), ld(1), ld(2), ld(3), ld(4), ld(5), ld(6), ld(7), ld(8),
+                         Wp ? Vec::loadu(Wp + j, n) : Vec(1.f), Bp ? Vec::loadu(Bp + j, n) : Vec(0.f)};
+        Vec out, s0(0.f), s1(0.f), s2(0.f), s3(0.f);
+        sync_lanes<OP>(mode, p, Wp != nullptr, Bp != nullptr, lam, standardize, Vec::loadu(xb.data() + j, n),
+                       G ? Vec::loadu(gb.data() + j, n) : Vec(0.f), out, s0, s1, s2, s3);
+        if (writes) {
+          out.store(ob.data() + j, n);
+        } else {  // only the n lanes of this channel block are stored: nothing past C is summed
+          const Vec* sv[4] = {&s0, &s1, &s2, &s3};
+          for (int k = 0; k < 4; ++k) (Vec::loadu(acc.data() + k * C + j, n) + *sv[k]).store(acc.data() + k * C + j, n);
+        }
+      }
+      if (writes) store_float(ob.data(), O + row * C, C);
+      else if ((row - begin) % 256 == 255) flush();
+    }
+    if (!writes) flush();
+  });
+  if (!writes)
+    for (int t = 0; t < nthreads; ++t)
+      for (int k = 0; k < 4; ++k)
+        for (int64_t ch = 0; ch < C; ++ch) SUMS[ch * 4 + k] += part[(static_cast<size_t>(t) * 4 + k) * C + ch];
 }
 
 // -> {y or gx (modes 1, 4; else undefined), sums [C, 4] float64 (modes 0, 2, 3)}
@@ -753,11 +818,22 @@ std::vector<at::Tensor> channels_sync_pass(int64_t mode, const at::Tensor& x, co
   const float* Pp = P.data_ptr<float>();
   double* SUMS = sums.data_ptr<double>();
   const float l = static_cast<float>(lam);
+  // Dense channels_last (x, gy and the output alike): rows of C channels, read in place.
+  const bool rows = C > 1 && x.stride(1) == 1 && x.stride(2) == C && x.stride(0) == S * C &&
+                    (!with_g || gy->strides() == x.strides());
   dispatch(x.scalar_type(), [&](auto tag) {
     using scalar_t = decltype(tag);
     const scalar_t* X = x.data_ptr<scalar_t>();
     const scalar_t* G = with_g ? gy->data_ptr<scalar_t>() : nullptr;
     scalar_t* O = writes ? out.data_ptr<scalar_t>() : nullptr;
+    if (rows) {
+      const at::Tensor PT = P.t().contiguous();  // [9, C]: each statistic's channels side by side
+      with_op(op, [&](auto o) {
+        sync_rows<scalar_t, decltype(o)::value>(mode, X, G, O, M, C, PT.data_ptr<float>(), Wp, Bp, l, standardize,
+                                                SUMS);
+      });
+      return;
+    }
     const int64_t B = channel_block(x, M);
     at::parallel_for(0, (C + B - 1) / B, 1, [&](int64_t begin, int64_t end) {
       std::vector<float> xbuf(B * M), gbuf(with_g ? B * M : 0), obuf(writes ? B * M : 0);
@@ -767,11 +843,11 @@ std::vector<at::Tensor> channels_sync_pass(int64_t mode, const at::Tensor& x, co
         if (with_g) gather(G, gy->strides(), c0, nb, N, S, gbuf.data(), M);
         for (int64_t bi = 0; bi < nb; ++bi) {
           const int64_t ch = c0 + bi;
+          const SyncVecs p = sync_broadcast(Pp + ch * 9, Wp ? Wp[ch] : 1.f, Bp ? Bp[ch] : 0.f);
           with_op(op, [&](auto o) {
             sync_group<decltype(o)::value>(mode, xbuf.data() + bi * M, with_g ? gbuf.data() + bi * M : nullptr,
-                                           writes ? obuf.data() + bi * M : nullptr, M, Pp + ch * 9,
-                                           Wp ? Wp[ch] : 1.f, Bp ? Bp[ch] : 0.f, Wp != nullptr, Bp != nullptr, l,
-                                           standardize, SUMS + ch * 4);
+                                           writes ? obuf.data() + bi * M : nullptr, M, p, Wp != nullptr,
+                                           Bp != nullptr, l, standardize, SUMS + ch * 4);
           });
         }
         if (writes) scatter(obuf.data(), O, out.strides(), c0, nb, N, S, M);
