@@ -200,8 +200,8 @@ def _params(c: int, **columns: Tensor) -> Tensor:
 
 
 class SyncChannels(torch.autograd.Function):
-    """Batch grouping with statistics summed over processes by ``reduce``: three forward passes (the moments of x,
-    step 3's sums, the output) and three backward passes (step 3's gradient sums, the sums through u, the input
+    """Batch grouping with statistics summed over processes by ``reduce``: four forward passes (two for the moments
+    of x, step 3's sums, the output) and three backward passes (step 3's gradient sums, the sums through u, the input
     gradient), each reading a channel once. Only sums over processes travel; parameter gradients stay local (DDP
     reduces them), as in :class:`ibnorm.distributed.IBSyncBatchNorm`'s reference path."""
 
@@ -224,7 +224,7 @@ class SyncChannels(torch.autograd.Function):
         packed = torch.stack([mean_l.double() * n_l, (var_l.double() + mean_l.double() ** 2) * n_l,
                               torch.full((c,), n_l, dtype=torch.float64)])
         total = reduce(packed)
-        count = total[2]
+        count = float(total[2, 0])  # the global batch's values per channel
         mean = total[0] / count
         var = (total[1] / count - mean ** 2).clamp_min(0.0)
         r = (var + eps).rsqrt()
@@ -232,7 +232,7 @@ class SyncChannels(torch.autograd.Function):
         stats = {"mean_x": mean, "var_x": var, "mean_c": None, "var_c": None, "var_u": None}
         if standardize:  # step 3's statistics: sums of c, c^2, u^2 over processes
             _, sums = ext.channels_sync_pass(_FWD_SUMS, x3, None, None, None, _params(c, mu=mean, r=r), lam, op, True)
-            sums = reduce(sums[:, :3]) / count.unsqueeze(1)
+            sums = reduce(sums[:, :3]) / count
             m_c, v_u = sums[:, 0], sums[:, 2]
             v_c = (sums[:, 1] - m_c ** 2).clamp_min(0.0)
             k = ((v_u + eps) / (v_c + eps)).sqrt()
@@ -241,36 +241,35 @@ class SyncChannels(torch.autograd.Function):
         else:
             p = _params(c, mu=mean, r=r)
         y, _ = ext.channels_sync_pass(_FWD_APPLY, x3, None, w, b, p, lam, op, standardize)
-        ctx.save_for_backward(x3, w, lam_t, p, torch.stack([count, stats["var_c"] if standardize else count,
-                                                            stats["var_u"] if standardize else count]))
-        ctx.cfg = (lam, op, standardize, eps, reduce, weight, bias is not None)
-        stats_out.update(stats, count=int(count[0]))  # for the running buffers
+        ctx.save_for_backward(x3, w, lam_t, p, stats["var_c"], stats["var_u"])
+        dtypes = tuple(None if t is None else t.dtype for t in (weight, bias))  # of the gradients to return
+        ctx.cfg = (lam, op, standardize, eps, reduce, count, *dtypes)
+        stats_out.update(stats, count=int(count))  # for the running buffers
         return y
 
     @staticmethod
     def backward(ctx, gy):
-        x3, w, lam_t, p, extra = ctx.saved_tensors
-        lam, op, standardize, eps, reduce, weight, has_b = ctx.cfg
+        x3, w, lam_t, p, v_c, v_u = ctx.saved_tensors
+        lam, op, standardize, eps, reduce, count, w_dtype, b_dtype = ctx.cfg
         ext = load()
         if gy.stride() != x3.stride():  # the passes read gy in x's layout
             gy = torch.empty_like(x3).copy_(gy)
-        count, v_c, v_u = extra[0], extra[1], extra[2]
         _, a = ext.channels_sync_pass(_BWD_SUMS_A, x3, gy, w, None, p, lam, op, standardize)
         gw, gb = a[:, 2].float(), a[:, 3].float()  # local: DDP sums parameter gradients
         p = p.clone()
         if standardize:
-            g = reduce(a[:, :2]) / count.unsqueeze(1)
+            g = reduce(a[:, :2]) / count
             m_c, k = p[:, 2].double(), p[:, 3].double()
             g1 = g[:, 0]
             g2 = g[:, 1] - m_c * g1
             p[:, 4], p[:, 5], p[:, 6] = g1.float(), (k * g2 / (v_c + eps)).float(), (k * g2 / (v_u + eps)).float()
         _, bsum = ext.channels_sync_pass(_BWD_SUMS_B, x3, gy, w, None, p, lam, op, standardize)
-        su = reduce(bsum[:, :2]) / count.unsqueeze(1)
+        su = reduce(bsum[:, :2]) / count
         p[:, 7], p[:, 8] = su[:, 0].float(), su[:, 1].float()
         gx, _ = ext.channels_sync_pass(_BWD_DX, x3, gy, w, None, p, lam, op, standardize)
         gl = bsum[:, 2].sum().to(lam_t.dtype) if lam_t is not None and ctx.needs_input_grad[3] else None
-        return (gx, gw.to(weight.dtype) if weight is not None and ctx.needs_input_grad[1] else None,
-                gb.to(weight.dtype if weight is not None else gb.dtype) if has_b and ctx.needs_input_grad[2] else None,
+        return (gx, gw.to(w_dtype) if w_dtype is not None and ctx.needs_input_grad[1] else None,
+                gb.to(b_dtype) if b_dtype is not None and ctx.needs_input_grad[2] else None,
                 gl, None, None, None, None, None, None)
 
 

@@ -22,7 +22,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import os
 import sys
 import time
 from dataclasses import dataclass
@@ -181,14 +180,20 @@ def planned_jobs(results_root: Path) -> tuple[list[Job], int]:
     jobs, waiting = [], 0
     root = Path(results_root)
 
-    def at_chosen_rate(stage: str, model: str, norm: str, lr_of: str, seeds=SEEDS, tag: str = "", **extra) -> None:
+    def rate(model: str, lr_of: str, runs: int) -> Optional[float]:
+        """``lr_of``'s chosen rate; None (counting ``runs`` as waiting) until it is known, or when that norm
+        diverged at every rate (no further runs: the report says so)."""
         nonlocal waiting
         lr = chosen_lr(root, model, lr_of)
         if lr is None:
-            waiting += len(seeds)
-        elif not math.isnan(lr):  # a norm that diverged at every rate has no further runs (the report says so)
+            waiting += runs
+        return None if lr is None or math.isnan(lr) else lr
+
+    def at_chosen_rate(stage: str, model: str, norm: str, lr_of: str, tag: str = "", **extra) -> None:
+        lr = rate(model, lr_of, len(SEEDS))
+        if lr is not None:
             steps = extra.pop("steps", FAMILIES[model].steps)
-            jobs.extend(Job(stage, _config(model, norm, s, steps, lr, **extra), tag=tag) for s in seeds)
+            jobs.extend(Job(stage, _config(model, norm, s, steps, lr, **extra), tag=tag) for s in SEEDS)
 
     for group in (VISION_FAMILIES, LM_FAMILIES):  # the cheaper vision families land first
         for model in group:
@@ -198,12 +203,11 @@ def planned_jobs(results_root: Path) -> tuple[list[Job], int]:
                 at_chosen_rate("main", model, norm, norm)
     for model in VISION_FAMILIES:
         for norm in INFO_NORMS:
-            lr = chosen_lr(root, model, norm)
-            if lr is None:
-                waiting += len(SEEDS)
-            elif not math.isnan(lr):
-                jobs.extend(Job("info", _config(model, norm, s, FAMILIES[model].steps, lr),
-                                needs=Job("main", _config(model, norm, s, FAMILIES[model].steps, lr))) for s in SEEDS)
+            lr = rate(model, norm, len(SEEDS))
+            if lr is not None:
+                steps = FAMILIES[model].steps
+                jobs.extend(Job("info", _config(model, norm, s, steps, lr),
+                                needs=Job("main", _config(model, norm, s, steps, lr))) for s in SEEDS)
     for model in VISION_FAMILIES:
         for norm in GENERALIZATION_NORMS:
             at_chosen_rate("generalization", model, norm, norm, steps=FAMILIES[model].generalization_steps,
@@ -216,9 +220,8 @@ def planned_jobs(results_root: Path) -> tuple[list[Job], int]:
         for norm in LEARNABLE_NORMS:
             at_chosen_rate("learnable", model, norm, norm.split(":")[0])
     for model in FAMILIES:
-        base_lr = chosen_lr(root, model, "base")
-        if base_lr is None or math.isnan(base_lr):
-            waiting += len(POSTHOC_NORMS) * len(SEEDS)
+        base_lr = rate(model, "base", len(POSTHOC_NORMS) * len(SEEDS))
+        if base_lr is None:
             continue
         fam = FAMILIES[model]
         for seed in SEEDS:
@@ -269,15 +272,10 @@ def run_job(job: Job, results_root: str, runs_root: str) -> dict:
 
 def analyse_run(run_dir: Path, cfg: TrainConfig) -> list[dict]:
     """The information quantities of a finished vision run's weights (:mod:`ibnorm.lab.info.analysis`)."""
-    import torch
     from .info.analysis import analyse_model
-    from .models import build_model
-    from .tasks import Task
-    from .train import model_overrides
+    from .train import load_trained
 
-    task = Task(cfg.resolved())
-    model, _ = build_model(cfg.model, cfg.norm, **model_overrides(cfg, task))
-    model.load_state_dict(torch.load(Path(run_dir) / "model.pt", weights_only=True))
+    model, task = load_trained(cfg, run_dir)
     v = task.vision
     return analyse_model(model, v.train_x, v.train_y, v.test_x, v.test_y, task.kind.input_key)
 

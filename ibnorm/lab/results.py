@@ -119,17 +119,23 @@ def _ms(xs: list[float], digits: int) -> str:
     return f"{statistics.fmean(xs):.{digits}f} ± {statistics.stdev(xs):.{digits}f}"
 
 
-def _delta(p: Optional[Paired], higher_is_better: bool, digits: int) -> tuple[str, str]:
+def versus(values: dict[int, float], base: Optional[dict[int, float]], higher_is_better: bool, digits: int = 4,
+           ) -> tuple[Optional[Paired], str, str]:
+    """(paired comparison, "Δ [CI]" text, verdict) of ``values`` against ``base``; ``base`` None: this row is the
+    reference itself."""
+    if base is None:
+        return None, "—", "—"
+    p = compare(values, base)
     if p is None:
-        return "—", "pending"
-    return (f"{p.mean:+.{digits}f} [{p.low:+.{digits}f}, {p.high:+.{digits}f}]", p.verdict(higher_is_better))
+        return None, "—", "pending"
+    return p, f"{p.mean:+.{digits}f} [{p.low:+.{digits}f}, {p.high:+.{digits}f}]", p.verdict(higher_is_better)
 
 
 # ---- the sections -----------------------------------------------------------------------------------------------
 
 def protocol_section() -> list[str]:
-    lines = ["## Protocol (fixed before the runs)", "",
-             f"Source of truth: `ibnorm/lab/reproduce.py`; this section is generated from it.", "",
+    lines = ["## Protocol (fixed before the runs, but for the one change under learning rate)", "",
+             "Source of truth: `ibnorm/lab/reproduce.py`; this section is generated from it.", "",
              "| family | base norm | steps | batch | tokens or epochs | evaluation | tuning: steps, split |",
              "|---|---|---|---|---|---|---|"]
     for name, fam in R.FAMILIES.items():
@@ -151,8 +157,8 @@ def protocol_section() -> list[str]:
               + "; ".join(f"{m} {', '.join(f'{x:g}' for x in f.lr_grid)}" for m, f in R.FAMILIES.items())
               + f") by the validation score of one seed ({R.TUNE_SEED}) at the tuning budget; ties go to the lower "
               "rate. The grid was first 0.001, 0.003, 0.01 for every family. Its first 28 tuning runs chose the top for "
-              "all six ResNet norms, the bottom for two of the first three ViT norms (the middle for the third), and "
-              "0.01 was the worst rate for every ViT norm. So, before any main-table run, the vision grids moved one "
+              "all six ResNet norms; of the three ViT norms with all three rates in, two chose the bottom and one the "
+              "middle, and 0.01 was the worst rate for each. So, before any main-table run, the vision grids moved one "
               "step; the runs at the dropped rates are in the git history, not in the tables.",
               f"- Seeds: {', '.join(map(str, R.SEEDS))} (initialization and batch order). Norms: "
               f"{', '.join(R.MAIN_NORMS)}; IBNorm ops at their default strength 0.5.",
@@ -229,9 +235,8 @@ def main_section(runs: list[dict], stage: str = "main", title: str = "Main table
         base = base_values.get((model, "base"), {})
         for norm in sorted(set(norms), key=lambda n: (n != "base", n)):
             v = values.get((model, norm), {})
-            p = None if norm == "base" else compare(v, base)
-            delta, verdict = ("—", "—") if norm == "base" else _delta(p, kind.higher_is_better, digits)
-            if norm != "base" and p is not None:
+            p, delta, verdict = versus(v, None if norm == "base" else base, kind.higher_is_better, digits)
+            if p is not None:
                 comparisons[(model, norm)] = (p, verdict)
             seeds = f"{len(v)}" + (f" (+{len(diverged[(model, norm)])} diverged)" if diverged.get((model, norm)) else "")
             lines.append(f"| {norm} | {lrs[(model, norm)]:g} | {seeds} | {_ms(list(v.values()), digits)} | {delta} | {verdict} |")
@@ -254,8 +259,7 @@ def generalization_section(runs: list[dict], ixt: dict) -> tuple[list[str], dict
     lines += ["| family | norm | train acc | test acc | gap | Δ gap vs base [95% CI] | verdict | I(X;T) |",
               "|---|---|---|---|---|---|---|---|"]
     for (model, norm) in sorted(gap, key=lambda k: (list(R.FAMILIES).index(k[0]), k[1] != "base", k[1])):
-        p = None if norm == "base" else compare(gap[(model, norm)], gap.get((model, "base"), {}))
-        delta, verdict = ("—", "—") if norm == "base" else _delta(p, False, 4)
+        p, delta, verdict = versus(gap[(model, norm)], None if norm == "base" else gap.get((model, "base"), {}), False)
         if p is not None:
             comparisons[(model, norm)] = (p, verdict)
         lines.append(f"| {model} | {norm} | {_ms(list(tr[(model, norm)].values()), 4)} | "
@@ -285,8 +289,8 @@ def ablation_section(runs: list[dict]) -> tuple[list[str], dict]:
                 if v is None:
                     continue
                 ref = norm.split(":")[0] if r_kind != "reference" else "base"
-                p = None if norm == "base" else compare(v, values.get((model, ref), {}))
-                delta, verdict = ("—", "—") if norm == "base" else _delta(p, kind.higher_is_better, 4)
+                p, delta, verdict = versus(v, None if norm == "base" else values.get((model, ref), {}),
+                                           kind.higher_is_better)
                 if p is not None:
                     comparisons[(model, norm)] = (p, verdict)
                 lines.append(f"| {norm} | {len(v)} | {_ms(list(v.values()), 4)} | {delta} | {verdict} |")
@@ -327,8 +331,7 @@ def info_section(runs: list[dict]) -> tuple[list[str], dict, dict]:
             if not seeds:
                 continue
             base = {s: v["IB"] for (m, n, s), v in summary.items() if (m, n) == (model, "base")}
-            p = None if norm == "base" else compare({s: v["IB"] for s, v in seeds.items()}, base)
-            delta, verdict = ("—", "—") if norm == "base" else _delta(p, True, 3)
+            p, delta, verdict = versus({s: v["IB"] for s, v in seeds.items()}, None if norm == "base" else base, True, 3)
             if p is not None:
                 comparisons[(model, norm)] = (p, verdict)
             ixt[(model, norm)] = statistics.fmean(v["I_XT"] for v in seeds.values())
@@ -390,8 +393,8 @@ def posthoc_section(runs: list[dict]) -> list[str]:
     strengths = {(r["config"]["model"], r["config"]["norm"], r["config"]["seed"]): r.get("learned_strength", {}) for r in post}
     for (model, norm), v in values.items():
         kind = task_kind(model)
-        p = None if norm == "base" else compare(v, values.get((model, "base"), {}))
-        delta, verdict = ("—", "—") if norm == "base" else _delta(p, kind.higher_is_better, 4)
+        _, delta, verdict = versus(v, None if norm == "base" else values.get((model, "base"), {}),
+                                   kind.higher_is_better)
         learned = [statistics.fmean(s.values()) for (m, n, _), s in strengths.items() if (m, n) == (model, norm) and s]
         lines.append(f"| {model} | {norm} | {len(v)} | {_ms(list(v.values()), 4)} | {delta} | {verdict} | "
                      f"{_ms(learned, 4) if learned else '—'} |")

@@ -165,6 +165,14 @@ def model_overrides(cfg: TrainConfig, task: "Task") -> dict:
     return overrides
 
 
+def load_trained(cfg: TrainConfig, run_dir: str | Path) -> tuple[nn.Module, Task]:
+    """A finished run's model (its ``model.pt``) and task, rebuilt from its config."""
+    task = Task(cfg.resolved())
+    model, _ = build_model(cfg.model, cfg.norm, **model_overrides(cfg, task))
+    model.load_state_dict(torch.load(Path(run_dir) / "model.pt", weights_only=True))
+    return model, task
+
+
 def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
     """Decay matrices only; norm gains, biases and scalars (ndim < 2) are not decayed."""
     decay, no_decay = [], []

@@ -105,7 +105,6 @@ def probe_bound(train_t: Tensor, train_y: Tensor, test_t: Tensor, test_y: Tensor
 def analyse_model(model: nn.Module, train_x: Tensor, train_y: Tensor, test_x: Tensor, test_y: Tensor,
                   input_key: str = "pixel_values") -> list[dict]:
     """One row per norm layer (in model order) and one for the penultimate features."""
-    torch.manual_seed(0)
     tr = capture(model, train_x[:PROBE_TRAIN], input_key)
     te = capture(model, test_x[:PROBE_TEST], input_key)
     x_mi = test_x[:MI_EXAMPLES]

@@ -6,7 +6,6 @@ import json
 import sys
 from pathlib import Path
 
-import torch
 
 from ...atomic import atomic_write_text
 from ..records import write_csv
@@ -16,9 +15,7 @@ from .recorder import DEFAULT_MAX_DIM, read_info_csv, write_info_csv
 def analyse_run(run_dir: Path, method: str, beta: float, probe: int, max_dim: int) -> list[dict]:
     """The trajectory recorded during training (``info.csv``) when it used these settings; otherwise the
     final model's rows, computed once and kept beside it (``info.csv`` itself is never overwritten)."""
-    from ..models import build_model
-    from ..tasks import Task
-    from ..train import TrainConfig, model_overrides
+    from ..train import TrainConfig, load_trained
     from .recorder import InfoRecorder
 
     result = json.loads((run_dir / "result.json").read_text())
@@ -35,9 +32,7 @@ def analyse_run(run_dir: Path, method: str, beta: float, probe: int, max_dim: in
     if recorded.exists():
         print(f"{recorded} was recorded with other settings; analysing the final model only ({final.name})",
               file=sys.stderr)
-    task = Task(cfg)
-    model, _ = build_model(cfg.model, cfg.norm, **model_overrides(cfg, task))
-    model.load_state_dict(torch.load(run_dir / "model.pt", weights_only=True))
+    model, task = load_trained(cfg, run_dir)
     px, py = task.probe(probe)
     rec = InfoRecorder(model, px, py, task.kind.name, method=method, beta=beta, max_dim=max_dim, vocab_size=task.vocab_size)
     rows = [dict(r, **cfg.run_fields()) for r in rec.record(cfg.steps)]
