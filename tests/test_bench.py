@@ -13,9 +13,9 @@ def test_bench_measures_ratios_memory_and_writes_its_report():
         for key, r in res[section].items():
             # ratios are per-round quotients to the base timed in the same round: recompute one from the times
             assert r["IB-tanh fast"]["saved_ratio"] == pytest.approx(r["IB-tanh fast"]["saved_bytes"] / r[base]["saved_bytes"])
+            assert r["_copy"]["GBps"] > 0 and r["_copy"]["ms"] > 0
             for name, v in r.items():
                 if name.startswith("_"):
-                    assert v["GBps"] > 0
                     continue
                 assert v["fwd_ms"] > 0 and v["fwdbwd_ms"] > 0 and v["saved_bytes"] > 0, (key, name)
             # the reference path keeps every intermediate for autograd; the kernels do not
@@ -23,6 +23,11 @@ def test_bench_measures_ratios_memory_and_writes_its_report():
     from ibnorm.kernels import cpu
     if cpu.load() is not None:  # the C++ kernel saves what nn.LayerNorm saves (input, mean, rstd)
         assert res["rows"]["33x64 float32"]["IB-power fast"]["saved_ratio"] == pytest.approx(1.0, abs=0.05)
+        # the floor: s(u) alone per op, timed with the rest, as a ratio to the base norm of the same round
+        for section in ("rows", "nchw"):
+            for key, r in res[section].items():
+                assert set(r["_transcendental"]) == {"power", "log", "tanh"}, key
+                assert all(v["ms"] > 0 and v["ratio"] > 0 for v in r["_transcendental"].values()), key
     assert set(res["nchw"]) == {"3x8x5x5 float32", "3x8x5x5 float32 channels_last", "3x8x5x5 bfloat16",
                                 "3x8x5x5 bfloat16 channels_last"}
     steps = res["train_step"]["vit-mini"]
@@ -35,4 +40,9 @@ def test_bench_measures_ratios_memory_and_writes_its_report():
     assert "Regenerate: `ibnorm bench --rounds 2`" in md
     assert "## 7x48 bfloat16 (base: nn.LayerNorm" in md and "## 3x8x5x5 float32 (base: nn.BatchNorm2d" in md
     assert md.count("| IB-log fast |") == 8 and "| 3x8x5x5 bfloat16 channels_last | nn.BatchNorm2d |" in md
+    if cpu.load() is not None:
+        floor = [line for line in md.splitlines() if line.startswith("| 7x48 float32 | ")][1].split(" | ")
+        ident, s_power, kernel_power = (float(floor[i].rstrip("x")) for i in (1, 2, 6))
+        assert float(floor[5].rstrip("x")) == pytest.approx(ident + s_power, abs=0.011)  # floor = identity + s(u)
+        assert kernel_power == pytest.approx(res["rows"]["7x48 float32"]["IB-power fast"]["fwdbwd_ratio"], abs=0.005)
     assert "| model | base ms/step | power | log | tanh | dyt | normalnorm |" in md and "| vit-mini |" in md

@@ -248,6 +248,17 @@ def test_huge_rows_stay_finite_on_the_fast_path():
     torch.testing.assert_close(y, ref(x), rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.parametrize("layout", [torch.contiguous_format, torch.channels_last])
+def test_huge_batches_stay_finite_on_the_fast_path(layout):
+    """Squares past float's range: channels_last's in-place passes hand over to the path that rescales."""
+    x = (torch.randn(4, 20, 3, 3, dtype=torch.float64).float() * 1e19).contiguous(memory_format=layout)
+    fast = ibnorm.IBBatchNorm2d(20, compression="tanh")
+    ref = ibnorm.IBBatchNorm2d(20, compression="tanh", impl="reference")
+    y = fast(x)
+    assert torch.isfinite(y).all()
+    torch.testing.assert_close(y, ref(x), rtol=1e-4, atol=1e-4)
+
+
 def test_a_wrong_norm_spec_is_reported_before_the_data_loads(tmp_path, monkeypatch):
     from ibnorm.lab import data as D
     from ibnorm.lab.train import TrainConfig, train

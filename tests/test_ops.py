@@ -119,3 +119,20 @@ def test_cpp_kernel_evaluates_the_table_formulas(op):
         want = entry.terms(u.double(), lam, True)
         for name, g, w in zip(("s", "ds", "dlam"), got, want):
             torch.testing.assert_close(g.double(), w, rtol=2e-5, atol=2e-6, msg=f"{op} {lam} {name}")
+
+
+@pytest.mark.parametrize("op", list(COMPRESSIONS))
+def test_cpp_op_cost_sums_what_the_kernel_evaluates(op):
+    """``op_cost`` (the benchmark's floor) evaluates the same s and s' as the kernels, over every element exactly once,
+    the odd tail included: its sums match the table formulas."""
+    from ibnorm.kernels import cpu
+    ext = cpu.load()
+    if ext is None:
+        pytest.skip(skip_reason("ext", f"C++ kernel not built here: {cpu._failed}"))
+    entry = COMPRESSIONS[op]
+    u = U_VALUES[:1003].float()
+    for lam in (STRENGTHS[op] if entry.has_strength else [1.0]):
+        s, ds, _ = entry.terms(u.double(), lam, False)
+        n = float(ext.op_cost(u, entry.code, lam, False))
+        assert n == pytest.approx(float(s.sum()), rel=1e-4, abs=1e-3), (op, lam)
+        assert float(ext.op_cost(u, entry.code, lam, True)) == pytest.approx(float((s + ds).sum()), rel=1e-4, abs=1e-3), (op, lam)

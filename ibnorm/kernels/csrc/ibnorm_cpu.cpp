@@ -1,7 +1,8 @@
 // IBNorm forward and backward on CPU, one group of values at a time, held in cache:
 //  - rows:     last-dimension groups (layer and RMS grouping), one row per group, per-element affine;
-//  - channels: batch grouping, one channel over (batch, spatial) per group, per-channel affine, any strides
-//              (NCHW and channels_last alike): a channel is gathered into a float buffer and scattered back.
+//  - channels: batch grouping, one channel over (batch, spatial) per group, per-channel affine, any strides: a
+//              channel is gathered into a float buffer and scattered back; dense channels_last instead runs the
+//              synchronized path's passes over rows of channels in place (channels_last_forward/backward).
 // Math in float32; float32, bfloat16 and float16 in and out: a group is converted into a float buffer, never the
 // whole tensor. The transcendentals are polynomials written once with at::vec::Vectorized arithmetic, so every
 // vector width torch builds for (AVX2, AVX-512, ...) runs the same code. The math is derived in docs/method.md;
@@ -80,6 +81,10 @@ static inline Vec flog_ge1(Vec x) {
 // matters here: s(u) is standardized next, so values near 0 need no relative accuracy, and there is no division.
 static inline Vec flog1p(const Vec& a) { return flog_ge1(Vec(1.f) + a); }
 
+// x * sign(u) by flipping x's sign bit where u's is set (u = -0 counts as negative, as in copysign; for x >= 0 this is
+// copysign(x, u)). ATen's copysign is an out-of-line Sleef call on AVX-512, which spills every live vector register.
+static inline Vec times_sign_of(const Vec& x, const Vec& u) { return x ^ (u & Vec(-0.f)); }
+
 static inline Vec fexpm1(const Vec& t) {  // Taylor series near 0, where exp(t) - 1 would cancel
   const Vec series = t * (Vec(1.f) + t * (Vec(0.5f) + t * (Vec(1.f / 6) + t * Vec(1.f / 24))));
   return Vec::blendv(fexp(t) - Vec(1.f), series, t.abs() < Vec(0.01f));
@@ -89,7 +94,7 @@ static inline Vec ftanh(const Vec& y) {  // 1 - 2 / (e^2a + 1), odd; a series ne
   const Vec a = y.abs(), z = a * a;
   const Vec big = Vec(1.f) - Vec(2.f) / (fexp(a + a) + Vec(1.f));
   const Vec series = a * (Vec(1.f) + z * (Vec(-1.f / 3) + z * (Vec(2.f / 15) + z * Vec(-17.f / 315))));
-  return Vec::blendv(big, series, a < Vec(0.05f)).copysign(y);
+  return times_sign_of(Vec::blendv(big, series, a < Vec(0.05f)), y);
 }
 
 // ---- the ops: s(u), s'(u), ds/dlam(u) (ibnorm/ops.py) ---------------------------------------------------------
@@ -109,15 +114,15 @@ __attribute__((always_inline)) static inline void terms(const Vec& u, float lam,
   } else if constexpr (OP == POWER) {
     const Vec a = u.abs();
     const Vec L = flog1p(a), em1 = fexpm1(vl * L);
-    s = (em1 * inv).copysign(u);
+    s = times_sign_of(em1 * inv, u);
     if (need_ds || need_dl) ds = (em1 + one) / (one + a);
-    if (need_dl) dl = (L * (em1 + one) * inv - em1 * inv2) * one.copysign(u);  // times sign(u): may be < 0
+    if (need_dl) dl = times_sign_of(L * (em1 + one) * inv - em1 * inv2, u);  // may be < 0
   } else {
     const Vec a = u.abs();
     const Vec la = vl * a, lq = flog1p(la);
-    s = (lq * inv).copysign(u);
+    s = times_sign_of(lq * inv, u);
     if (need_ds || need_dl) ds = one / (one + la);
-    if (need_dl) dl = (a * ds * inv - lq * inv2) * one.copysign(u);
+    if (need_dl) dl = times_sign_of(a * ds * inv - lq * inv2, u);
   }
 }
 
@@ -589,6 +594,14 @@ static void scatter(const float* src, T* Y, const at::IntArrayRef st, int64_t c0
   else for (int64_t b = 0; b < nb; ++b) scatter_channel(src + b * M, Y, st, c0 + b, N, S);
 }
 
+template <typename T>
+static bool channels_last_forward(const T* X, T* Y, int64_t R, int64_t C, const float* Wp, const float* Bp,
+                                  const Cfg& c, float* ST);
+template <typename T>
+static void channels_last_backward(const T* X, const T* G, T* GX, int64_t R, int64_t C, const float* Wp,
+                                   const float* ST, const Cfg& c, float* GW, float* GB, double& dl);
+static bool dense_channels_last(const at::Tensor& x);
+
 std::vector<at::Tensor> channels_forward(const at::Tensor& x, const c10::optional<at::Tensor>& weight,
                                          const c10::optional<at::Tensor>& bias, const c10::optional<at::Tensor>& lam_t,
                                          double lam, int64_t op, bool cts, double eps) {
@@ -605,6 +618,7 @@ std::vector<at::Tensor> channels_forward(const at::Tensor& x, const c10::optiona
     using scalar_t = decltype(tag);
     const scalar_t* X = x.data_ptr<scalar_t>();
     scalar_t* Y = y.data_ptr<scalar_t>();
+    if (dense_channels_last(x) && channels_last_forward<scalar_t>(X, Y, M, C, Wp, Bp, c, ST)) return;
     const int64_t B = channel_block(x, M);
     at::parallel_for(0, (C + B - 1) / B, 1, [&](int64_t begin, int64_t end) {
       std::vector<float> xbuf(B * M), ybuf(B * M);
@@ -650,6 +664,14 @@ std::vector<at::Tensor> channels_backward(const at::Tensor& gy, const at::Tensor
     const scalar_t* X = x.data_ptr<scalar_t>();
     const scalar_t* G = gy.data_ptr<scalar_t>();
     scalar_t* GX = gx.data_ptr<scalar_t>();
+    if (dense_channels_last(x)) {
+      // the passes read gy in x's layout
+      const at::Tensor g = gy.strides() == x.strides() ? gy : at::empty_like(x).copy_(gy);
+      double dl = 0;
+      channels_last_backward<scalar_t>(X, g.data_ptr<scalar_t>(), GX, M, C, Wp, ST, c, GW, GB, dl);
+      dl_part.data_ptr<double>()[0] = dl;
+      return;
+    }
     const int64_t B = channel_block(x, M);
     at::parallel_for(0, (C + B - 1) / B, 1, [&](int64_t begin, int64_t end) {
       std::vector<float> xbuf(B * M), gbuf(B * M), gxbuf(B * M);
@@ -694,17 +716,30 @@ struct SyncVecs {
   Vec mu, r, mc, k, G1, kc, ku, SU, SUU, w, b;
 };
 
-// One vector of elements of one pass: its output (modes 1, 4) or its contributions to the four sums.
+// One vector of elements of one pass: its output (modes 1, 4) or its contributions to the four sums. `cached`: the
+// previous pass left c (before mode 1) or g_u (before mode 4) in `out`, so this pass evaluates no transcendental;
+// modes 0 and 3 always leave c and g_u in `out`.
 template <int64_t OP>
 __attribute__((always_inline)) static inline void sync_lanes(int64_t mode, const SyncVecs& p, bool has_w, bool has_b,
                                                              float lam, bool standardize, const Vec& x, const Vec& g,
-                                                             Vec& out, Vec& s0, Vec& s1, Vec& s2, Vec& s3) {
+                                                             Vec& out, Vec& s0, Vec& s1, Vec& s2, Vec& s3,
+                                                             bool cached = false) {
   const bool need_ds = mode >= BWD_SUMS_B, need_dl = mode == BWD_SUMS_B && OP != NONE;
   const Vec u = (x - p.mu) * p.r;
+  if (cached && mode == FWD_APPLY) {
+    const Vec z = standardize ? (out - p.mc) * p.k : out;
+    out = has_w ? z * p.w : z;
+    if (has_b) out = out + p.b;
+    return;
+  }
+  if (cached && mode == BWD_DX) {
+    out = (out - p.SU - u * p.SUU) * p.r;
+    return;
+  }
   Vec c, ds, dl(0.f);
   terms<OP>(u, lam, need_ds, need_dl, c, ds, dl);
   if (mode == FWD_SUMS) {
-    s0 = c; s1 = c * c; s2 = u * u;
+    s0 = c; s1 = c * c; s2 = u * u; out = c;
     return;
   }
   const Vec z = standardize ? (c - p.mc) * p.k : c;
@@ -721,7 +756,7 @@ __attribute__((always_inline)) static inline void sync_lanes(int64_t mode, const
   const Vec gc = standardize ? (gz - p.G1) * p.k - p.kc * (c - p.mc) : gz;
   const Vec gu = standardize ? gc * ds + p.ku * u : gz * ds;
   if (mode == BWD_SUMS_B) {
-    s0 = gu; s1 = gu * u;
+    s0 = gu; s1 = gu * u; out = gu;
     if (need_dl) s2 = gc * dl;
     return;
   }
@@ -754,42 +789,66 @@ static void sync_group(int64_t mode, const float* xr, const float* gr, float* ou
   sums[0] = hsum(a0); sums[1] = hsum(a1); sums[2] = hsum(a2); sums[3] = hsum(a3);
 }
 
-// Dense channels_last: R rows of C contiguous channels, W channels per vector, no gathering. Sums go to float
-// accumulators per channel, flushed into per-thread double partials every 256 rows.
+// Dense channels_last: R rows of C contiguous channels, W channels per vector, no gathering. Rows go in blocks of RB
+// (float32 is read in place; half types are converted into a float block once); within a block, each run of W
+// channels takes its statistics into registers once and walks the block's rows, whose lines stay in L1. Sums are
+// float per block, then added into per-thread double partials.
+constexpr int64_t RB = 32;
+
+// `cache` (float32 only): modes 0 and 3 also write c and g_u into O, and modes 1 and 4 read them back from O and
+// overwrite them in place, so each direction evaluates the transcendental one time fewer.
 template <typename T, int64_t OP>
 static void sync_rows(int64_t mode, const T* X, const T* G, T* O, int64_t R, int64_t C, const float* PT,
-                      const float* Wp, const float* Bp, float lam, bool standardize, double* SUMS) {
+                      const float* Wp, const float* Bp, float lam, bool standardize, double* SUMS, bool cache = false) {
+  constexpr bool is_float = std::is_same<T, float>::value;
+  TORCH_CHECK(!cache || is_float, "cached passes are float32 only");
   const bool writes = mode == FWD_APPLY || mode == BWD_DX;
+  const bool fills = cache && (mode == FWD_SUMS || mode == BWD_SUMS_B);
   const int nthreads = at::get_num_threads();
   std::vector<double> part(writes ? 0 : static_cast<size_t>(nthreads) * 4 * C, 0.0);
-  at::parallel_for(0, R, 256, [&](int64_t begin, int64_t end) {
+  const int64_t nblocks = (R + RB - 1) / RB;
+  at::parallel_for(0, nblocks, std::max<int64_t>(1, 8192 / std::max<int64_t>(C, 1)), [&](int64_t b0, int64_t b1) {
     double* mine = writes ? nullptr : part.data() + static_cast<size_t>(at::get_thread_num()) * 4 * C;
-    std::vector<float> xb(C), gb(G ? C : 0), ob(writes ? C : 0), acc(writes ? 0 : 4 * C, 0.f);
-    auto flush = [&]() {
-      for (int64_t i = 0; i < 4 * C; ++i) { mine[i] += acc[i]; acc[i] = 0.f; }
-    };
-    for (int64_t row = begin; row < end; ++row) {
-      load_float(X + row * C, xb.data(), C);
-      if (G) load_float(G + row * C, gb.data(), C);
+    std::vector<float> xb(is_float ? 0 : RB * C), gb(is_float || !G ? 0 : RB * C), ob(is_float || !writes ? 0 : RB * C);
+    float lanes[4][W];
+    for (int64_t blk = b0; blk < b1; ++blk) {
+      const int64_t r0 = blk * RB, nr = std::min(RB, R - r0);
+      const float *xp, *gp = nullptr;
+      float* op = nullptr;
+      if constexpr (is_float) {
+        xp = X + r0 * C;
+        if (G) gp = G + r0 * C;
+        if (writes || fills) op = O + r0 * C;
+      } else {
+        load_float(X + r0 * C, xb.data(), nr * C);
+        xp = xb.data();
+        if (G) { load_float(G + r0 * C, gb.data(), nr * C); gp = gb.data(); }
+        if (writes) op = ob.data();
+      }
       for (int64_t j = 0; j < C; j += W) {
         const int64_t n = std::min<int64_t>(W, C - j);
         auto ld = [&](int64_t col) { return Vec::loadu(PT + col * C + j, n); };
         const SyncVecs p{ld(0), ld(1), ld(2), ld(3), ld(4), ld(5), ld(6), ld(7), ld(8),
                          Wp ? Vec::loadu(Wp + j, n) : Vec(1.f), Bp ? Vec::loadu(Bp + j, n) : Vec(0.f)};
-        Vec out, s0(0.f), s1(0.f), s2(0.f), s3(0.f);
-        sync_lanes<OP>(mode, p, Wp != nullptr, Bp != nullptr, lam, standardize, Vec::loadu(xb.data() + j, n),
-                       G ? Vec::loadu(gb.data() + j, n) : Vec(0.f), out, s0, s1, s2, s3);
-        if (writes) {
-          out.store(ob.data() + j, n);
-        } else {  // only the n lanes of this channel block are stored: nothing past C is summed
-          const Vec* sv[4] = {&s0, &s1, &s2, &s3};
-          for (int k = 0; k < 4; ++k) (Vec::loadu(acc.data() + k * C + j, n) + *sv[k]).store(acc.data() + k * C + j, n);
+        Vec a0(0.f), a1(0.f), a2(0.f), a3(0.f);
+        for (int64_t r = 0; r < nr; ++r) {
+          Vec out, s0(0.f), s1(0.f), s2(0.f), s3(0.f);
+          if (cache && writes) out = Vec::loadu(op + r * C + j, n);
+          sync_lanes<OP>(mode, p, Wp != nullptr, Bp != nullptr, lam, standardize, Vec::loadu(xp + r * C + j, n),
+                         gp ? Vec::loadu(gp + r * C + j, n) : Vec(0.f), out, s0, s1, s2, s3, cache && writes);
+          if (writes || fills) out.store(op + r * C + j, n);
+          if (!writes) { a0 = a0 + s0; a1 = a1 + s1; a2 = a2 + s2; a3 = a3 + s3; }
+        }
+        if (!writes) {  // only this run's n channels: lanes past C summed padding
+          a0.store(lanes[0]); a1.store(lanes[1]); a2.store(lanes[2]); a3.store(lanes[3]);
+          for (int k = 0; k < 4; ++k)
+            for (int64_t i = 0; i < n; ++i) mine[k * C + j + i] += lanes[k][i];
         }
       }
-      if (writes) store_float(ob.data(), O + row * C, C);
-      else if ((row - begin) % 256 == 255) flush();
+      if constexpr (!is_float) {
+        if (writes) store_float(ob.data(), O + r0 * C, nr * C);
+      }
     }
-    if (!writes) flush();
   });
   if (!writes)
     for (int t = 0; t < nthreads; ++t)
@@ -855,6 +914,126 @@ std::vector<at::Tensor> channels_sync_pass(int64_t mode, const at::Tensor& x, co
     });
   });
   return {out, sums};
+}
+
+// ---- dense channels_last batch grouping: the synchronized passes, with this process's statistics ---------------
+// Rows of C contiguous channels are read in place, W channels per vector, with no gathering or transposition: four
+// forward passes (two for the moments of x, step 3's sums, the output) and three backward passes. Gathering blocks of
+// channels instead read each row's cache lines with a stride and moved every value through a buffer twice.
+
+static bool dense_channels_last(const at::Tensor& x) {
+  const int64_t C = x.size(1), S = x.size(2);
+  return C > 1 && x.stride(1) == 1 && x.stride(2) == C && x.stride(0) == S * C;
+}
+
+template <typename T>
+static void local_pass(int64_t mode, int64_t op, const T* X, const T* G, T* O, int64_t R, int64_t C,
+                       const std::vector<float>& PT, const float* Wp, const float* Bp, float lam, bool standardize,
+                       std::vector<double>& sums, bool cache = false) {
+  std::fill(sums.begin(), sums.end(), 0.0);
+  with_op(op, [&](auto o) {
+    sync_rows<T, decltype(o)::value>(mode, X, G, O, R, C, PT.data(), Wp, Bp, lam, standardize, sums.data(), cache);
+  });
+}
+
+// y and stats [C, 6] as channels_forward's; false (nothing written) when a variance overflows float, which the
+// gathering path's rescaling handles.
+template <typename T>
+static bool channels_last_forward(const T* X, T* Y, int64_t R, int64_t C, const float* Wp, const float* Bp,
+                                  const Cfg& c, float* ST) {
+  std::vector<float> PT(9 * C, 0.f);  // [9, C]: mu, r, m_c, k, G1, kc, ku, SU, SUU; each row one per channel
+  std::vector<double> sums(4 * C);
+  std::fill(PT.begin() + C, PT.begin() + 2 * C, 1.f);  // r = 1: the identity op sums x - mu and its square
+  local_pass<T>(FWD_SUMS, NONE, X, nullptr, nullptr, R, C, PT, nullptr, nullptr, 1.f, false, sums);
+  for (int64_t ch = 0; ch < C; ++ch) PT[ch] = static_cast<float>(sums[ch * 4] / R);
+  local_pass<T>(FWD_SUMS, NONE, X, nullptr, nullptr, R, C, PT, nullptr, nullptr, 1.f, false, sums);
+  const bool standardize = c.op != NONE && c.cts;
+  for (int64_t ch = 0; ch < C; ++ch) {
+    const double shift = sums[ch * 4] / R;  // what float rounding left of the mean
+    const double var = std::max(sums[ch * 4 + 1] / R - shift * shift, 0.0);
+    if (!std::isfinite(static_cast<float>(var))) return false;
+    const float mu = static_cast<float>(PT[ch] + shift), v = static_cast<float>(var);
+    const float r = 1.f / std::sqrt(v + c.eps);
+    float* o = ST + ch * 6;
+    o[0] = mu; o[1] = r; o[2] = v; o[3] = 0.f; o[4] = 0.f; o[5] = v * r * r;
+    PT[ch] = mu; PT[C + ch] = r;
+  }
+  // float32: step 3's pass leaves c in y for the output pass (half types would round it, so they evaluate it twice).
+  // Measured on AVX-512 at 64x64x32x32: a write and a read of y cost about one tanh or log evaluation, and half a
+  // power one; for the identity op they cost more than its s(u), so it reads nothing back.
+  const bool cache = std::is_same<T, float>::value && c.op != NONE;
+  if (standardize) {  // step 3: moments of c = s(u)
+    local_pass<T>(FWD_SUMS, c.op, X, nullptr, cache ? Y : nullptr, R, C, PT, nullptr, nullptr, c.lam, true, sums,
+                  cache);
+    for (int64_t ch = 0; ch < C; ++ch) {
+      const double mc = sums[ch * 4] / R;
+      float* o = ST + ch * 6;
+      o[3] = static_cast<float>(mc);
+      o[4] = static_cast<float>(std::max(sums[ch * 4 + 1] / R - mc * mc, 0.0));
+      PT[2 * C + ch] = o[3];
+      PT[3 * C + ch] = std::sqrt((o[5] + c.eps) / (o[4] + c.eps));
+    }
+  }
+  local_pass<T>(FWD_APPLY, c.op, X, nullptr, Y, R, C, PT, Wp, Bp, c.lam, standardize, sums, cache && standardize);
+  return true;
+}
+
+// gx, and the per-channel sums of the parameter gradients and the strength's, from the forward's stats [C, 6].
+template <typename T>
+static void channels_last_backward(const T* X, const T* G, T* GX, int64_t R, int64_t C, const float* Wp,
+                                   const float* ST, const Cfg& c, float* GW, float* GB, double& dl) {
+  const bool standardize = c.op != NONE && c.cts;
+  std::vector<float> PT(9 * C, 0.f);
+  std::vector<double> sums(4 * C);
+  for (int64_t ch = 0; ch < C; ++ch) {
+    const float* o = ST + ch * 6;
+    PT[ch] = o[0]; PT[C + ch] = o[1];
+    if (standardize) { PT[2 * C + ch] = o[3]; PT[3 * C + ch] = std::sqrt((o[5] + c.eps) / (o[4] + c.eps)); }
+  }
+  local_pass<T>(BWD_SUMS_A, c.op, X, G, nullptr, R, C, PT, Wp, nullptr, c.lam, standardize, sums);
+  for (int64_t ch = 0; ch < C; ++ch) {
+    GW[ch] = static_cast<float>(sums[ch * 4 + 2]);
+    GB[ch] = static_cast<float>(sums[ch * 4 + 3]);
+    if (standardize) {  // step 3's backward: g1 = mean(gz), g2 = mean(gz (c - m_c))
+      const double k = PT[3 * C + ch], g1 = sums[ch * 4] / R, g2 = sums[ch * 4 + 1] / R - PT[2 * C + ch] * g1;
+      PT[4 * C + ch] = static_cast<float>(g1);
+      PT[5 * C + ch] = static_cast<float>(k * g2 / (ST[ch * 6 + 4] + c.eps));
+      PT[6 * C + ch] = static_cast<float>(k * g2 / (ST[ch * 6 + 5] + c.eps));
+    }
+  }
+  const bool cache = std::is_same<T, float>::value && c.op != NONE;  // g_u goes through gx, as c through y above
+  local_pass<T>(BWD_SUMS_B, c.op, X, G, cache ? GX : nullptr, R, C, PT, Wp, nullptr, c.lam, standardize, sums, cache);
+  dl = 0;
+  for (int64_t ch = 0; ch < C; ++ch) {
+    PT[7 * C + ch] = static_cast<float>(sums[ch * 4] / R);
+    PT[8 * C + ch] = static_cast<float>(sums[ch * 4 + 1] / R);
+    dl += sums[ch * 4 + 2];
+  }
+  local_pass<T>(BWD_DX, c.op, X, G, GX, R, C, PT, Wp, nullptr, c.lam, standardize, sums, cache);
+}
+
+// The transcendental alone: sum over u of s(u) (the forward's evaluation) or of s(u) + s'(u) (the backward's), with
+// every thread computing and nothing stored, so that a benchmark can time the polynomial apart from memory passes.
+at::Tensor op_cost(const at::Tensor& u_in, int64_t op, double lam_d, bool backward) {
+  TORCH_CHECK(u_in.scalar_type() == at::kFloat && u_in.is_contiguous(), "u must be contiguous float32");
+  const float lam = static_cast<float>(lam_d);
+  const float* U = u_in.data_ptr<float>();
+  const int64_t N = u_in.numel();
+  std::vector<double> part(at::get_num_threads(), 0.0);
+  at::parallel_for(0, (N + W - 1) / W, 4096, [&](int64_t b, int64_t e) {
+    Vec acc(0.f);
+    for (int64_t i = b; i < e; ++i) {
+      const int64_t j = i * W, n = std::min<int64_t>(W, N - j);
+      Vec vs, vds(0.f), vdl;
+      with_op(op, [&](auto o) { terms<decltype(o)::value>(Vec::loadu(U + j, n), lam, backward, false, vs, vds, vdl); });
+      if (backward) vs = vs + vds;  // (the identity op sets s' = 1 even when it is not asked for)
+      acc = acc + Vec::set(Vec(0.f), vs, n);  // the tail's zero padding would add s'(0)
+    }
+    part[at::get_thread_num()] += hsum(acc);
+  });
+  double total = 0;
+  for (double p : part) total += p;
+  return at::scalar_tensor(total, u_in.options());
 }
 
 // s(u), s'(u), ds/dlam(u) of op `op` over a float32 tensor, as the kernels evaluate them, so that tests can hold
@@ -1015,5 +1194,6 @@ TORCH_LIBRARY_IMPL(ibnorm, Autograd, m) {
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("op_terms", &op_terms, "s, s', ds/dlam of one op (float32), for tests");
+  m.def("op_cost", &op_cost, "the transcendental alone (a benchmark's floor): sum of s(u) [+ s'(u)] over u");
   m.def("channels_sync_pass", &channels_sync_pass, "one pass of synchronized batch grouping (IBSyncBatchNorm)");
 }
