@@ -60,7 +60,7 @@ def test_plan_unlocks_seeds_at_the_rate_tuning_chose(tmp_path, tiny_protocol):
     assert R.reproduce(results, tmp_path / "runs", jobs=1, stages=["tune", "main"], log=lambda s: None) == 0
 
 
-def test_info_stage_and_report_from_run_files(tmp_path, tiny_protocol):
+def test_info_stage_and_report_from_run_files(tmp_path, tiny_protocol, monkeypatch):
     _needs_data()
     results = tmp_path / "results"
     R.reproduce(results, tmp_path / "runs", jobs=1, stages=["tune", "main", "info"], log=lambda s: None)
@@ -68,6 +68,21 @@ def test_info_stage_and_report_from_run_files(tmp_path, tiny_protocol):
     layers = [r for r in info["rows"] if r["layer"] != "penultimate"]
     assert layers and all(r["contraction"] is not None and 0 < r["contraction"] < 1 for r in layers)  # tanh contracts
     assert info["rows"][-1]["layer"] == "penultimate" and info["rows"][-1]["I_TY_probe"] >= 0
+
+    # The models analysed are the main table's own, and their weights are kept beside the results: a fresh machine
+    # (no runs folder) analyses them again without training anything, to the same numbers.
+    kept = sorted(p.name for p in (results / "reproduction" / "weights").iterdir())
+    assert kept == [f"main__resnet-mini__{n}__s{s}.pt" for n in ("base", "ib_tanh") for s in (0, 1)]
+    shutil.rmtree(tmp_path / "runs")
+    (results / "info" / "runs" / "info__resnet-mini__ib_tanh__s0.json").unlink()
+    from ibnorm.lab import train as T
+
+    def no_training(*a, **k):
+        raise AssertionError("trained a run whose weights are committed")
+    monkeypatch.setattr(T, "train", no_training)
+    assert R.reproduce(results, tmp_path / "runs", jobs=1, stages=["tune", "main", "info"], log=lambda s: None) == 1
+    again = json.loads((results / "info" / "runs" / "info__resnet-mini__ib_tanh__s0.json").read_text())
+    assert again["rows"] == info["rows"]
 
     page = RS.build_report(results, tmp_path / "RESULTS.md")
     assert "### resnet-mini" in page and "## Information (claim 2)" in page

@@ -22,6 +22,8 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import os
+import shutil
 import sys
 import time
 from dataclasses import dataclass
@@ -133,6 +135,29 @@ class Job:
 
     def run_dir(self, runs_root: Path) -> Path:
         return Path(runs_root) / self.area / self.name
+
+    def weights_path(self, results_root: Path) -> Path:
+        """Where this run's trained weights are committed, when :func:`keeps_weights` says so."""
+        return Path(results_root) / self.area / "weights" / f"{self.name}.pt"
+
+
+def keeps_weights(job: Job) -> bool:
+    """The vision runs that the information analysis (and vision post-hoc conversion) start from. Their weights
+    (0.3-0.6 MB each) are committed beside the results, so that a fresh machine analyses the very models of the main
+    table instead of training 24 of them again. The LMs' base models (3.4 MB each) are trained again when needed."""
+    c = job.config
+    return job.stage == "main" and c.model in VISION_FAMILIES and c.norm in INFO_NORMS
+
+
+def keep_weights(job: Job, model_pt: Path, results_root: Path) -> None:
+    """Copy a finished run's ``model.pt`` to its committed place (atomically), if it is one that is kept."""
+    dest = job.weights_path(results_root)
+    if not keeps_weights(job) or dest.exists() or not model_pt.exists():
+        return
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dest.with_name(f".{dest.name}.{os.getpid()}.tmp")
+    shutil.copyfile(model_pt, tmp)
+    os.replace(tmp, dest)
 
 
 def _config(model: str, norm: str, seed: int, steps: int, lr: float, **extra) -> TrainConfig:
@@ -249,20 +274,25 @@ def run_job(job: Job, results_root: str, runs_root: str) -> dict:
 
     torch.set_num_threads(1)
     cfg = job.config
-    if job.needs is not None:  # the parent's weights: trained again here if this machine lacks them
-        parent_dir = job.needs.run_dir(runs_root)
-        train(job.needs.config, parent_dir)
+    if job.needs is not None:  # the parent's weights: committed, or trained again here
+        weights = job.needs.weights_path(results_root)
+        if not weights.exists():
+            parent_dir = job.needs.run_dir(runs_root)
+            train(job.needs.config, parent_dir)
+            weights = parent_dir / "model.pt"
+            keep_weights(job.needs, weights, Path(results_root))
         if job.stage == "info":
-            result = {"config": dataclasses.asdict(cfg), "rows": analyse_run(parent_dir, cfg), "stage": job.stage,
+            result = {"config": dataclasses.asdict(cfg), "rows": analyse_run(weights, cfg), "stage": job.stage,
                       "tag": job.tag, "environment": provenance()}
             atomic_write_json(job.result_path(results_root), result)
             return result
-        cfg = dataclasses.replace(cfg, init_from=str(parent_dir / "model.pt"))
+        cfg = dataclasses.replace(cfg, init_from=str(weights))
     try:
         result = train(cfg, job.run_dir(runs_root))
     except Diverged as e:
         result = {"config": dataclasses.asdict(cfg), "diverged_at": e.step, "curve": e.curve, "error": str(e),
                   "environment": provenance()}
+    keep_weights(job, job.run_dir(runs_root) / "model.pt", Path(results_root))
     result = dict(result, stage=job.stage, tag=job.tag)
     if cfg.init_from:  # a path on this machine: not part of what the result means
         result["config"] = dict(result["config"], init_from=job.needs.name)
@@ -271,7 +301,8 @@ def run_job(job: Job, results_root: str, runs_root: str) -> dict:
 
 
 def analyse_run(run_dir: Path, cfg: TrainConfig) -> list[dict]:
-    """The information quantities of a finished vision run's weights (:mod:`ibnorm.lab.info.analysis`)."""
+    """The information quantities of a finished vision run's weights (:mod:`ibnorm.lab.info.analysis`): its folder
+    or its weights file."""
     from .info.analysis import analyse_model
     from .train import load_trained
 

@@ -166,10 +166,12 @@ def model_overrides(cfg: TrainConfig, task: "Task") -> dict:
 
 
 def load_trained(cfg: TrainConfig, run_dir: str | Path) -> tuple[nn.Module, Task]:
-    """A finished run's model (its ``model.pt``) and task, rebuilt from its config."""
+    """A finished run's model and task, rebuilt from its config: ``run_dir`` is the run's folder (its ``model.pt``)
+    or a weights file itself."""
     task = Task(cfg.resolved())
     model, _ = build_model(cfg.model, cfg.norm, **model_overrides(cfg, task))
-    model.load_state_dict(torch.load(Path(run_dir) / "model.pt", weights_only=True))
+    weights = Path(run_dir) / "model.pt" if Path(run_dir).is_dir() else Path(run_dir)
+    model.load_state_dict(torch.load(weights, weights_only=True))
     return model, task
 
 
