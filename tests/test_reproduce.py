@@ -226,3 +226,20 @@ def test_dry_run_lists_the_pending_runs(tmp_path, capsys):
     listed = out.out.split()
     assert len(listed) == len(R.MAIN_NORMS) * len(R.FAMILIES["vit-mini"].lr_grid) and all(x.startswith("reproduction/tune__") for x in listed)
     assert "wait on a tuning result" in out.err
+
+
+def test_a_norm_flat_over_the_rate_grid_is_named_in_the_tuning_section():
+    """A norm whose score does not move with the rate (DyT's LMs stall at the byte-frequency loss) is named, with
+    the DyT caveat; one that responds to the rate is not."""
+    def run(norm, lr, loss):
+        return {"stage": "tune", "config": {"model": "gpt2-mini", "norm": norm, "lr": lr, "seed": R.TUNE_SEED},
+                "final": {"val_loss": loss}, "curve": [[10, 5.0], [20, loss]]}
+    grid = R.FAMILIES["gpt2-mini"].lr_grid
+    runs = [run("dyt", lr, 3.0842 + 0.0004 * i) for i, lr in enumerate(grid)]
+    runs += [run("base", lr, 2.2 - 0.15 * i) for i, lr in enumerate(grid)]
+    text = "\n".join(RS.tuning_section(runs))
+    assert "The same score at every rate of the grid (within 0.005): gpt2-mini dyt (3.0842-3.0850)." in text
+    flat_line = next(line for line in text.splitlines() if line.startswith("The same score"))
+    assert "base" not in flat_line and "DyT runs at its default" in text
+    runs[0] = run("dyt", grid[0], 3.2)  # one rate differs: no longer flat
+    assert "The same score at every rate" not in "\n".join(RS.tuning_section(runs))

@@ -206,7 +206,31 @@ def tuning_section(runs: list[dict]) -> list[str]:
     if edges:
         lines += ["", f"Chosen at an edge of the grid, so the best rate may lie beyond it: {', '.join(edges)}. "
                   "Every norm had the same grid, so the comparison stays fair, but these norms may be undertuned alike."]
+    flat = flat_rows(cells)
+    if flat:
+        lines += ["", f"The same score at every rate of the grid (within {FLAT_SPREAD}): {', '.join(flat)}. A score "
+                  "that does not move with the rate is what a model reaches when it has learned only what does not "
+                  "depend on its input (for an LM, the bytes' frequencies)."]
+        if any(text.split()[1] == "dyt" for text in flat):
+            lines += ["DyT runs at its default α₀ = 0.5 with the same rate grid as every norm; its authors tune α₀ per "
+                      "layer type for LLMs, which this protocol does not, so its rows above show DyT at its default, "
+                      "not DyT tuned."]
     return lines + [""]
+
+
+FLAT_SPREAD = 0.005  # largest minus smallest score over the grid, below which a norm did not respond to the rate
+
+
+def flat_rows(cells: dict[tuple, dict[float, dict]]) -> list[str]:
+    """``model norm (low-high)`` for each (model, norm) whose runs finished at every rate with scores within
+    FLAT_SPREAD of each other."""
+    out = []
+    for (model, norm), per_lr in sorted(cells.items()):
+        scores = [metric(per_lr[lr]) for lr in R.FAMILIES[model].lr_grid if lr in per_lr]
+        if len(scores) == len(R.FAMILIES[model].lr_grid) and None not in scores and \
+                max(scores) - min(scores) < FLAT_SPREAD:
+            out.append(f"{model} {norm} ({min(scores):.4f}-{max(scores):.4f})")
+    return out
 
 
 def main_section(runs: list[dict], stage: str = "main", title: str = "Main table (claim 1)") -> tuple[list[str], dict]:
