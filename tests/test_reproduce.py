@@ -9,6 +9,7 @@ import torch
 
 from ibnorm.lab import reproduce as R
 from ibnorm.lab import results as RS
+from ibnorm.lab import train as T
 
 REPO = Path(__file__).resolve().parents[1]
 TINY_VISION = dict(batch_size=16, eval_every=6, eval_examples=64, train_subset=256, dataset="fashion-mnist",
@@ -75,7 +76,6 @@ def test_info_stage_and_report_from_run_files(tmp_path, tiny_protocol, monkeypat
     assert kept == [f"main__resnet-mini__{n}__s{s}.pt" for n in ("base", "ib_tanh") for s in (0, 1)]
     shutil.rmtree(tmp_path / "runs")
     (results / "info" / "runs" / "info__resnet-mini__ib_tanh__s0.json").unlink()
-    from ibnorm.lab import train as T
 
     def no_training(*a, **k):
         raise AssertionError("trained a run whose weights are committed")
@@ -187,7 +187,7 @@ def test_committed_runs_follow_the_protocol():
     for f in files:
         job = planned.get(f)
         assert job is not None, f"{f.name} is not a run of the current protocol"
-        saved = json.loads(f.read_text())["config"]
+        saved = vars(T.TrainConfig(**json.loads(f.read_text())["config"]).resolved())  # None: the default
         want = {k: v for k, v in vars(job.config.resolved()).items() if k not in ("init_from", "progress", "threads", "checkpoint_every")}
         assert {k: saved.get(k) for k in want} == want, f.name
 
@@ -243,3 +243,22 @@ def test_a_norm_flat_over_the_rate_grid_is_named_in_the_tuning_section():
     assert "base" not in flat_line and "DyT runs at its default" in text
     runs[0] = run("dyt", grid[0], 3.2)  # one rate differs: no longer flat
     assert "The same score at every rate" not in "\n".join(RS.tuning_section(runs))
+
+
+def test_posthoc_runs_sharing_a_parent_never_train_it_twice_at_once(tmp_path):
+    """The post-hoc runs of one seed share a parent: while one of them trains it (no committed weights), the others
+    wait and a run of another seed takes the free slot; once the weights are committed, they all may run."""
+    def posthoc(norm, seed):
+        cfg = R._config("llama-mini", norm, seed, 10, 1e-3)
+        return R.Job("posthoc", cfg, needs=R.Job("main", R._config("llama-mini", "base", seed, 20, 1e-3)))
+    a0, b0, c0, a1 = posthoc("base", 0), posthoc("ib_tanh", 0), posthoc("ib_log", 0), posthoc("base", 1)
+    todo = [a0, b0, c0, a1]
+    assert R.keeps_weights(a0.needs)  # every family's base model is kept for post-hoc conversion
+    assert R.startable(todo, [], 2, tmp_path) == [a0, a1]
+    assert R.startable(todo, [a0], 1, tmp_path) == [a1]
+    assert R.startable(todo, [a0, a1], 2, tmp_path) == []
+    weights = a0.needs.weights_path(tmp_path)
+    weights.parent.mkdir(parents=True)
+    weights.write_bytes(b"")
+    assert R.startable(todo, [a0], 2, tmp_path) == [b0, c0]
+    assert R.startable(todo, [], 0, tmp_path) == []

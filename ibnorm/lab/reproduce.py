@@ -142,11 +142,12 @@ class Job:
 
 
 def keeps_weights(job: Job) -> bool:
-    """The vision runs that the information analysis (and vision post-hoc conversion) start from. Their weights
-    (0.3-0.6 MB each) are committed beside the results, so that a fresh machine analyses the very models of the main
-    table instead of training 24 of them again. The LMs' base models (3.4 MB each) are trained again when needed."""
+    """The main-table runs that other stages start from: the vision models of the information analysis, and every
+    family's base models (post-hoc conversion). Their weights (0.3-0.6 MB for vision, 3.4 MB for an LM) are committed
+    beside the results, so that a fresh machine starts from the very models of the main table instead of training
+    them again (a session's runs folder does not outlive it)."""
     c = job.config
-    return job.stage == "main" and c.model in VISION_FAMILIES and c.norm in INFO_NORMS
+    return job.stage == "main" and ((c.model in VISION_FAMILIES and c.norm in INFO_NORMS) or c.norm == "base")
 
 
 def keep_weights(job: Job, model_pt: Path, results_root: Path) -> None:
@@ -282,7 +283,7 @@ def run_job(job: Job, results_root: str, runs_root: str) -> dict:
             weights = parent_dir / "model.pt"
             keep_weights(job.needs, weights, Path(results_root))
         if job.stage == "info":
-            result = {"config": dataclasses.asdict(cfg), "rows": analyse_run(weights, cfg), "stage": job.stage,
+            result = {"config": dataclasses.asdict(cfg.resolved()), "rows": analyse_run(weights, cfg), "stage": job.stage,
                       "tag": job.tag, "environment": provenance()}
             atomic_write_json(job.result_path(results_root), result)
             return result
@@ -323,6 +324,27 @@ def describe(result: dict) -> str:
             f"({result['wall_time_s']:.0f}s)")
 
 
+def startable(todo: list[Job], running: list[Job], slots: int, results_root: Path) -> list[Job]:
+    """The next ``slots`` jobs of ``todo`` to start beside ``running``: none twice, and none whose parent has no
+    committed weights while a running job needs that parent too (it is training it now: the post-hoc runs of a
+    seed share one parent, which would otherwise be trained by two processes at once)."""
+    names = {j.name for j in running}
+    training = {j.needs.name for j in running if j.needs is not None and not j.needs.weights_path(results_root).exists()}
+    chosen = []
+    for job in todo:
+        if len(chosen) >= slots:
+            break
+        if job.name in names:
+            continue
+        if job.needs is not None and not job.needs.weights_path(results_root).exists():
+            if job.needs.name in training:
+                continue
+            training.add(job.needs.name)
+        chosen.append(job)
+        names.add(job.name)
+    return chosen
+
+
 def reproduce(results_root: str | Path = "results", runs_root: str | Path = "runs/reproduction", jobs: int = 1,
               stages: Optional[Iterable[str]] = None, models: Optional[Iterable[str]] = None,
               limit: int = 0, log: Optional[Callable[[str], None]] = None, progress: bool = True) -> int:
@@ -346,28 +368,27 @@ def reproduce(results_root: str | Path = "results", runs_root: str | Path = "run
             todo, waiting = pending(results_root, stages, models)
             bar.total = done + len(todo) + waiting
             bar.refresh()
-            for job in todo:
-                if len(in_flight) >= jobs or (limit and done + len(in_flight) >= limit):
-                    break
-                if job.name in in_flight.values():
-                    continue
+            slots = jobs - len(in_flight)
+            if limit:
+                slots = min(slots, limit - done - len(in_flight))
+            for job in startable(todo, list(in_flight.values()), slots, Path(results_root)):
                 if pool is None:  # in this process: no start-up cost, and Ctrl-C stops at once
                     fut: Future = Future()
                     fut.set_result(run_job(job, results_root, runs_root))
                 else:
                     fut = pool.submit(run_job, job, results_root, runs_root)
-                in_flight[fut] = job.name
+                in_flight[fut] = job
             if not in_flight:
                 log(f"reproduce: {done} runs made in {time.time() - t0:.0f}s; {len(todo)} pending, {waiting} waiting "
                     f"on a tuning result")
                 return done
             finished, _ = wait(in_flight, return_when=FIRST_COMPLETED)
             for fut in finished:
-                name = in_flight.pop(fut)
+                job = in_flight.pop(fut)
                 result = fut.result()  # an error in a run stops the reproduction: it is a bug, not a result
                 done += 1
                 bar.update(1)
-                log(f"[{done} done, {time.time() - t0:.0f}s] {name}: {describe(result)}")
+                log(f"[{done} done, {time.time() - t0:.0f}s] {job.name}: {describe(result)}")
     finally:
         bar.close()
         if pool is not None:
