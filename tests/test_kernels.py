@@ -74,6 +74,25 @@ def test_fast_equals_reference(grouping, op, lam, dtype, order, affine, kernel_c
     assert kernel_calls[kernel] == expected
 
 
+@pytest.mark.parametrize("lam", [1.0, 0.25, 0.2, 0.05, 1e-3, 1e-5])
+@pytest.mark.parametrize("op", ["power", "log", "tanh"])
+@pytest.mark.parametrize("grouping", ["layer", "batch2d"])
+def test_any_strength_keeps_float32_accuracy(grouping, op, lam, kernel_calls):
+    """s(u) = f(lam u) / lam: a fast f with an absolute error near 0 would have it divided by lam, so a small
+    strength must take the series there. Checked against the float64 reference: output and input gradient."""
+    shape = (64, 768) if grouping == "layer" else (8, 16, 12, 12)
+    torch.manual_seed(0)
+    x, gy = torch.randn(shape) * 2 + 1, torch.randn(shape)
+    fast = build(grouping, shape, op, lam, "auto", torch.float32)
+    ref = build(grouping, shape, op, lam, "reference", torch.float64)
+    yf, gxf, _ = run(fast, x, gy)
+    yr, gxr, _ = run(ref, x.double(), gy.double())
+    rtol, atol = TOL[torch.float32]
+    torch.testing.assert_close(yf.double(), yr, rtol=rtol, atol=atol)
+    torch.testing.assert_close(gxf.double(), gxr, rtol=rtol, atol=atol * (1 + gxr.abs().max()))
+    assert sum(kernel_calls.values()) == (1 if ibnorm.kernels.cpu.available() else 0)
+
+
 @pytest.mark.parametrize("order", ibnorm.ORDERS)
 def test_non_contiguous_input_and_order(order):
     base = torch.randn(16, 40, 3).exp()

@@ -85,12 +85,29 @@ static inline Vec flog1p(const Vec& a) { return flog_ge1(Vec(1.f) + a); }
 // copysign(x, u)). ATen's copysign is an out-of-line Sleef call on AVX-512, which spills every live vector register.
 static inline Vec times_sign_of(const Vec& x, const Vec& u) { return x ^ (u & Vec(-0.f)); }
 
-static inline Vec ftanh(const Vec& y) {  // 1 - 2 / (e^2a + 1), odd; a series near 0
-  const Vec a = y.abs(), z = a * a;
-  const Vec big = Vec(1.f) - Vec(2.f) / (fexp(a + a) + Vec(1.f));
-  const Vec series = a * (Vec(1.f) + z * (Vec(-1.f / 3) + z * (Vec(2.f / 15) + z * Vec(-17.f / 315))));
-  return times_sign_of(Vec::blendv(big, series, a < Vec(0.05f)), y);
+// tanh(y) = 1 - 2 / (e^2a + 1), odd. Near 0 its error is absolute (float rounding of 1, about 6e-8), which is what
+// s = tanh(lam u) / lam needs at a moderate strength; a small one divides it by lam, and takes the series there.
+static inline Vec ftanh(const Vec& y) {
+  const Vec a = y.abs();
+  return times_sign_of(Vec(1.f) - Vec(2.f) / (fexp(a + a) + Vec(1.f)), y);
 }
+
+// Taylor series for |z| < kSeriesBelow (the next term is below 1e-11 there): tanh, expm1 and log1p, whose fast forms
+// above have an absolute error near 0 that a small strength would divide by lam.
+constexpr float kSeriesBelow = 0.05f;
+static inline Vec tanh_series(const Vec& z) {
+  const Vec z2 = z * z;
+  return z * (Vec(1.f) + z2 * (Vec(-1.f / 3) + z2 * (Vec(2.f / 15) + z2 * Vec(-17.f / 315))));
+}
+static inline Vec expm1_series(const Vec& z) {
+  return z * (Vec(1.f) + z * (Vec(1.f / 2) + z * (Vec(1.f / 6) + z * (Vec(1.f / 24) + z * (Vec(1.f / 120) + z * Vec(1.f / 720))))));
+}
+static inline Vec log1p_series(const Vec& z) {
+  return z * (Vec(1.f) + z * (Vec(-1.f / 2) + z * (Vec(1.f / 3) + z * (Vec(-1.f / 4) + z * (Vec(1.f / 5) + z * (Vec(-1.f / 6) + z * Vec(1.f / 7)))))));
+}
+// Below this strength, s takes the series near 0: the fast forms' absolute error (about 6e-8) over lam stays under
+// 3e-7 above it, and the series costs a quarter more math.
+constexpr float kPreciseBelow = 0.25f;
 
 // ---- the ops: s(u), s'(u), ds/dlam(u) (ibnorm/ops.py) ---------------------------------------------------------
 
@@ -102,22 +119,26 @@ __attribute__((always_inline)) static inline void terms(const Vec& u, float lam,
   if constexpr (OP == NONE) {
     s = u; ds = one; dl = Vec(0.f);
   } else if constexpr (OP == TANH) {
-    const Vec t = ftanh(vl * u);
+    const Vec z = vl * u;
+    Vec t = ftanh(z);
+    if (lam < kPreciseBelow) t = Vec::blendv(t, tanh_series(z), z.abs() < Vec(kSeriesBelow));
     s = t * inv;
     if (need_ds || need_dl) ds = one - t * t;
-    if (need_dl) dl = u * ds * inv - t * inv2;
+    if (need_dl) dl = u * ds * inv - t * inv2;  // cancels near 0, but it is only ever summed over the group
   } else if constexpr (OP == POWER) {
-    // (1 + a)^lam - 1 as exp(t) - 1, no expm1 series: its absolute error (float rounding of exp(t), about 6e-8) is
-    // what s needs, as for log1p above. ds/dlam cancels near 0, but it is only ever summed over the group, where
-    // those elements' absolute error (about 1e-7 / lam^2 each) is lost in sums of order 0.1 per element.
+    // ((1 + a)^lam - 1) / lam = expm1(t) / lam, t = lam log1p(a): log1p's absolute error passes through unscaled.
     const Vec a = u.abs();
-    const Vec L = flog1p(a), e = fexp(vl * L), em1 = e - one;
+    const Vec L = flog1p(a), t = vl * L, e = fexp(t);
+    Vec em1 = e - one;
+    if (lam < kPreciseBelow) em1 = Vec::blendv(em1, expm1_series(t), t < Vec(kSeriesBelow));
     s = times_sign_of(em1 * inv, u);
     if (need_ds || need_dl) ds = e / (one + a);
-    if (need_dl) dl = times_sign_of(L * e * inv - em1 * inv2, u);  // may be < 0
+    if (need_dl) dl = times_sign_of(L * e * inv - em1 * inv2, u);  // may be < 0; summed only, as for tanh
   } else {
     const Vec a = u.abs();
-    const Vec la = vl * a, lq = flog1p(la);
+    const Vec la = vl * a;
+    Vec lq = flog1p(la);
+    if (lam < kPreciseBelow) lq = Vec::blendv(lq, log1p_series(la), la < Vec(kSeriesBelow));
     s = times_sign_of(lq * inv, u);
     if (need_ds || need_dl) ds = one / (one + la);
     if (need_dl) dl = times_sign_of(a * ds * inv - lq * inv2, u);
