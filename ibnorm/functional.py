@@ -3,7 +3,8 @@
 Each takes the base norm's arguments, then ``compression``, ``strength`` (a float, or a tensor for a
 learned strength), ``order`` and ``impl``, and dispatches:
 
-- ``impl="auto"``: the fastest kernel that runs this input: Triton on CUDA (layer and RMS grouping),
+- ``impl="auto"``: the fastest kernel that runs this input: Triton on CUDA (layer and RMS grouping; under
+  ``torch.compile``, the reference for Inductor to fuse where :mod:`ibnorm.kernels.cuda_choice` measured that faster),
   the C++ kernel on CPU (every grouping, once built), otherwise the autograd Function;
 - ``"triton"``, ``"cpu"``, ``"autograd"``: that kernel, or a ``ValueError`` when it cannot run the input;
 - ``"reference"``: :mod:`ibnorm.reference`, the plain transcription of the definition;
@@ -22,7 +23,7 @@ from torch import Tensor
 
 from . import reference as R
 from .config import resolve_impl
-from .kernels import cpu
+from .kernels import cpu, cuda_choice
 from .kernels.autograd import ib_norm_autograd
 from .ops import COMPRESS_THEN_STANDARDIZE, Strength, check_order, get_compression
 from .reference import GroupStats, Reduce
@@ -82,7 +83,7 @@ def ib_layer_norm(input: Tensor, normalized_shape: Union[int, Sequence[int]], we
                   impl: Optional[str] = "auto") -> Tensor:
     """IBNorm with LayerNorm's grouping: each group is the last ``len(normalized_shape)`` dims."""
     impl = resolve_impl(impl)
-    if impl == "reference":
+    if impl == "reference" or (impl == "auto" and cuda_choice.compiled_reference_is_faster(input, "layer", compression)):
         return R.ib_layer_norm(input, normalized_shape, weight, bias, eps, compression, strength, order)
     return _last_dims(input, normalized_shape, weight, bias, eps, True, compression, strength, order, impl)
 
@@ -92,7 +93,7 @@ def ib_rms_norm(input: Tensor, normalized_shape: Union[int, Sequence[int]], weig
                 order: str = COMPRESS_THEN_STANDARDIZE, impl: Optional[str] = "auto") -> Tensor:
     """IBNorm with RMSNorm's grouping (no centering). ``eps=None`` means ``finfo(input dtype).eps``, as ``nn.RMSNorm``."""
     impl = resolve_impl(impl)
-    if impl == "reference":
+    if impl == "reference" or (impl == "auto" and cuda_choice.compiled_reference_is_faster(input, "rms", compression)):
         return R.ib_rms_norm(input, normalized_shape, weight, eps, compression, strength, order)
     return _last_dims(input, normalized_shape, weight, None, eps, False, compression, strength, order, impl)
 
