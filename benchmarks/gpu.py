@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Callable
 
 import torch
+import torch._dynamo
 from torch import nn
 
 import ibnorm
@@ -147,6 +148,7 @@ def run(device: str, rounds: int, smoke: bool) -> dict:
         for dtype in dtypes:
             for shape in shapes:
                 torch.manual_seed(0)
+                torch._dynamo.reset()  # each case compiles its own modules; Dynamo's per-code-object limit is 8
                 x = torch.randn(shape, device=device).to(dtype)
                 key = f"{grouping} {shape[0]}x{shape[1]} {str(dtype).replace('torch.', '')}"
                 res["rows"][key] = measure(candidates(grouping, shape[1], dtype, device, ops), x,
