@@ -273,3 +273,24 @@ def test_compare_command_over_seeds(tmp_path, capsys):
     table = (tmp_path / "res" / "table.md").read_text()
     assert f"| ib_tanh | {statistics.fmean([acc[('ib_tanh', '0')], acc[('ib_tanh', '1')]]):.4f}" in table
     assert f"{delta:.4f}" in table.split("| ib_tanh |")[1].splitlines()[0]
+
+
+@needs_fashion
+def test_cpu_time_adds_up_over_a_resume(tmp_path):
+    """A result's cpu_time_s is this run's process CPU time, carried through checkpoints; a checkpoint written before
+    it was kept leaves it unknown (None) rather than undercounted."""
+    cfg = tiny("resnet-mini", "ib_tanh", steps=6, eval_every=2, checkpoint_every=2)
+    whole = train(cfg, tmp_path / "whole")
+    assert 0 < whole["cpu_time_s"] < 600
+    out = tmp_path / "resumed"
+    train(dataclasses.replace(cfg, stop_after=2), out)
+    ckpt = torch.load(out / "ckpt.pt", weights_only=False)
+    ckpt["cpu_elapsed"] = 1000.0  # as if the first part had taken that long
+    torch.save(ckpt, out / "ckpt.pt")
+    assert train(cfg, out)["cpu_time_s"] > 1000.0
+    old = tmp_path / "old"
+    train(dataclasses.replace(cfg, stop_after=2), old)
+    ckpt = torch.load(old / "ckpt.pt", weights_only=False)
+    del ckpt["cpu_elapsed"]
+    torch.save(ckpt, old / "ckpt.pt")
+    assert train(cfg, old)["cpu_time_s"] is None

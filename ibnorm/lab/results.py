@@ -515,11 +515,16 @@ def quality_section(runs: dict[str, list[dict]]) -> list[str]:
 
 def compute_section(all_runs: list[dict], pending: int, waiting: int) -> list[str]:
     wall = sum(r.get("wall_time_s", 0.0) for r in all_runs)
+    timed = [r for r in all_runs if r.get("cpu_time_s") is not None]
+    cpu = sum(r["cpu_time_s"] for r in timed)
     caps = sorted({r["environment"]["cpu_capability"] for r in all_runs if "environment" in r})
+    measured = (f"; the {len(timed)} runs that recorded their process CPU time used {cpu / 3600:.1f} CPU-hours against "
+                f"{sum(r['wall_time_s'] for r in timed) / 3600:.1f} hours of their wall time") if timed else ""
     return ["## Compute", "",
-            f"{len(all_runs)} runs finished, {wall / 3600:.1f} CPU-hours of training (one thread per run), "
-            f"CPU capability {', '.join(caps) or '—'}; no GPU. {pending} runs are ready to train and {waiting} more "
-            "wait on a tuning result (`ibnorm reproduce` trains them).", ""]
+            f"{len(all_runs)} runs finished: {wall / 3600:.1f} hours of training wall time, summed over runs of one "
+            "thread each (two at once on two cores, slowed by whatever else ran on the machine, so an upper bound on "
+            f"the CPU time){measured}. CPU capability {', '.join(caps) or '—'}; no GPU. {pending} runs are ready to "
+            f"train and {waiting} more wait on a tuning result (`ibnorm reproduce` trains them).", ""]
 
 
 # ---- figures ----------------------------------------------------------------------------------------------------

@@ -282,6 +282,7 @@ def train(cfg: TrainConfig, out_dir: str | Path) -> dict:
         recorder = InfoRecorder(dist.unwrap(model), px, py, task.kind.name, vocab_size=task.vocab_size)
 
     start, history, elapsed, acc, resumed_from = 0, [], 0.0, [0.0, 0], []
+    cpu_elapsed = 0.0  # this process's CPU time in training: unlike wall time, not inflated by other work here
     curve, bucket = [], [0.0, 0]  # [step, mean training loss of the last curve_every steps]
     if ckpt_path.exists():
         ckpt = _load_checkpoint(ckpt_path, dist.device)
@@ -292,6 +293,7 @@ def train(cfg: TrainConfig, out_dir: str | Path) -> dict:
             load_canonical_state(dist.unwrap(model), ckpt["model"])
             opt.load_state_dict(ckpt["optimizer"])
         start, history, elapsed, acc = ckpt["step"], ckpt["history"], ckpt["elapsed"], ckpt["train_acc"]
+        cpu_elapsed = ckpt.get("cpu_elapsed")  # None: a checkpoint from before CPU time was kept
         torch.set_rng_state(ckpt["rng"][dist.rank] if dist.rank < len(ckpt["rng"]) else ckpt["rng"][0])
         info_rows = ckpt.get("info", [])
         resumed_from = ckpt.get("resumed_from", []) + [start]  # the steps this run continued from, in order
@@ -305,6 +307,8 @@ def train(cfg: TrainConfig, out_dir: str | Path) -> dict:
         bar = tqdm(total=cfg.steps, initial=start, desc=cfg.label, leave=False,
                    dynamic_ncols=True, file=sys.stderr)
     t0 = time.time() - elapsed
+    c0 = None if cpu_elapsed is None else time.process_time() - cpu_elapsed
+    cpu_time = lambda: None if c0 is None else time.process_time() - c0  # noqa: E731
     model.train()
     for step in range(start, cfg.steps):
         lr = lr_at(step, cfg)
@@ -346,7 +350,7 @@ def train(cfg: TrainConfig, out_dir: str | Path) -> dict:
                     "model": {k: v for k, v in dist.unwrap(model).state_dict().items() if k in own_keys},
                     "optimizer": opt.state_dict()}
                 atomic_torch_save({**state, "step": done, "history": history, "elapsed": time.time() - t0,
-                                   "train_acc": acc, "rng": rng, "info": info_rows, "resumed_from": resumed_from,
+                                   "cpu_elapsed": cpu_time(), "train_acc": acc, "rng": rng, "info": info_rows, "resumed_from": resumed_from,
                                    "curve": curve, "curve_bucket": bucket,
                                    "config": dataclasses.asdict(cfg)}, ckpt_path)
             dist.barrier()
@@ -361,7 +365,7 @@ def train(cfg: TrainConfig, out_dir: str | Path) -> dict:
     final_state = _full_state(model) if cfg.fsdp else dist.unwrap(model).state_dict()
     result = {"config": dataclasses.asdict(cfg), "final": history[-1], "history": history, "curve": curve,
               "learned_strength": learned_strengths(dist.unwrap(model), final_state),
-              "wall_time_s": time.time() - t0, "n_params": sum(p.numel() for p in model.parameters()),
+              "wall_time_s": time.time() - t0, "cpu_time_s": cpu_time(), "n_params": sum(p.numel() for p in model.parameters()),
               "norms": {"replaced": dict(report.replaced), "into": sorted({d for _, _, d in report.paths})},
               "world_size": dist.world_size, "resumed_from": resumed_from, "environment": provenance()}
     if dist.is_main:
