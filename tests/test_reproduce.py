@@ -262,3 +262,34 @@ def test_posthoc_runs_sharing_a_parent_never_train_it_twice_at_once(tmp_path):
     weights.write_bytes(b"")
     assert R.startable(todo, [a0], 2, tmp_path) == [b0, c0]
     assert R.startable(todo, [], 0, tmp_path) == []
+
+
+def test_late_stages_run_in_two_processes_and_reach_the_report(tmp_path, tiny_protocol, monkeypatch):
+    """Ablation, learnable strength and post-hoc conversion, end to end with --jobs 2 as the sweep runs them. The
+    post-hoc parents' weights are absent (as for the LMs, whose main-table weights were not kept): each is trained
+    again once, kept, and converted; the fine-tuned runs name their parent and take the protocol's budget and rate."""
+    _needs_data()
+    monkeypatch.setattr(R, "ABLATION_MODELS", ("resnet-mini",))
+    monkeypatch.setattr(R, "ABLATION_NORMS", {"reference": ["ib_tanh"], "order": ["ib_tanh:order=standardize_then_compress"]})
+    monkeypatch.setattr(R, "LEARNABLE_NORMS", ("ib_tanh:learnable_strength=1",))
+    results, runs = tmp_path / "results", tmp_path / "runs"
+    R.reproduce(results, runs, jobs=1, stages=["tune", "main"], log=lambda s: None)
+    shutil.rmtree(results / "reproduction" / "weights")
+    shutil.rmtree(runs)
+    late = ["ablation", "learnable", "posthoc"]
+    made = R.reproduce(results, runs, jobs=2, stages=late, log=lambda s: None)
+    assert made == 2 * 2 + 2 + len(R.POSTHOC_NORMS) * 2 and not R.pending(results, late)[0]
+    base_lr = R.chosen_lr(results, "resnet-mini", "base")
+    for seed in R.SEEDS:
+        parent = f"main__resnet-mini__base__s{seed}"
+        assert (results / "reproduction" / "weights" / f"{parent}.pt").exists()
+        for norm in R.POSTHOC_NORMS:
+            r = json.loads((results / "reproduction" / "runs" / f"posthoc__resnet-mini__{R.slug(norm)}__s{seed}.json").read_text())
+            assert r["config"]["init_from"] == parent and r["config"]["steps"] == int(12 * R.POSTHOC_FRACTION)
+            assert r["config"]["lr"] == pytest.approx(base_lr * R.POSTHOC_LR_SCALE) and "final" in r
+    page = RS.build_report(results, tmp_path / "RESULTS.md")
+    rows = {"## Ablations (claim 5)": "| ib_tanh:order=standardize_then_compress | 2 |",
+            "## Learnable strength": "| ib_tanh:learnable_strength=1 |",
+            "## Post-hoc conversion of a trained model": f"| resnet-mini | {R.POSTHOC_NORMS[1]} | 2 |"}
+    for title, row in rows.items():
+        assert row in page.split(title)[1].split("\n## ")[0], title
