@@ -74,7 +74,9 @@ FAMILIES = {
     # tuning runs chose its top for every ResNet norm and its bottom for the ViT (see RESULTS.md, protocol).
     "resnet-mini": Family("resnet-mini", 3000, 750, dict(_VISION, eval_every=500), _VISION_TUNE, 3000,
                           (3e-3, 1e-2, 3e-2)),
-    "vit-mini": Family("vit-mini", 6000, 1500, dict(_VISION, eval_every=1000), _VISION_TUNE, 4000,
+    # Its generalization stage was 4000 steps first: the base norm reached train accuracy 0.981-0.993, short of the
+    # 0.99 (overfitting) the protocol requires, so it became 6000 before any other norm's run (RESULTS.md, protocol).
+    "vit-mini": Family("vit-mini", 6000, 1500, dict(_VISION, eval_every=1000), _VISION_TUNE, 6000,
                        (3e-4, 1e-3, 3e-3)),
     # 2000 x 16 x 128 = 4.1M training bytes, about one pass over the novels' training text.
     "gpt2-mini": Family("gpt2-mini", 2000, 500, dict(_LM, eval_every=500), _LM_TUNE),
