@@ -169,7 +169,7 @@ def protocol_section() -> list[str]:
               + "; norms " + ", ".join(R.GENERALIZATION_NORMS) + ". vit-mini first trained 4000 steps here: its base "
               "norm reached train accuracy 0.981-0.993 over the three seeds (mean 0.987), short of the 0.99 that shows "
               "it overfits, so before any other norm's vit-mini run of this stage finished, its steps became 6000; "
-              "the three 4000-step runs are in the git history, not in the tables.",
+              "the three 4000-step runs are in the git history (commits 59255fa and f38ae95), not in the tables.",
               f"- Ablations: {', '.join(R.ABLATION_MODELS)}, seeds {', '.join(map(str, R.SEEDS))}, at the tuning budget "
               "(where the rates were chosen), scored like the main table; each variant at its op's chosen rate.",
               "- Post-hoc conversion: each main-table base model, converted to "

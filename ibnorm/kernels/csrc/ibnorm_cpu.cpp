@@ -105,8 +105,8 @@ static inline Vec expm1_series(const Vec& z) {
 static inline Vec log1p_series(const Vec& z) {
   return z * (Vec(1.f) + z * (Vec(-1.f / 2) + z * (Vec(1.f / 3) + z * (Vec(-1.f / 4) + z * (Vec(1.f / 5) + z * (Vec(-1.f / 6) + z * Vec(1.f / 7)))))));
 }
-// Below this strength, s takes the series near 0: the fast forms' absolute error (about 6e-8) over lam stays under
-// 3e-7 above it, and the series costs a quarter more math.
+// Below this strength, s takes the series near 0; above it the fast forms' absolute error (about 6e-8) over lam
+// stays under 3e-7, and the series, a blend of both forms, is not paid for.
 constexpr float kPreciseBelow = 0.25f;
 
 // ---- the ops: s(u), s'(u), ds/dlam(u) (ibnorm/ops.py) ---------------------------------------------------------
