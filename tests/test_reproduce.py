@@ -2,6 +2,7 @@
 import json
 import math
 import shutil
+import sys
 from pathlib import Path
 
 import pytest
@@ -10,6 +11,7 @@ import torch
 from ibnorm.lab import reproduce as R
 from ibnorm.lab import results as RS
 from ibnorm.lab import train as T
+from test_data import needs_austen
 
 REPO = Path(__file__).resolve().parents[1]
 TINY_VISION = dict(batch_size=16, eval_every=6, eval_examples=64, train_subset=256, dataset="fashion-mnist",
@@ -167,7 +169,8 @@ def test_report_rebuilds_the_committed_results_byte_for_byte(tmp_path):
     committed = [REPO / "results" / area for area in RS.AREAS if (REPO / "results" / area / "runs").is_dir()]
     if not committed or not (REPO / "RESULTS.md").exists():
         pytest.fail("RESULTS.md and results/*/runs/ must be committed")
-    for f in _committed_run_files():
+    diagnosis = REPO / "results" / RS.DYT_DIAGNOSIS  # committed evidence the report quotes
+    for f in _committed_run_files() + ([diagnosis] if diagnosis.exists() else []):
         (tmp_path / f.relative_to(REPO).parent).mkdir(parents=True, exist_ok=True)
         shutil.copy(f, tmp_path / f.relative_to(REPO))
     RS.build_report(tmp_path / "results", tmp_path / "RESULTS.md")
@@ -245,6 +248,28 @@ def test_a_norm_flat_over_the_rate_grid_is_named_in_the_tuning_section():
     assert "The same score at every rate" not in "\n".join(RS.tuning_section(runs))
 
 
+def test_the_dyt_caveat_quotes_the_committed_diagnosis(tmp_path):
+    """With a diagnosis file, the DyT caveat gives its numbers; without one it says nothing of it."""
+    def run(lr, loss):
+        return {"stage": "tune", "config": {"model": "llama-mini", "norm": "dyt", "lr": lr, "seed": R.TUNE_SEED},
+                "final": {"val_loss": loss}, "curve": [[10, 5.0], [20, loss]]}
+    runs = [run(lr, 3.0842) for lr in R.FAMILIES["llama-mini"].lr_grid]
+    assert "Why DyT" not in "\n".join(RS.tuning_section(runs, tmp_path))
+
+    def records(loss, saturated, shared):
+        return [{"step": 0, "train_loss": 5.5, "shared_rms": 0.005, "varying_rms": 0.02, "saturated": 0.0 if saturated is not None else None, "alpha": None},
+                {"step": 25, "train_loss": loss, "shared_rms": shared, "varying_rms": 0.3, "saturated": saturated, "alpha": None}]
+    diagnosis = {"steps": 26, "lr": 0.003, "seed": 100, "runs": {
+        "llama-mini / base": records(1.716, None, 2.9), "llama-mini / dyt": records(3.086, 1.0, 348.0),
+        "llama-mini / dyt, final norm kept": records(2.257, None, 18.0)}}
+    (tmp_path / RS.DYT_DIAGNOSIS).parent.mkdir(parents=True)
+    (tmp_path / RS.DYT_DIAGNOSIS).write_text(json.dumps(diagnosis))
+    text = "\n".join(RS.tuning_section(runs, tmp_path))
+    assert "saturated by step 25" in text
+    assert ("llama-mini: shared 348 against varying 0.3, 100% saturated, training loss 3.086; with the final norm "
+            "kept 2.257; base norm 1.716.") in text
+
+
 def test_posthoc_runs_sharing_a_parent_never_train_it_twice_at_once(tmp_path):
     """The post-hoc runs of one seed share a parent: while one of them trains it (no committed weights), the others
     wait and a run of another seed takes the free slot; once the weights are committed, they all may run."""
@@ -293,3 +318,22 @@ def test_late_stages_run_in_two_processes_and_reach_the_report(tmp_path, tiny_pr
             "## Post-hoc conversion of a trained model": f"| resnet-mini | {R.POSTHOC_NORMS[1]} | 2 |"}
     for title, row in rows.items():
         assert row in page.split(title)[1].split("\n## ")[0], title
+
+
+@needs_austen
+def test_dyt_diagnosis_script_records_the_final_norms_input(tmp_path):
+    """scripts/diagnose_dyt_lm.py trains each variant and writes the records the report quotes."""
+    sys.path.insert(0, str(REPO / "scripts"))
+    try:
+        import diagnose_dyt_lm
+    finally:
+        sys.path.pop(0)
+    out = tmp_path / "diag"
+    diagnose_dyt_lm.main(["--steps", "2", "--models", "llama-mini", "--out", str(out)])
+    saved = json.loads(out.with_suffix(".json").read_text())
+    assert set(saved["runs"]) == {f"llama-mini / {v}" for v in diagnose_dyt_lm.VARIANTS}
+    dyt, kept = saved["runs"]["llama-mini / dyt"], saved["runs"]["llama-mini / dyt, final norm kept"]
+    assert [r["step"] for r in dyt] == [0, 1]
+    assert dyt[0]["alpha"] == 0.5 and 0 <= dyt[0]["saturated"] <= 1 and dyt[0]["shared_rms"] > 0
+    assert kept[0]["alpha"] is None  # the final norm really is the base norm there
+    assert "| llama-mini | dyt | 1 |" in out.with_suffix(".md").read_text()

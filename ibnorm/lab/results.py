@@ -179,7 +179,7 @@ def protocol_section() -> list[str]:
     return lines
 
 
-def tuning_section(runs: list[dict]) -> list[str]:
+def tuning_section(runs: list[dict], results_root: Optional[Path] = None) -> list[str]:
     tune = [r for r in runs if r.get("stage") == "tune"]
     lines = ["## Learning-rate grids (tuning budget, validation split carved from the training data)", "",
              "Each cell: the validation score (vision: held-out accuracy; LMs: nats/byte), then the largest loss "
@@ -218,7 +218,41 @@ def tuning_section(runs: list[dict]) -> list[str]:
             lines += ["DyT runs at its default α₀ = 0.5 with the same rate grid as every norm; its authors tune α₀ per "
                       "layer type for LLMs, which this protocol does not, so its rows above show DyT at its default, "
                       "not DyT tuned."]
+            lines += dyt_diagnosis_lines(results_root)
     return lines + [""]
+
+
+DYT_DIAGNOSIS = Path("reproduction") / "dyt_lm_diagnosis.json"  # written by scripts/diagnose_dyt_lm.py
+
+
+def dyt_diagnosis_lines(results_root: Optional[Path]) -> list[str]:
+    """Why DyT's LMs stall, in numbers from the committed diagnosis (nothing when it is absent)."""
+    path = None if results_root is None else Path(results_root) / DYT_DIAGNOSIS
+    if path is None or not path.exists():
+        return []
+    diagnosis = json.loads(path.read_text())
+    runs, parts, first_saturated = diagnosis["runs"], [], []
+    for model in sorted({key.split(" / ")[0] for key in runs}):
+        dyt, kept, base = (runs.get(f"{model} / {v}") for v in ("dyt", "dyt, final norm kept", "base"))
+        if not (dyt and kept and base):
+            continue
+        first_saturated += [next((r["step"] for r in dyt if (r["saturated"] or 0) > 0.99), None)]
+        end = dyt[-1]
+        parts.append(f"{model}: shared {end['shared_rms']:.3g} against varying {end['varying_rms']:.2g}, "
+                     f"{end['saturated']:.0%} saturated, training loss {end['train_loss']:.3f}; with the final norm "
+                     f"kept {kept[-1]['train_loss']:.3f}; base norm {base[-1]['train_loss']:.3f}")
+    if not parts:
+        return []
+    when = ("" if None in first_saturated else
+            f" (more than 99% of its outputs saturated by step {max(first_saturated)})")
+    return ["", f"Why DyT's LMs stall (`scripts/diagnose_dyt_lm.py`, seed {diagnosis['seed']}, lr {diagnosis['lr']:g}, "
+            f"{diagnosis['steps']} steps; `results/{DYT_DIAGNOSIS.with_suffix('.md').as_posix()}`): the residual "
+            "stream grows a part shared by every position, far larger than the part that varies with the input, and "
+            f"the final DyT before the LM head saturates{when}. Its tanh then gives the same ±1 vector at every "
+            "position, so the head can learn only the bytes' frequencies, and almost no gradient passes back "
+            "through it. LayerNorm and RMSNorm divide that size away, and DyT in the blocks with the base norm kept "
+            "as the final norm trains. Input of the final norm at the last step, as root-mean-squares: "
+            + "; ".join(parts) + "."]
 
 
 FLAT_SPREAD = 0.005  # largest minus smallest score over the grid, below which a norm did not respond to the rate
@@ -618,7 +652,7 @@ def build_report(results_root: str | Path = "results", page: str | Path = "RESUL
         forest_plot(main_cmp, fig_dir / "forest.png")
         curves_plot(repro, fig_dir / "curves.png")
         lines += ["![forest plot](results/reproduction/forest.png)", "", "![training curves](results/reproduction/curves.png)", ""]
-    lines += tuning_section(repro)
+    lines += tuning_section(repro, root)
     lines += info_lines + gen_lines + abl_lines + learn_lines
     if figures and runs["info"]:
         info_plot(runs["info"], root / "info" / "info_planes.png")
