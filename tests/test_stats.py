@@ -40,3 +40,37 @@ def test_verdict_rule_on_constructed_cases():
     assert one.verdict(True) == "not enough seeds" and math.isnan(one.sd)
     with pytest.raises(ValueError, match="pair up"):
         paired([1.0, 2.0], [1.0])
+
+
+def test_claim_1_verdict_and_direction_on_constructed_cases():
+    """Claim 1 is supported only when every op beats the base norm in every family, not supported when any op is
+    worse, and otherwise inconclusive; the evidence names where the mean difference goes against IBNorm."""
+    from ibnorm.lab import reproduce as R
+    from ibnorm.lab import results as RS
+    from ibnorm.lab.tasks import task_kind
+    base = [1.0, 1.1, 1.2]
+
+    def compared(model, shift, noise=(0.001, -0.001, 0.0)):  # shift > 0: IBNorm ahead in this family's metric
+        sign = 1 if task_kind(model).higher_is_better else -1
+        p = paired([b + sign * shift + e for b, e in zip(base, noise)], base)
+        return p, p.verdict(task_kind(model).higher_is_better)
+
+    def claim_1(main):
+        row = next(line for line in RS.claims_section(main, {}, {}, {}, []) if line.startswith("| 1."))
+        return row.split("**")[1], row
+
+    every = [(m, op) for m in R.FAMILIES for op in R.IB_OPS]
+    assert claim_1({k: compared(k[0], 0.05) for k in every})[0] == "supported"
+    mixed = {k: compared(k[0], 0.05) for k in every}
+    mixed[every[0]] = compared(every[0][0], -0.05)
+    assert claim_1(mixed)[0] == "not supported"
+    noisy = (0.02, -0.03, 0.0)
+    unclear = {k: compared(k[0], 0.005, noisy) for k in every}
+    unclear[every[1]] = compared(every[1][0], -0.005, noisy)
+    verdict, row = claim_1(unclear)
+    assert verdict == "inconclusive at this scale" and "0 better" in row and "0 worse" in row
+    assert f"in IBNorm's favour in {len(every) - 1}, against it in 1 ({every[1][0]} {every[1][1]})" in row
+    unclear[every[3]] = compared(every[3][0], 0.05)  # one op better in one family is not "consistently"
+    assert claim_1(unclear)[0] == "inconclusive at this scale"
+    del unclear[every[2]]
+    assert claim_1(unclear)[0] == "pending"

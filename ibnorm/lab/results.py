@@ -475,6 +475,11 @@ def claims_section(main: dict, info: dict, gen: dict, abl: dict, runs: list[dict
         c1 = "inconclusive at this scale" if len(ib) == expected else "pending"
     n1 = (f"{counts['better']} better, {counts['no detectable difference']} no detectable difference, {counts['worse']} worse "
           f"of {len(ib)}/{expected} op × family comparisons")
+    # The direction of each mean difference, significant or not: where IBNorm trails, named.
+    behind = [f"{m} {n}" for (m, n), (p, _) in ib if p.mean != 0 and (p.mean > 0) != task_kind(m).higher_is_better]
+    if ib:
+        n1 += (f"; mean difference in IBNorm's favour in {sum(1 for _, (p, _) in ib if p.mean != 0) - len(behind)}, "
+               f"against it in {len(behind)}" + (f" ({', '.join(behind)})" if behind else ""))
 
     g = [(k, v) for k, v in gen.items() if k[1] in R.IB_OPS]
     g_expected = len(R.VISION_FAMILIES) * len(R.IB_OPS)
