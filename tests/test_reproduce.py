@@ -295,7 +295,8 @@ def test_late_stages_run_in_two_processes_and_reach_the_report(tmp_path, tiny_pr
     again once, kept, and converted; the fine-tuned runs name their parent and take the protocol's budget and rate."""
     _needs_data()
     monkeypatch.setattr(R, "ABLATION_MODELS", ("resnet-mini",))
-    monkeypatch.setattr(R, "ABLATION_NORMS", {"reference": ["ib_tanh"], "order": ["ib_tanh:order=standardize_then_compress"]})
+    monkeypatch.setattr(R, "ABLATION_NORMS", {"reference": ["ib_tanh"], "strength": ["ib_tanh:strength=0.1"],
+                                                "order": ["ib_tanh:order=standardize_then_compress"]})
     monkeypatch.setattr(R, "LEARNABLE_NORMS", ("ib_tanh:learnable_strength=1",))
     results, runs = tmp_path / "results", tmp_path / "runs"
     R.reproduce(results, runs, jobs=1, stages=["tune", "main"], log=lambda s: None)
@@ -303,7 +304,7 @@ def test_late_stages_run_in_two_processes_and_reach_the_report(tmp_path, tiny_pr
     shutil.rmtree(runs)
     late = ["ablation", "learnable", "posthoc"]
     made = R.reproduce(results, runs, jobs=2, stages=late, log=lambda s: None)
-    assert made == 2 * 2 + 2 + len(R.POSTHOC_NORMS) * 2 and not R.pending(results, late)[0]
+    assert made == 3 * 2 + 2 + len(R.POSTHOC_NORMS) * 2 and not R.pending(results, late)[0]
     base_lr = R.chosen_lr(results, "resnet-mini", "base")
     for seed in R.SEEDS:
         parent = f"main__resnet-mini__base__s{seed}"
@@ -318,6 +319,8 @@ def test_late_stages_run_in_two_processes_and_reach_the_report(tmp_path, tiny_pr
             "## Post-hoc conversion of a trained model": f"| resnet-mini | {R.POSTHOC_NORMS[1]} | 2 |"}
     for title, row in rows.items():
         assert row in page.split(title)[1].split("\n## ")[0], title
+    assert "![strength ablation](results/ablations/strength.png)" in page
+    assert (results / "ablations" / "strength.png").stat().st_size > 0
 
 
 @needs_austen

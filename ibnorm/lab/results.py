@@ -627,6 +627,39 @@ def strength_plot(runs: list[dict], path: Path) -> bool:
     return True
 
 
+def ablation_strength_plot(runs: list[dict], path: Path) -> bool:
+    """Each op's ablation score against its strength (mean and sd over seeds; the default 0.5 is the op's reference
+    run), with the base norm as a line; False when there is nothing to plot."""
+    abl = [r for r in runs if r.get("stage") == "ablation" and metric(r) is not None]
+    if not any("strength=" in r["config"]["norm"] for r in abl):
+        return False
+    fig, panels = _panels(_models(R.ABLATION_MODELS, abl), 4.2, 3.4)
+    for ax, model in panels:
+        scores = dict(_per_norm(abl, model, metric))
+        for op in R.IB_OPS:
+            points = [(v, scores.get(op if v == 0.5 else f"{op}:strength={v}")) for v in R.STRENGTHS[op]]
+            points = [(v, ys) for v, ys in points if ys]
+            if points:
+                ax.errorbar([v for v, _ in points], [statistics.fmean(ys) for _, ys in points],
+                            yerr=[statistics.stdev(ys) if len(ys) > 1 else 0.0 for _, ys in points],
+                            fmt="o-", ms=3, capsize=2, label=op)
+        if scores.get("base"):
+            ax.axhline(statistics.fmean(scores["base"]), color="k", lw=0.8, ls="--", label="base norm")
+        kind = task_kind(model)
+        ax.set_xscale("log")
+        ax.minorticks_off()  # log-scale minor labels would overprint the strengths
+        ax.set_xticks([0.1, 0.25, 0.5, 1.0, 2.0], ["0.1", "0.25", "0.5", "1", "2"])
+        ax.set_title(f"{model}: strength ablation (tuning budget)", fontsize=9)
+        ax.set_xlabel("strength", fontsize=8)
+        ax.set_ylabel(f"{'test accuracy' if kind.name == 'vision' else 'validation nats/byte'} "
+                      f"({'higher' if kind.higher_is_better else 'lower'} is better)", fontsize=8)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    save_figure(fig, path)
+    return True
+
+
 # ---- the page ---------------------------------------------------------------------------------------------------
 
 def build_report(results_root: str | Path = "results", page: str | Path = "RESULTS.md", figures: bool = True) -> str:
@@ -658,7 +691,10 @@ def build_report(results_root: str | Path = "results", page: str | Path = "RESUL
         curves_plot(repro, fig_dir / "curves.png")
         lines += ["![forest plot](results/reproduction/forest.png)", "", "![training curves](results/reproduction/curves.png)", ""]
     lines += tuning_section(repro, root)
-    lines += info_lines + gen_lines + abl_lines + learn_lines
+    lines += info_lines + gen_lines + abl_lines
+    if figures and ablation_strength_plot(runs["ablations"], root / "ablations" / "strength.png"):
+        lines += ["![strength ablation](results/ablations/strength.png)", ""]
+    lines += learn_lines
     if figures and runs["info"]:
         info_plot(runs["info"], root / "info" / "info_planes.png")
     if figures and strength_plot(repro, fig_dir / "learned_strength.png"):
