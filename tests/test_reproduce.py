@@ -340,3 +340,35 @@ def test_dyt_diagnosis_script_records_the_final_norms_input(tmp_path):
     assert dyt[0]["alpha"] == 0.5 and 0 <= dyt[0]["saturated"] <= 1 and dyt[0]["shared_rms"] > 0
     assert kept[0]["alpha"] is None  # the final norm really is the base norm there
     assert "| llama-mini | dyt | 1 |" in out.with_suffix(".md").read_text()
+
+
+def test_default_strength_rule_on_constructed_cases():
+    """A strength replaces an op's default only when it beats the default beyond its interval in every ablation
+    model; while any comparison is missing the rule gives None."""
+    from ibnorm.lab.stats import Paired
+    p = Paired(n=3, mean=0.01, sd=0.001, low=0.005, high=0.015, confidence=0.95)
+    big = Paired(n=3, mean=0.03, sd=0.001, low=0.02, high=0.04, confidence=0.95)
+    strengths = [v for v in R.STRENGTHS["ib_tanh"] if v != 0.5]
+    neutral = {(m, f"ib_tanh:strength={v}"): (p, "no detectable difference") for m in R.ABLATION_MODELS for v in strengths}
+    assert RS.evidenced_default("ib_tanh", neutral) == 0.5
+    del neutral[(R.ABLATION_MODELS[0], f"ib_tanh:strength={strengths[0]}")]
+    assert RS.evidenced_default("ib_tanh", neutral) is None
+    cases = {(m, f"ib_tanh:strength={v}"): (p, "no detectable difference") for m in R.ABLATION_MODELS for v in strengths}
+    cases[(R.ABLATION_MODELS[0], f"ib_tanh:strength={strengths[0]}")] = (p, "better")  # one model only: kept
+    assert RS.evidenced_default("ib_tanh", cases) == 0.5
+    for m in R.ABLATION_MODELS:
+        cases[(m, f"ib_tanh:strength={strengths[0]}")] = (p, "better")
+        cases[(m, f"ib_tanh:strength={strengths[1]}")] = (big, "better")
+    assert RS.evidenced_default("ib_tanh", cases) == strengths[1]  # the larger gain of the two that qualify
+
+
+def test_library_default_strengths_follow_the_committed_ablations():
+    """When the committed strength ablation is complete, each op's library default is the one its rule supports."""
+    from ibnorm.ops import COMPRESSIONS
+    runs = RS.load_runs(REPO / "results")["ablations"]
+    _, comparisons = RS.ablation_section(runs)
+    for op in R.IB_OPS:
+        supported = RS.evidenced_default(op, comparisons)
+        if supported is not None:
+            assert COMPRESSIONS[op.removeprefix("ib_")].default == supported, \
+                f"the committed ablations support strength {supported} for {op}: change its default (and say why)"

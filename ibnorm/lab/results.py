@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Iterable, Optional
 
 from ..atomic import atomic_write_text
+from ..ops import COMPRESSIONS
 from . import reproduce as R
 from .models import get_preset
 from .records import save_figure, write_csv
@@ -356,7 +357,34 @@ def ablation_section(runs: list[dict]) -> tuple[list[str], dict]:
                     comparisons[(model, norm)] = (p, verdict)
                 lines.append(f"| {norm} | {len(v)} | {_ms(list(v.values()), 4)} | {delta} | {verdict} |")
         lines.append("")
-    return lines, comparisons
+    return lines + default_strength_lines(comparisons), comparisons
+
+
+def evidenced_default(op: str, comparisons: dict) -> Optional[float]:
+    """The default strength the strength ablation supports for ``op``: a strength replaces the default only when it
+    beats it beyond its interval in every ablation model (the largest mean gain among those that do); None while a
+    comparison is missing."""
+    default = COMPRESSIONS[op.removeprefix("ib_")].default
+    gains = {}
+    for v in R.STRENGTHS[op]:
+        if v == default:
+            continue
+        found = [comparisons.get((m, f"{op}:strength={v}")) for m in R.ABLATION_MODELS]
+        if None in found:
+            return None
+        if all(verdict == "better" for _, verdict in found):
+            gains[v] = statistics.fmean(abs(p.mean) for p, _ in found)  # "better" already holds the direction
+    return max(gains, key=gains.get) if gains else default
+
+
+def default_strength_lines(comparisons: dict) -> list[str]:
+    parts = []
+    for op in R.IB_OPS:
+        now, supported = COMPRESSIONS[op.removeprefix("ib_")].default, evidenced_default(op, comparisons)
+        parts.append(f"{op} {now:g}: " + ("pending" if supported is None else "kept" if supported == now
+                                          else f"the evidence supports {supported:g}"))
+    return [f"Library default strengths (a strength replaces the default only when it beats it beyond its interval in "
+            f"every ablation model; `tests/test_reproduce.py` checks the library against this): {'; '.join(parts)}.", ""]
 
 
 def _info_summary(r: dict) -> dict:
