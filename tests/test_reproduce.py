@@ -372,3 +372,19 @@ def test_library_default_strengths_follow_the_committed_ablations():
         if supported is not None:
             assert COMPRESSIONS[op.removeprefix("ib_")].default == supported, \
                 f"the committed ablations support strength {supported} for {op}: change its default (and say why)"
+
+
+def test_learnable_strength_rows_compare_to_the_fixed_op_and_rank_among_the_main_norms():
+    def run(stage, norm, seed, acc):
+        return {"stage": stage, "config": {"model": "vit-mini", "norm": norm, "seed": seed, "lr": 0.001},
+                "final": {"val_acc": acc}}
+    runs = [run("main", n, s, a + 0.001 * s) for n, a in (("base", 0.86), ("ib_tanh", 0.87), ("dyt", 0.83))
+            for s in R.SEEDS]
+    runs += [run("learnable", "ib_tanh:learnable_strength=1", s, 0.865 + 0.001 * s + 0.0005 * (s == 1)) for s in R.SEEDS]
+    lines, _ = RS.main_section(runs, "learnable", "Learnable")
+    row = next(line for line in lines if line.startswith("| ib_tanh:learnable_strength=1 |"))
+    cells = [c.strip() for c in row.strip("|").split("|")]
+    assert cells[4].startswith("+0.0052 [") and cells[5] == "better"  # against the base norm
+    assert cells[6].startswith("-0.0048 [") and cells[7] == "worse"  # against ib_tanh at its fixed strength
+    assert cells[8] == "2 of 4"  # behind ib_tanh, ahead of base and dyt
+    assert "rank" not in RS.main_section(runs)[0][2]  # the main table itself has no such columns

@@ -292,18 +292,37 @@ def main_section(runs: list[dict], stage: str = "main", title: str = "Main table
         kind = task_kind(model)
         digits = 4
         name = "test accuracy" if kind.name == "vision" else "validation nats/byte"
+        learnable = stage == "learnable"  # also against the op at its fixed default strength, and its rank
         lines += [f"### {model} ({name}, {'higher' if kind.higher_is_better else 'lower'} is better)", "",
-                  f"| norm | lr | seeds | {name} | Δ vs base [95% CI] | verdict |", "|---|---|---|---|---|---|"]
+                  f"| norm | lr | seeds | {name} | Δ vs base [95% CI] | verdict |"
+                  + (" Δ vs fixed strength [95% CI] | verdict | rank among the main table's norms |" if learnable else ""),
+                  "|---|---|---|---|---|---|" + ("---|---|---|" if learnable else "")]
         base = base_values.get((model, "base"), {})
+        main_means = {n: statistics.fmean(v.values()) for (m, n), v in by_seed([r for r in runs if r.get("stage") == "main"]).items() if m == model}
         for norm in sorted(set(norms), key=lambda n: (n != "base", n)):
             v = values.get((model, norm), {})
             p, delta, verdict = versus(v, None if norm == "base" else base, kind.higher_is_better, digits)
             if p is not None:
                 comparisons[(model, norm)] = (p, verdict)
             seeds = f"{len(v)}" + (f" (+{len(diverged[(model, norm)])} diverged)" if diverged.get((model, norm)) else "")
-            lines.append(f"| {norm} | {lrs[(model, norm)]:g} | {seeds} | {_ms(list(v.values()), digits)} | {delta} | {verdict} |")
+            row = f"| {norm} | {lrs[(model, norm)]:g} | {seeds} | {_ms(list(v.values()), digits)} | {delta} | {verdict} |"
+            if learnable:
+                fixed = norm.split(":")[0]
+                _, f_delta, f_verdict = versus(v, values_of(runs, "main", model, fixed), kind.higher_is_better, digits)
+                rank = "—"
+                if v and main_means:
+                    mine = statistics.fmean(v.values())
+                    ahead = sum(1 for x in main_means.values() if (x > mine if kind.higher_is_better else x < mine))
+                    rank = f"{ahead + 1} of {len(main_means) + 1}"
+                row += f" {f_delta} | {f_verdict} | {rank} |"
+            lines.append(row)
         lines.append("")
     return lines, comparisons
+
+
+def values_of(runs: list[dict], stage: str, model: str, norm: str) -> dict[int, float]:
+    """One stage's scores of one (model, norm), by seed."""
+    return by_seed([r for r in runs if r.get("stage") == stage]).get((model, norm), {})
 
 
 def generalization_section(runs: list[dict], ixt: dict) -> tuple[list[str], dict]:
