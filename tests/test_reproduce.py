@@ -388,3 +388,19 @@ def test_learnable_strength_rows_compare_to_the_fixed_op_and_rank_among_the_main
     assert cells[6].startswith("-0.0048 [") and cells[7] == "worse"  # against ib_tanh at its fixed strength
     assert cells[8] == "2 of 4"  # behind ib_tanh, ahead of base and dyt
     assert "rank" not in RS.main_section(runs)[0][2]  # the main table itself has no such columns
+
+
+def test_forest_panels_keep_the_ibnorm_intervals_readable():
+    """A far-off peer is drawn at the edge, not allowed to shrink the IBNorm ops' intervals to a dot; peers on the
+    ops' scale stay inside the range."""
+    from ibnorm.lab.stats import Paired
+
+    def p(low, high):
+        return Paired(n=3, mean=(low + high) / 2, sd=0.01, low=low, high=high, confidence=0.95)
+    ops = [p(-0.10, 0.09), p(-0.02, 0.01), p(-0.03, 0.03)]
+    far = p(1.67, 1.79)
+    lo, hi = RS.forest_range(ops + [far], ops)
+    assert lo < -0.10 and 0.09 < hi < far.low
+    near = p(0.27, 0.45)  # within four op-widths: on the scale
+    lo, hi = RS.forest_range(ops + [near], ops)
+    assert lo < -0.10 and hi > 0.45

@@ -618,21 +618,46 @@ def compute_section(all_runs: list[dict], pending: int, waiting: int) -> list[st
 
 # ---- figures ----------------------------------------------------------------------------------------------------
 
+def forest_range(every: list, ib: list) -> tuple[float, float]:
+    """The x-range of one forest panel: every interval when they share a scale; otherwise the IBNorm ops' intervals
+    and 0, widened threefold, so that a far-off peer (DyT's stalled LMs) does not squash them into a dot."""
+    def span(ps):
+        return min([0.0] + [p.low for p in ps]), max([0.0] + [p.high for p in ps])
+    (a_lo, a_hi), (i_lo, i_hi) = span(every), span(ib or every)
+    width = max(i_hi - i_lo, 1e-9)
+    if a_hi - a_lo <= 4 * width:
+        lo, hi = a_lo, a_hi
+    else:
+        lo, hi = i_lo - width, i_hi + width
+    pad = 0.05 * (hi - lo)
+    return lo - pad, hi + pad
+
+
 def forest_plot(comparisons: dict, path: Path) -> None:
     fig, panels = _panels([m for m in R.FAMILIES if any(k[0] == m for k in comparisons)], 3.6, 3.4)
     for ax, model in panels:
         items = sorted((n, p) for (m, n), (p, _) in comparisons.items() if m == model)
+        lo, hi = forest_range([p for _, p in items], [p for n, p in items if n in R.IB_OPS])
         for i, (norm, p) in enumerate(items):
             color = "tab:green" if p.verdict(task_kind(model).higher_is_better) == "better" else (
                 "tab:red" if p.verdict(task_kind(model).higher_is_better) == "worse" else "tab:gray")
-            ax.errorbar(p.mean, i, xerr=[[p.mean - p.low], [p.high - p.mean]], fmt="o", color=color, capsize=3)
+            if lo <= p.low and p.high <= hi:
+                ax.errorbar(p.mean, i, xerr=[[p.mean - p.low], [p.high - p.mean]], fmt="o", color=color, capsize=3)
+            else:  # off the scale the IBNorm ops need: an arrow at the edge with the value
+                edge, side = (hi, "right") if p.mean > hi else (lo, "left") if p.mean < lo else (p.mean, "center")
+                ax.annotate(f"{p.mean:+.3g} [{p.low:+.3g}, {p.high:+.3g}]", (edge, i), xytext=(-4 if side == "right" else 4, 0),
+                            textcoords="offset points", ha="right" if side == "right" else "left", va="center",
+                            fontsize=7, color=color, arrowprops=None)
+                ax.plot(edge, i, marker=">" if side == "right" else "<", color=color)
+        ax.set_xlim(lo, hi)
         ax.axvline(0, color="k", lw=0.8)
         ax.set_yticks(range(len(items)), [n for n, _ in items], fontsize=8)
         kind = task_kind(model)
         ax.set_xlabel("Δ test accuracy" if kind.name == "vision" else "Δ val nats/byte (lower better)", fontsize=8)
         ax.set_title(model, fontsize=9)
         ax.grid(alpha=0.3)
-    fig.suptitle("Paired Δ vs the base norm, 95% t-interval (green better, red worse)", fontsize=9)
+    fig.suptitle("Paired Δ vs the base norm, 95% t-interval (green better, red worse; an arrow: off the scale, "
+                 "its value written)", fontsize=9)
     fig.tight_layout()
     save_figure(fig, path)
 
