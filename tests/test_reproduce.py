@@ -404,3 +404,14 @@ def test_forest_panels_keep_the_ibnorm_intervals_readable():
     near = p(0.27, 0.45)  # within four op-widths: on the scale
     lo, hi = RS.forest_range(ops + [near], ops)
     assert lo < -0.10 and hi > 0.45
+
+
+def test_the_page_opens_with_where_the_sweep_stands():
+    from types import SimpleNamespace
+    todo = [SimpleNamespace(stage=s) for s in ("posthoc", "ablation", "ablation", "learnable")]
+    line = RS.status_lines(todo, 0)[0]
+    assert line == ("**Status: in progress.** Still to run: ablation 2, learnable 1, posthoc 1. A verdict marked "
+                    "pending waits on them; the others no longer change.")
+    assert "Still to run: posthoc 1, 3 that wait on a tuning result." in RS.status_lines(todo[:1], 3)[0]
+    assert RS.status_lines([], 0)[0].startswith("**Status: complete.**")
+    assert RS.status_lines([], 2)[0].startswith("**Status: in progress.**")  # runs not yet planned are not done
