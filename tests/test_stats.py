@@ -74,3 +74,25 @@ def test_claim_1_verdict_and_direction_on_constructed_cases():
     assert claim_1(unclear)[0] == "inconclusive at this scale"
     del unclear[every[2]]
     assert claim_1(unclear)[0] == "pending"
+
+
+def test_claim_5a_waits_for_every_order_comparison():
+    """One op worse with standardize-then-compress is not yet a verdict while other comparisons are missing; one
+    better is final."""
+    from ibnorm.lab import reproduce as R
+    from ibnorm.lab import results as RS
+    base = [1.0, 1.1, 1.2]
+    worse = paired([b + 0.03 for b in base], [b + e for b, e in zip(base, (0.001, -0.001, 0.0))])
+    none = paired([b + e for b, e in zip(base, (0.02, -0.03, 0.0))], base)
+
+    def claim_5a(abl):
+        row = next(line for line in RS.claims_section({}, {}, {}, abl, []) if line.startswith("| 5a."))
+        return row.split("**")[1]
+    keys = [(m, f"{op}:order=standardize_then_compress") for m in R.ABLATION_MODELS for op in R.IB_OPS]
+    abl = {keys[0]: (worse, "worse")}  # LM loss: higher is worse
+    assert claim_5a(abl) == "pending"
+    abl.update({k: (none, "no detectable difference") for k in keys[1:]})
+    assert claim_5a(abl) == "supported"
+    abl[keys[0]] = (none, "no detectable difference")
+    assert claim_5a(abl) == "inconclusive at this scale"
+    assert claim_5a({keys[1]: (worse, "better")}) == "not supported"

@@ -570,10 +570,12 @@ def claims_section(main: dict, info: dict, gen: dict, abl: dict, runs: list[dict
     order = [(k, v) for k, v in abl.items() if "order=" in k[1]]
     stc_worse = sum(1 for _, (_, v) in order if v == "worse")
     stc_better = sum(1 for _, (_, v) in order if v == "better")
-    c5 = ("pending" if not order else "supported" if stc_worse and not stc_better else
-          "not supported" if stc_better else "inconclusive at this scale")
+    order_expected = len(R.ABLATION_MODELS) * len(R.IB_OPS)
+    # "not supported" cannot be undone by runs still to come; "supported" and "inconclusive" wait for all of them.
+    c5 = ("not supported" if stc_better else "pending" if len(order) < order_expected else
+          "supported" if stc_worse else "inconclusive at this scale")
     n5 = (f"standardize-then-compress worse than compress-then-standardize in {stc_worse}, better in {stc_better} "
-          f"of {len(order)} op × model comparisons")
+          f"of {len(order)}/{order_expected} op × model comparisons")
     # A moderate strength: no extreme of an op's strength grid beats that op's default (0.5) beyond its interval.
     extremes = [(k, v) for k, v in abl.items() if "strength=" in k[1] and
                 float(k[1].split("strength=")[1]) in (min(R.STRENGTHS[k[1].split(":")[0]]), max(R.STRENGTHS[k[1].split(":")[0]]))]
