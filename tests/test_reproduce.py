@@ -415,3 +415,19 @@ def test_the_page_opens_with_where_the_sweep_stands():
     assert "Still to run: posthoc 1, 3 that wait on a tuning result." in RS.status_lines(todo[:1], 3)[0]
     assert RS.status_lines([], 0)[0].startswith("**Status: complete.**")
     assert RS.status_lines([], 2)[0].startswith("**Status: in progress.**")  # runs not yet planned are not done
+
+
+def test_lab_runs_keep_their_strength_when_the_library_default_changes(monkeypatch):
+    """A committed "ib_tanh" run was trained at strength 0.5: a new library default must not change what the lab
+    builds for that name, while a strength the spec names still wins."""
+    import dataclasses as dc
+    from ibnorm import ops
+    from ibnorm.lab.models import LAB_STRENGTH, build_model
+    monkeypatch.setitem(ops.COMPRESSIONS, "tanh", dc.replace(ops.COMPRESSIONS["tanh"], default=2.0))
+    assert ops.resolve_strength("tanh", None) == 2.0  # the library follows its new default
+    for spec, want in (("ib_tanh", LAB_STRENGTH), ("ib_tanh:learnable_strength=1", LAB_STRENGTH),
+                       ("ib_tanh:strength=1.5", 1.5)):
+        model, _ = build_model("vit-mini", spec)
+        strengths = {m.init_strength for m in model.modules() if hasattr(m, "init_strength")}
+        assert strengths == {want}, spec
+    assert R.REFERENCE_STRENGTH == LAB_STRENGTH

@@ -9,7 +9,7 @@
 - ``normalnorm``, ``dyt``: the peers.
 
 Keyword options go to the new layers (``ib_tanh:strength=0.3``, ``ib_log:order=standardize_then_compress``,
-``dyt:alpha_init=1.0``); ``affine=0`` removes the affine recovery (``base:affine=0`` is the base norm
+``dyt:alpha_init=1.0``); an op given no strength takes ``LAB_STRENGTH`` (0.5); ``affine=0`` removes the affine recovery (``base:affine=0`` is the base norm
 without it, built as the identity IBNorm op, which equals the base norm).
 """
 from __future__ import annotations
@@ -114,9 +114,16 @@ def parse_norm_spec(spec: str) -> tuple[str, dict]:
     return name.strip().lower(), kwargs
 
 
+# An IBNorm op whose spec names no strength gets this one in the lab, whatever the library's default is, so that a
+# committed result keeps the meaning it had when it ran (the reproduction's "ib_tanh" is strength 0.5).
+LAB_STRENGTH = 0.5
+
+
 def apply_norm(model: nn.Module, preset: Preset, norm: str) -> ConversionReport:
     """Convert ``model``'s norms as ``norm`` says (see the module docstring)."""
     name, kwargs = parse_norm_spec(norm)
+    if name.rsplit("_", 1)[-1] in ("power", "log", "tanh") and "strength" not in kwargs:
+        kwargs["strength"] = LAB_STRENGTH
     if name in _BASE_ALIASES:
         if name not in ("base", preset.base_norm):
             raise ValueError(f"norm {name!r} is not {preset.name}'s base norm ({preset.base_norm}); use 'base'")

@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Callable, Iterable, Optional
 
 from ..atomic import atomic_write_json
+from .models import LAB_STRENGTH
 from .records import provenance
 from .sweep import IB_OPS, slug
 from .tasks import task_kind
@@ -91,10 +92,11 @@ GENERALIZATION_NORMS = ("base", *IB_OPS)  # claim 3 is about IBNorm against its 
 # steps, the budget the rates were chosen at) and scored like the main table. Every variant of an op trains at
 # that op's chosen rate; the base norm's variants at the base norm's.
 ABLATION_MODELS = ("llama-mini", "vit-mini")
+REFERENCE_STRENGTH = LAB_STRENGTH  # every op's strength in the main table and the ablations' reference runs
 STRENGTHS = {"ib_power": (0.25, 0.5, 0.75, 1.0), "ib_log": (0.1, 0.5, 1.0, 2.0), "ib_tanh": (0.1, 0.5, 1.0, 2.0)}
 ABLATION_NORMS = {
     "reference": ["base", *IB_OPS],  # each op at its default: strength 0.5, compress-then-standardize, affine
-    "strength": [f"{op}:strength={v}" for op in IB_OPS for v in STRENGTHS[op] if v != 0.5],
+    "strength": [f"{op}:strength={v}" for op in IB_OPS for v in STRENGTHS[op] if v != REFERENCE_STRENGTH],
     "order": [f"{op}:order=standardize_then_compress" for op in IB_OPS],
     "affine": ["base:affine=0"] + [f"{op}:affine=0" for op in IB_OPS],
 }

@@ -383,7 +383,7 @@ def evidenced_default(op: str, comparisons: dict) -> Optional[float]:
     """The default strength the strength ablation supports for ``op``: a strength replaces the default only when it
     beats it beyond its interval in every ablation model (the largest mean gain among those that do); None while a
     comparison is missing."""
-    default = COMPRESSIONS[op.removeprefix("ib_")].default
+    default = R.REFERENCE_STRENGTH  # what the ablation's reference runs used, whatever the library's default is now
     gains = {}
     for v in R.STRENGTHS[op]:
         if v == default:
@@ -400,10 +400,11 @@ def default_strength_lines(comparisons: dict) -> list[str]:
     parts = []
     for op in R.IB_OPS:
         now, supported = COMPRESSIONS[op.removeprefix("ib_")].default, evidenced_default(op, comparisons)
-        parts.append(f"{op} {now:g}: " + ("pending" if supported is None else "kept" if supported == now
-                                          else f"the evidence supports {supported:g}"))
-    return [f"Library default strengths (a strength replaces the default only when it beats it beyond its interval in "
-            f"every ablation model; `tests/test_reproduce.py` checks the library against this): {'; '.join(parts)}.", ""]
+        parts.append(f"{op}: " + ("pending" if supported is None else f"{supported:g}")
+                     + f" (library default {now:g})")
+    return [f"Default strengths the evidence supports (a strength replaces the ablations' reference "
+            f"{R.REFERENCE_STRENGTH:g} only when it beats it beyond its interval in every ablation model; "
+            f"`tests/test_reproduce.py` checks the library's defaults against this): {'; '.join(parts)}.", ""]
 
 
 def _info_summary(r: dict) -> dict:
