@@ -20,6 +20,7 @@ from typing import Any, Callable
 from torch import nn
 
 from ..convert import ConversionReport, convert_norms
+from ..ops import COMPRESSIONS
 
 
 @dataclass(frozen=True)
@@ -122,7 +123,8 @@ LAB_STRENGTH = 0.5
 def apply_norm(model: nn.Module, preset: Preset, norm: str) -> ConversionReport:
     """Convert ``model``'s norms as ``norm`` says (see the module docstring)."""
     name, kwargs = parse_norm_spec(norm)
-    if name.rsplit("_", 1)[-1] in ("power", "log", "tanh") and "strength" not in kwargs:
+    op = COMPRESSIONS.get(name.rsplit("_", 1)[-1])
+    if op is not None and op.has_strength and "strength" not in kwargs:
         kwargs["strength"] = LAB_STRENGTH
     if name in _BASE_ALIASES:
         if name not in ("base", preset.base_norm):

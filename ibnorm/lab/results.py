@@ -275,7 +275,8 @@ def main_section(runs: list[dict], stage: str = "main", title: str = "Main table
     """The table of one stage's runs against the main table's base norm; returns its lines and the comparisons."""
     main = [r for r in runs if r.get("stage") == stage]
     values = by_seed(main)
-    base_values = by_seed([r for r in runs if r.get("stage") == "main" and r["config"]["norm"] == "base"])
+    main_values = by_seed([r for r in runs if r.get("stage") == "main"])
+    base_values = {k: v for k, v in main_values.items() if k[1] == "base"}
     lrs = {(r["config"]["model"], r["config"]["norm"]): r["config"]["lr"] for r in main}
     diverged = defaultdict(list)
     for r in main:
@@ -298,7 +299,7 @@ def main_section(runs: list[dict], stage: str = "main", title: str = "Main table
                   + (" Δ vs fixed strength [95% CI] | verdict | rank among the main table's norms |" if learnable else ""),
                   "|---|---|---|---|---|---|" + ("---|---|---|" if learnable else "")]
         base = base_values.get((model, "base"), {})
-        main_means = {n: statistics.fmean(v.values()) for (m, n), v in by_seed([r for r in runs if r.get("stage") == "main"]).items() if m == model}
+        main_means = {n: statistics.fmean(v.values()) for (m, n), v in main_values.items() if m == model}
         for norm in sorted(set(norms), key=lambda n: (n != "base", n)):
             v = values.get((model, norm), {})
             p, delta, verdict = versus(v, None if norm == "base" else base, kind.higher_is_better, digits)
@@ -308,7 +309,7 @@ def main_section(runs: list[dict], stage: str = "main", title: str = "Main table
             row = f"| {norm} | {lrs[(model, norm)]:g} | {seeds} | {_ms(list(v.values()), digits)} | {delta} | {verdict} |"
             if learnable:
                 fixed = norm.split(":")[0]
-                _, f_delta, f_verdict = versus(v, values_of(runs, "main", model, fixed), kind.higher_is_better, digits)
+                _, f_delta, f_verdict = versus(v, main_values.get((model, fixed), {}), kind.higher_is_better, digits)
                 rank = "—"
                 if v and main_means:
                     mine = statistics.fmean(v.values())
@@ -318,11 +319,6 @@ def main_section(runs: list[dict], stage: str = "main", title: str = "Main table
             lines.append(row)
         lines.append("")
     return lines, comparisons
-
-
-def values_of(runs: list[dict], stage: str, model: str, norm: str) -> dict[int, float]:
-    """One stage's scores of one (model, norm), by seed."""
-    return by_seed([r for r in runs if r.get("stage") == stage]).get((model, norm), {})
 
 
 def generalization_section(runs: list[dict], ixt: dict) -> tuple[list[str], dict]:
@@ -657,10 +653,10 @@ def forest_plot(comparisons: dict, path: Path) -> None:
         for i, (norm, p) in enumerate(items):
             color = "tab:green" if p.verdict(task_kind(model).higher_is_better) == "better" else (
                 "tab:red" if p.verdict(task_kind(model).higher_is_better) == "worse" else "tab:gray")
-            if lo <= p.low and p.high <= hi:
+            if lo <= p.mean <= hi:  # an interval running past the edge is clipped there
                 ax.errorbar(p.mean, i, xerr=[[p.mean - p.low], [p.high - p.mean]], fmt="o", color=color, capsize=3)
             else:  # off the scale the IBNorm ops need: an arrow at the edge with the value
-                edge, side = (hi, "right") if p.mean > hi else (lo, "left") if p.mean < lo else (p.mean, "center")
+                edge, side = (hi, "right") if p.mean > hi else (lo, "left")
                 ax.annotate(f"{p.mean:+.3g} [{p.low:+.3g}, {p.high:+.3g}]", (edge, i), xytext=(-4 if side == "right" else 4, 0),
                             textcoords="offset points", ha="right" if side == "right" else "left", va="center",
                             fontsize=7, color=color, arrowprops=None)
@@ -725,7 +721,7 @@ def ablation_strength_plot(runs: list[dict], path: Path) -> bool:
     for ax, model in panels:
         scores = dict(_per_norm(abl, model, metric))
         for op in R.IB_OPS:
-            points = [(v, scores.get(op if v == 0.5 else f"{op}:strength={v}")) for v in R.STRENGTHS[op]]
+            points = [(v, scores.get(op if v == R.REFERENCE_STRENGTH else f"{op}:strength={v}")) for v in R.STRENGTHS[op]]
             points = [(v, ys) for v, ys in points if ys]
             if points:
                 ax.errorbar([v for v, _ in points], [statistics.fmean(ys) for _, ys in points],
