@@ -431,3 +431,25 @@ def test_lab_runs_keep_their_strength_when_the_library_default_changes(monkeypat
         strengths = {m.init_strength for m in model.modules() if hasattr(m, "init_strength")}
         assert strengths == {want}, spec
     assert R.REFERENCE_STRENGTH == LAB_STRENGTH
+
+
+def test_posthoc_rows_compare_to_the_base_fine_tuned_and_to_the_parent():
+    """Each post-hoc row is paired by seed against the base model fine-tuned the same way, and against its parent
+    (the main table's base model of that seed) before any fine-tuning."""
+    def run(stage, norm, seed, acc, strength=None):
+        r = {"stage": stage, "config": {"model": "vit-mini", "norm": norm, "seed": seed, "lr": 0.001},
+             "final": {"val_acc": acc}}
+        return dict(r, learned_strength={"a": strength, "b": strength + 0.2}) if strength is not None else r
+    jitter = (0.0, 0.0005, -0.0005)
+    runs = [run("main", "base", s, 0.86 + 0.001 * s) for s in R.SEEDS]
+    runs += [run("main", "ib_tanh", s, 0.80) for s in R.SEEDS]  # not a parent: must not be compared with
+    runs += [run("posthoc", "base", s, 0.862 + 0.001 * s + jitter[s]) for s in R.SEEDS]
+    runs += [run("posthoc", R.POSTHOC_NORMS[2], s, 0.858 + 0.001 * s, strength=0.05 + 0.1 * s) for s in R.SEEDS]
+    lines = RS.posthoc_section(runs)
+    rows = {line.split("|")[2].strip(): [c.strip() for c in line.strip("|").split("|")]
+            for line in lines if line.startswith("| vit-mini |")}
+    base, tanh = rows["base"], rows[R.POSTHOC_NORMS[2]]
+    assert base[4:6] == ["—", "—"] and base[6].startswith("+0.0020 [")  # fine-tuning alone moved it
+    assert tanh[4].startswith("-0.0040 [") and tanh[5] == "worse"
+    assert tanh[6].startswith("-0.0020 [-0.0020, -0.0020]")
+    assert tanh[7] == "0.2500 ± 0.1000"  # mean over layers per seed: 0.15, 0.25, 0.35

@@ -493,16 +493,23 @@ def posthoc_section(runs: list[dict]) -> list[str]:
     if not post:
         return lines + ["No run of this stage has finished yet.", ""]
     values = by_seed(post)
-    lines += ["| family | fine-tuned as | seeds | score | Δ vs base fine-tuned [95% CI] | verdict | learned strength (mean over layers) |",
-              "|---|---|---|---|---|---|---|"]
+    # Each seed's parent is the main table's base model of that seed: fine-tuning alone may move the score, which is
+    # why the base norm fine-tuned the same way is the reference, and the parent's column shows how far it moved.
+    main = by_seed([r for r in runs if r.get("stage") == "main"])
+    lines += ["Each main-table base model, fine-tuned as itself (base) or converted first; Δ paired by seed. The "
+              "converted models start as the base model (or within 1%), so a difference comes from the fine-tuning.", "",
+              "| family | fine-tuned as | seeds | score | Δ vs base fine-tuned [95% CI] | verdict | "
+              "Δ vs the parent before fine-tuning [95% CI] | learned strength (mean over layers) |",
+              "|---|---|---|---|---|---|---|---|"]
     strengths = {(r["config"]["model"], r["config"]["norm"], r["config"]["seed"]): r.get("learned_strength", {}) for r in post}
     for (model, norm), v in values.items():
         kind = task_kind(model)
         _, delta, verdict = versus(v, None if norm == "base" else values.get((model, "base"), {}),
                                    kind.higher_is_better)
         learned = [statistics.fmean(s.values()) for (m, n, _), s in strengths.items() if (m, n) == (model, norm) and s]
+        _, from_parent, _ = versus(v, main.get((model, "base"), {}), kind.higher_is_better)
         lines.append(f"| {model} | {norm} | {len(v)} | {_ms(list(v.values()), 4)} | {delta} | {verdict} | "
-                     f"{_ms(learned, 4) if learned else '—'} |")
+                     f"{from_parent} | {_ms(learned, 4) if learned else '—'} |")
     return lines + [""]
 
 
