@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import time
 from pathlib import Path
 
 import torch
@@ -81,9 +82,10 @@ def fmt(value, spec: str) -> str:
     return "—" if value is None else format(value, spec)
 
 
-def summary(results: dict, steps: int, argv: str) -> str:
+def summary(results: dict, steps: int, argv: str, cpu_seconds: float) -> str:
     lines = ["# DyT on the LMs: what reaches the final norm", "",
-             f"Regenerate: `{' '.join(['python scripts/diagnose_dyt_lm.py', argv]).rstrip()}` (about 15 CPU-minutes at 500 steps). "
+             f"Regenerate: `{' '.join(['python scripts/diagnose_dyt_lm.py', argv]).rstrip()}` (this one took "
+             f"{cpu_seconds / 60:.1f} CPU-minutes, measured, on {torch.backends.cpu.get_cpu_capability()}). "
              f"Seed {SEED}, lr {LR:g}, {steps} steps, the tuning runs' data and optimizer; one thread. "
              "Input of the final norm: root-mean-square of the part shared by every position (mean over positions) "
              "and of the part that varies; saturated: the final DyT's tanh outputs within 0.01 of ±1. "
@@ -113,14 +115,17 @@ def main(argv: list[str] | None = None) -> None:
         if name not in ("gpt2-mini", "llama-mini"):
             parser.error(f"--models accepts gpt2-mini and llama-mini; got {name!r}")
     torch.set_num_threads(1)
+    started = time.process_time()
     results = {}
     for name in models:
         for variant in VARIANTS:
             results[f"{name} / {variant}"] = run(name, variant, args.steps)
             print(f"{name} / {variant}: loss {results[f'{name} / {variant}'][-1]['train_loss']:.3f}", flush=True)
     given = " ".join(a for a in (argv if argv is not None else sys.argv[1:]))
-    atomic_write_json(Path(args.out + ".json"), {"steps": args.steps, "lr": LR, "seed": SEED, "runs": results})
-    atomic_write_text(Path(args.out + ".md"), summary(results, args.steps, given))
+    cpu_seconds = round(time.process_time() - started, 1)
+    atomic_write_json(Path(args.out + ".json"), {"steps": args.steps, "lr": LR, "seed": SEED,
+                                                 "cpu_time_s": cpu_seconds, "runs": results})
+    atomic_write_text(Path(args.out + ".md"), summary(results, args.steps, given, cpu_seconds))
 
 
 if __name__ == "__main__":

@@ -338,6 +338,8 @@ def test_dyt_diagnosis_script_records_the_final_norms_input(tmp_path):
     dyt, kept = saved["runs"]["llama-mini / dyt"], saved["runs"]["llama-mini / dyt, final norm kept"]
     assert [r["step"] for r in dyt] == [0, 1]
     assert dyt[0]["alpha"] == 0.5 and 0 <= dyt[0]["saturated"] <= 1 and dyt[0]["shared_rms"] > 0
+    assert saved["cpu_time_s"] > 0  # measured, not estimated
+    assert f"took {saved['cpu_time_s'] / 60:.1f} CPU-minutes, measured" in out.with_suffix(".md").read_text()
     assert kept[0]["alpha"] is None  # the final norm really is the base norm there
     assert "| llama-mini | dyt | 1 |" in out.with_suffix(".md").read_text()
 
