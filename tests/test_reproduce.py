@@ -455,3 +455,38 @@ def test_posthoc_rows_compare_to_the_base_fine_tuned_and_to_the_parent():
     assert tanh[4].startswith("-0.0040 [") and tanh[5] == "worse"
     assert tanh[6].startswith("-0.0020 [-0.0020, -0.0020]")
     assert tanh[7] == "0.2500 ± 0.1000"  # mean over layers per seed: 0.15, 0.25, 0.35
+
+
+def test_normal_contraction_is_one_scale_for_every_op():
+    """var(s(u))/var(u) for standard-normal u: 1 at each op's identity, falling as the op compresses harder, and the
+    same number a large normal sample gives."""
+    assert RS.normal_contraction("power", 1.0) == pytest.approx(1.0, abs=1e-12)
+    for op in ("log", "tanh"):
+        assert RS.normal_contraction(op, 1e-4) == pytest.approx(1.0, abs=1e-3)
+        assert RS.normal_contraction(op, 0.1) > RS.normal_contraction(op, 0.5) > RS.normal_contraction(op, 2.0)
+    u = torch.randn(2_000_000, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    for op, lam in (("power", 0.25), ("log", 1.0), ("tanh", 0.5)):
+        sample = (RS.COMPRESSIONS[op].s(u, lam).var() / u.var()).item()
+        assert RS.normal_contraction(op, lam) == pytest.approx(sample, abs=3e-3)
+
+
+def test_learned_compression_rows_average_the_contraction_over_seeds():
+    """Per layer, the contraction of each seed's learned strength, averaged (not the contraction of the averaged
+    strength); a layer counts as off at contraction 0.99 or more, and as stronger below the default's."""
+    def run(seed, strengths):
+        return {"stage": "learnable", "config": {"model": "vit-mini", "norm": "ib_tanh:learnable_strength=1",
+                                                  "seed": seed, "lr": 0.001},
+                "final": {"val_acc": 0.8}, "learned_strength": dict(zip("abc", strengths))}
+    runs = [run(0, (2.0, 0.5, 1e-4)), run(1, (0.1, 0.5, 0.3))]
+    c = RS.normal_contraction
+    lines = RS.learned_compression_lines(runs)
+    row = next(line for line in lines if line.startswith("| vit-mini |"))
+    cells = [x.strip() for x in row.strip("|").split("|")]
+    want = [(c("tanh", 2.0) + c("tanh", 0.1)) / 2, c("tanh", 0.5), (c("tanh", 1e-4) + c("tanh", 0.3)) / 2]
+    assert cells[3] == " ".join(f"{w:.2f}" for w in want)
+    assert f"{want[0]:.2f}" != f"{c('tanh', 1.05):.2f}"  # the averaged strength would give another number
+    assert cells[4:] == ["0 of 3", "1 of 3"]  # layer a is stronger than the default, b is the default itself
+    runs = [run(0, (2.0, 0.5, 1e-4)), run(1, (2.0, 0.5, 1e-4))]
+    cells = [x.strip() for x in RS.learned_compression_lines(runs)[4].strip("|").split("|")]
+    assert cells[4:] == ["1 of 3", "1 of 3"]
+    assert RS.learned_compression_lines([]) == []
