@@ -93,6 +93,11 @@ def test_claim_5a_waits_for_every_order_comparison():
     assert claim_5a(abl) == "pending"
     abl.update({k: (none, "no detectable difference") for k in keys[1:]})
     assert claim_5a(abl) == "supported"
+    row = next(line for line in RS.claims_section({}, {}, {}, abl, []) if line.startswith("| 5a."))
+    assert f"worse than compress-then-standardize in 1, better in 0, no detectable difference in {len(keys) - 1} of" in row
+    mixed = {**abl, keys[1]: (worse, "better")}
+    row = next(line for line in RS.claims_section({}, {}, {}, mixed, []) if line.startswith("| 5a."))
+    assert f"in 1, better in 1, no detectable difference in {len(keys) - 2} of" in row
     abl[keys[0]] = (none, "no detectable difference")
     assert claim_5a(abl) == "inconclusive at this scale"
     assert claim_5a({keys[1]: (worse, "better")}) == "not supported"
