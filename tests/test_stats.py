@@ -101,3 +101,14 @@ def test_claim_5a_waits_for_every_order_comparison():
     abl[keys[0]] = (none, "no detectable difference")
     assert claim_5a(abl) == "inconclusive at this scale"
     assert claim_5a({keys[1]: (worse, "better")}) == "not supported"
+
+
+def test_a_difference_below_the_tables_resolution_shows_its_size():
+    """A consistent difference of 1e-6 is 'worse' by the rule; the table must not print it as +0.0000."""
+    from ibnorm.lab import results as RS
+    base = {0: 1.0, 1: 1.1, 2: 1.2}
+    tiny = {s: v + 1e-6 + 1e-8 * s for s, v in base.items()}
+    _, text, verdict = RS.versus(tiny, base, higher_is_better=False)
+    assert verdict == "worse" and text.startswith("+1.0e-06 [") and "0.0000" not in text
+    _, text, _ = RS.versus({s: v + 0.01 for s, v in base.items()}, base, higher_is_better=False)
+    assert text.startswith("+0.0100 [")

@@ -129,7 +129,9 @@ def versus(values: dict[int, float], base: Optional[dict[int, float]], higher_is
     p = compare(values, base)
     if p is None:
         return None, "—", "pending"
-    return p, f"{p.mean:+.{digits}f} [{p.low:+.{digits}f}, {p.high:+.{digits}f}]", p.verdict(higher_is_better)
+    # A difference below the table's resolution still gets a verdict: show its size instead of +0.0000.
+    spec = f"+.{digits}f" if max(abs(p.mean), abs(p.low), abs(p.high)) >= 10 ** -digits else "+.1e"
+    return p, f"{p.mean:{spec}} [{p.low:{spec}}, {p.high:{spec}}]", p.verdict(higher_is_better)
 
 
 # ---- the sections -----------------------------------------------------------------------------------------------
