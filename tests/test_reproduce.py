@@ -157,10 +157,10 @@ def _committed_run_files() -> list[Path]:
     """The run files git tracks (a sweep running beside a checkout adds untracked ones), or all in a plain copy."""
     import subprocess
     try:
-        out = subprocess.run(["git", "ls-files", "results/*/runs/*.json"], cwd=REPO, capture_output=True, text=True,
-                             check=True).stdout.split()
+        out = subprocess.run(["git", "ls-files", "results/*/runs/*.json", "results/*/weights/*.json"], cwd=REPO,
+                             capture_output=True, text=True, check=True).stdout.split()
     except (OSError, subprocess.CalledProcessError):
-        return sorted((REPO / "results").glob("*/runs/*.json"))
+        return sorted((REPO / "results").glob("*/runs/*.json")) + sorted((REPO / "results").glob("*/weights/*.json"))
     return [REPO / f for f in out]
 
 
@@ -309,6 +309,8 @@ def test_late_stages_run_in_two_processes_and_reach_the_report(tmp_path, tiny_pr
     for seed in R.SEEDS:
         parent = f"main__resnet-mini__base__s{seed}"
         assert (results / "reproduction" / "weights" / f"{parent}.pt").exists()
+        again = json.loads((results / "reproduction" / "weights" / f"{parent}.json").read_text())  # what it scores
+        assert again["config"]["seed"] == seed and again["config"]["norm"] == "base" and "final" in again
         for norm in R.POSTHOC_NORMS:
             r = json.loads((results / "reproduction" / "runs" / f"posthoc__resnet-mini__{R.slug(norm)}__s{seed}.json").read_text())
             assert r["config"]["init_from"] == parent and r["config"]["steps"] == int(12 * R.POSTHOC_FRACTION)
@@ -455,6 +457,15 @@ def test_posthoc_rows_compare_to_the_base_fine_tuned_and_to_the_parent():
     assert tanh[4].startswith("-0.0040 [") and tanh[5] == "worse"
     assert tanh[6].startswith("-0.0020 [-0.0020, -0.0020]")
     assert tanh[7] == "0.2500 ± 0.1000"  # mean over layers per seed: 0.15, 0.25, 0.35
+    # Parents trained again for this stage: their own scores are the parents, and the page says which moved.
+    again = [{"config": {"model": "vit-mini", "norm": "base", "seed": s, "lr": 0.001},
+              "final": {"val_acc": 0.86 + 0.001 * s + (0.004 if s == 2 else 0.0)}} for s in R.SEEDS]
+    lines = RS.posthoc_section(runs, again)
+    rows = {line.split("|")[2].strip(): [c.strip() for c in line.strip("|").split("|")]
+            for line in lines if line.startswith("| vit-mini |")}
+    assert rows[R.POSTHOC_NORMS[2]][6] == "-0.0033 [-0.0091, +0.0024]"  # -0.002, -0.002, -0.006 against them
+    note = next(line for line in lines if line.startswith("- vit-mini:"))
+    assert "Seeds 0, 1 reproduced the main-table score exactly." in note and "seed 2 0.8620 → 0.8660" in note
 
 
 def test_normal_contraction_is_one_scale_for_every_op():

@@ -157,11 +157,20 @@ def keeps_weights(job: Job) -> bool:
 def keep_weights(job: Job, model_pt: Path, results_root: Path) -> None:
     """Copy a finished run's ``model.pt`` to its committed place (atomically), if it is one that is kept."""
     dest = job.weights_path(results_root)
-    if not keeps_weights(job) or dest.exists() or not model_pt.exists():
-        return
+    if keeps_weights(job) and not dest.exists() and model_pt.exists():
+        _copy_atomically(model_pt, dest)
+
+
+def retrained_result_path(job: Job, results_root: Path) -> Path:
+    """Beside a parent's kept weights: what those weights score, when they were trained again for a later stage
+    (training again need not reproduce the main-table run bit for bit)."""
+    return job.weights_path(results_root).with_suffix(".json")
+
+
+def _copy_atomically(src: Path, dest: Path) -> None:
     dest.parent.mkdir(parents=True, exist_ok=True)
     tmp = dest.with_name(f".{dest.name}.{os.getpid()}.tmp")
-    shutil.copyfile(model_pt, tmp)
+    shutil.copyfile(src, tmp)
     os.replace(tmp, dest)
 
 
@@ -286,6 +295,7 @@ def run_job(job: Job, results_root: str, runs_root: str) -> dict:
             train(job.needs.config, parent_dir)
             weights = parent_dir / "model.pt"
             keep_weights(job.needs, weights, Path(results_root))
+            _copy_atomically(parent_dir / "result.json", retrained_result_path(job.needs, Path(results_root)))
         if job.stage == "info":
             result = {"config": dataclasses.asdict(cfg.resolved()), "rows": analyse_run(weights, cfg), "stage": job.stage,
                       "tag": job.tag, "environment": provenance()}
