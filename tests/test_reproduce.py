@@ -182,9 +182,12 @@ def test_report_rebuilds_the_committed_results_byte_for_byte(tmp_path):
 
 
 def test_committed_runs_follow_the_protocol():
-    """Every committed result is a run the current plan asks for, with the protocol's configuration."""
+    """Every committed result, a retrained parent's included, is a run the current plan asks for, with the protocol's
+    configuration."""
     results = REPO / "results"
-    planned = {j.result_path(results): j for j in R.planned_jobs(results)[0]}
+    jobs = R.planned_jobs(results)[0]
+    planned = {j.result_path(results): j for j in jobs}
+    planned.update({R.retrained_result_path(j, results): j for j in jobs if R.keeps_weights(j)})  # parents again
     files = [f for f in _committed_run_files() if f.parent.parent.name in RS.AREAS]
     assert files, "no committed reproduction run"
     for f in files:
