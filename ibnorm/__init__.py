@@ -10,7 +10,7 @@ from .convert import ConversionReport, convert_norms, from_pretrained
 from .distributed import IBSyncBatchNorm, convert_sync_ibnorm
 from .layers import IBBatchNorm1d, IBBatchNorm2d, IBBatchNorm3d, IBGroupNorm, IBLayerNorm, IBRMSNorm
 from .ops import COMPRESSIONS, ORDERS, compress, get_compression
-from .peers import BatchNormalNorm1d, BatchNormalNorm2d, DynamicTanh, LayerNormalNorm
+from .peers import BatchNormalNorm1d, BatchNormalNorm2d, DynamicErf, DynamicTanh, LayerNormalNorm
 from .registry import create_norm_layer, get_norm_layer, list_norm_layers
 
 __version__ = "0.1.0"
@@ -18,7 +18,7 @@ __version__ = "0.1.0"
 __all__ = [
     "COMPRESSIONS", "ORDERS", "compress", "get_compression", "functional",
     "IBLayerNorm", "IBRMSNorm", "IBGroupNorm", "IBBatchNorm1d", "IBBatchNorm2d", "IBBatchNorm3d",
-    "LayerNormalNorm", "BatchNormalNorm1d", "BatchNormalNorm2d", "DynamicTanh",
+    "LayerNormalNorm", "BatchNormalNorm1d", "BatchNormalNorm2d", "DynamicTanh", "DynamicErf",
     "get_norm_layer", "create_norm_layer", "list_norm_layers", "convert_norms", "ConversionReport", "from_pretrained",
     "IBSyncBatchNorm", "convert_sync_ibnorm",
 ]

@@ -12,7 +12,7 @@ from torch import nn
 
 from .ops import ALIASES, COMPRESSIONS
 from .layers import IB_CLASS_BY_GROUPING, IB_LAYERS, _IBMixin
-from .peers import PEERS, DynamicTanh
+from .peers import PEERS, DynamicErf, DynamicTanh
 from .registry import IB_GROUPINGS, _REGISTRY, canonical_name
 
 _BN_KIND = {nn.BatchNorm1d: "batch1d", nn.BatchNorm2d: "batch2d", nn.BatchNorm3d: "batch3d"}
@@ -101,8 +101,11 @@ def _factory_kwargs(module: nn.Module) -> dict:
     return {}
 
 
+_POINTWISE = {"dyt": DynamicTanh, "derf": DynamicErf}  # the point-wise peers, by target name
+
+
 def _parse_target(target: str) -> tuple[str, Optional[str], Optional[str]]:
-    """-> (family, op, only_kind): family is 'ib', 'dyt', 'normalnorm'; only_kind restricts sources."""
+    """-> (family, op, only_kind): family is 'ib', 'dyt', 'derf', 'normalnorm'; only_kind restricts sources."""
     if not isinstance(target, str):
         raise TypeError(f"target must be a str (an op such as 'tanh', a registry name, 'normalnorm' or 'dyt'); "
                         f"got {type(target).__name__}")
@@ -117,15 +120,15 @@ def _parse_target(target: str) -> tuple[str, Optional[str], Optional[str]]:
         grouping, _, op = rest.rpartition("_")
         if grouping in IB_GROUPINGS and op in COMPRESSIONS:
             return "ib", op, grouping
-    if key == "dyt":
-        return "dyt", None, None
+    if key in _POINTWISE:
+        return key, None, None
     if key == "normalnorm":
         return "normalnorm", None, None
     if key.startswith("normalnorm_") and key in _REGISTRY:
         return "normalnorm", None, key[len("normalnorm_"):]
     raise ValueError(f"target must be a compression op ({sorted(COMPRESSIONS)}, or 'ib_<op>'), a registry name "
                      f"'ib_<grouping>_<op>' with grouping in {sorted(IB_GROUPINGS)}, 'normalnorm[_<grouping>]' "
-                     f"or 'dyt'; got {target!r}")
+                     f"'dyt' or 'derf'; got {target!r}")
 
 
 def _build(family: str, op: Optional[str], kind: str, src: nn.Module, layer_kwargs: dict) -> Optional[nn.Module]:
@@ -134,17 +137,18 @@ def _build(family: str, op: Optional[str], kind: str, src: nn.Module, layer_kwar
     layer_kwargs = dict(layer_kwargs)
     affine = layer_kwargs.pop("affine", None)
     if affine is not None:  # one switch for the affine recovery, whatever the layer calls it
-        if family == "dyt":
-            raise ValueError("affine must not be given for target 'dyt' (Dynamic Tanh always has its affine map)")
+        if family in _POINTWISE:
+            raise ValueError(f"affine must not be given for target {family!r} (a point-wise peer always has its affine map)")
         cfg["elementwise_affine" if kind in ("layer", "rms") else "affine"] = bool(affine)
     if family == "ib":
         return IB_CLASS_BY_GROUPING[kind](**cfg, **fk, compression=op, **layer_kwargs)
-    if family == "dyt":
+    if family in _POINTWISE:
+        cls = _POINTWISE[family]
         cfg.pop("bias", None)
         if kind in ("layer", "rms"):
-            return DynamicTanh(cfg["normalized_shape"], channels_last=True, **fk, **layer_kwargs)
+            return cls(cfg["normalized_shape"], channels_last=True, **fk, **layer_kwargs)
         channels = cfg["num_channels"] if kind == "group" else cfg["num_features"]
-        return DynamicTanh(channels, channels_last=False, **fk, **layer_kwargs)
+        return cls(channels, channels_last=False, **fk, **layer_kwargs)
     name = _NORMALNORM.get(kind)
     if name is None:
         return None
@@ -170,7 +174,7 @@ def convert_norms(model: nn.Module, target: str, **layer_kwargs: Any) -> Convers
 
     ``target``: an op (``"power"``, ``"log"``, ``"tanh"``, ``"none"``, or ``"ib_tanh"``...) converts
     every norm to the matching grouping; a full name (``"ib_layer_tanh"``, ``"normalnorm_batch2d"``)
-    converts only norms of that grouping; ``"normalnorm"`` and ``"dyt"`` convert to those peers.
+    converts only norms of that grouping; ``"normalnorm"``, ``"dyt"`` and ``"derf"`` convert to those peers.
     ``layer_kwargs`` go to the new layers' constructors (``strength=0.3``, ``alpha_init=0.8``...);
     ``affine=False`` drops the affine recovery whatever the layer calls the switch.
 

@@ -242,10 +242,13 @@ class DynamicTanh(SettingsInState, nn.Module):
         self.alpha_init = float(alpha_init)
         self.channels_last = channels_last
         self._register_settings()
-        self.alpha = nn.Parameter(torch.empty(1, **factory))
+        self._scalar_parameters(factory)
         self.weight = nn.Parameter(torch.empty(self.normalized_shape, **factory))
         self.bias = nn.Parameter(torch.empty(self.normalized_shape, **factory))
         self.reset_parameters()
+
+    def _scalar_parameters(self, factory: dict) -> None:
+        self.alpha = nn.Parameter(torch.empty(1, **factory))
 
     def layer_settings(self) -> dict:
         return {"channels_last": self.channels_last}
@@ -254,8 +257,11 @@ class DynamicTanh(SettingsInState, nn.Module):
         nn.init.constant_(self.alpha, self.alpha_init)
         reset_affine(self)
 
+    def pointwise(self, input: Tensor) -> Tensor:
+        return torch.tanh(self.alpha * input)
+
     def forward(self, input: Tensor) -> Tensor:
-        y = torch.tanh(self.alpha * input)
+        y = self.pointwise(input)
         if self.channels_last:
             if tuple(input.shape[-len(self.normalized_shape):]) != self.normalized_shape:
                 raise ValueError(f"input must end with normalized_shape {list(self.normalized_shape)}; got {list(input.shape)}")
@@ -269,4 +275,25 @@ class DynamicTanh(SettingsInState, nn.Module):
         return f"{self.normalized_shape}, alpha_init={self.alpha_init}, channels_last={self.channels_last}"
 
 
-PEERS = (LayerNormalNorm, BatchNormalNorm1d, BatchNormalNorm2d, DynamicTanh)
+class DynamicErf(DynamicTanh):
+    """Dynamic erf (Derf): ``weight * erf(alpha * x + shift) + bias``, ``alpha`` and ``shift`` learnable scalars.
+
+    Chen, Lu, Zhu, Sun & Liu, "Stronger Normalization-Free Transformers" (arXiv 2512.10938): DyT with erf for
+    tanh and a learnable scalar shift inside it. Their initialization: ``alpha = 0.5``, ``shift = 0``, weight 1,
+    bias 0 (their code and paper; the shift is one scalar, a per-channel shift gave them nothing more).
+    ``channels_last`` as in :class:`DynamicTanh`.
+    """
+
+    def _scalar_parameters(self, factory: dict) -> None:
+        super()._scalar_parameters(factory)
+        self.shift = nn.Parameter(torch.zeros(1, **factory))
+
+    def reset_parameters(self) -> None:
+        super().reset_parameters()
+        nn.init.zeros_(self.shift)
+
+    def pointwise(self, input: Tensor) -> Tensor:
+        return torch.erf(self.alpha * input + self.shift)
+
+
+PEERS = (LayerNormalNorm, BatchNormalNorm1d, BatchNormalNorm2d, DynamicTanh, DynamicErf)

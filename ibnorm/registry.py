@@ -3,7 +3,7 @@
 Names: base norms (``layernorm``, ``rmsnorm``, ``batchnorm1d/2d/3d``, ``groupnorm``), every IBNorm
 grouping x op (``ib_{layer,rms,batch1d,batch2d,batch3d,group}_{power,log,tanh,none}``; the paper's
 letters work too: ``ib_layer_t`` = ``ib_layer_tanh``), NormalNorm (``normalnorm_layer``,
-``normalnorm_batch1d``, ``normalnorm_batch2d``) and Dynamic Tanh (``dyt``).
+``normalnorm_batch1d``, ``normalnorm_batch2d``) Dynamic Tanh (``dyt``) and Dynamic erf (``derf``).
 """
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from torch import nn
 
 from .ops import ALIASES, COMPRESSIONS
 from .layers import IB_CLASS_BY_GROUPING
-from .peers import BatchNormalNorm1d, BatchNormalNorm2d, DynamicTanh, LayerNormalNorm
+from .peers import BatchNormalNorm1d, BatchNormalNorm2d, DynamicErf, DynamicTanh, LayerNormalNorm
 
 NormFactory = Callable[..., nn.Module]
 
@@ -46,6 +46,7 @@ _REGISTRY: dict[str, NormFactory] = {
     "normalnorm_batch1d": BatchNormalNorm1d,
     "normalnorm_batch2d": BatchNormalNorm2d,
     "dyt": DynamicTanh,
+    "derf": DynamicErf,
 }
 for _grouping, _factory in IB_GROUPINGS.items():
     for _op in COMPRESSIONS:

@@ -66,7 +66,7 @@ def test_identity_conversion_keeps_logits(family, identity):
 
 
 @pytest.mark.parametrize("family", list(MODELS))
-@pytest.mark.parametrize("target", ["power", "log", "tanh", "dyt", "normalnorm"])
+@pytest.mark.parametrize("target", ["power", "log", "tanh", "dyt", "derf", "normalnorm"])
 def test_converted_model_trains_a_step(family, target):
     import copy
     model, inputs = MODELS[family]
@@ -117,6 +117,9 @@ def test_grouping_restricted_target_skips_others():
     model = nn.Sequential(nn.BatchNorm2d(4), nn.LayerNorm(4))
     ibnorm.convert_norms(model, "dyt")
     assert not model[0].channels_last and model[1].channels_last
+    model = nn.Sequential(nn.BatchNorm2d(4), nn.LayerNorm(4))
+    ibnorm.convert_norms(model, "derf")
+    assert all(isinstance(m, ibnorm.DynamicErf) for m in model) and not model[0].channels_last and model[1].channels_last
 
 
 def test_affine_switch():

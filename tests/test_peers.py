@@ -92,3 +92,27 @@ def test_dynamic_tanh_formula():
     x = torch.randn(2, 6, 3, 3)
     torch.testing.assert_close(conv(x), torch.tanh(0.5 * x))
     assert float(m.alpha.detach()) == pytest.approx(0.8)
+
+
+def test_dynamic_erf_formula_and_the_papers_initialization():
+    """Derf (arXiv 2512.10938): weight * erf(alpha * x + shift) + bias, alpha 0.5, shift 0, weight 1, bias 0."""
+    m = ibnorm.DynamicErf(6)
+    assert float(m.alpha.detach()) == 0.5 and float(m.shift.detach()) == 0.0
+    assert torch.equal(m.weight, torch.ones(6)) and torch.equal(m.bias, torch.zeros(6))
+    with torch.no_grad():
+        m.weight.uniform_(0.5, 2), m.bias.uniform_(-1, 1), m.alpha.fill_(0.8), m.shift.fill_(0.3)
+    x = torch.randn(3, 4, 6)
+    torch.testing.assert_close(m(x), m.weight * torch.erf(0.8 * x + 0.3) + m.bias)
+    conv = ibnorm.DynamicErf(6, channels_last=False)
+    x = torch.randn(2, 6, 3, 3)
+    torch.testing.assert_close(conv(x), torch.erf(0.5 * x))
+    out = m(torch.randn(5, 6)).sum()
+    out.backward()
+    assert m.shift.grad is not None and m.alpha.grad is not None  # both scalars learn
+    m.reset_parameters()
+    assert float(m.shift.detach()) == 0.0 and float(m.alpha.detach()) == 0.5
+    state = m.state_dict()
+    assert set(state) == {"alpha", "shift", "weight", "bias", "norm_settings"}
+    again = ibnorm.DynamicErf(6)
+    again.load_state_dict(state)
+    assert isinstance(ibnorm.create_norm_layer("derf", 8), ibnorm.DynamicErf)

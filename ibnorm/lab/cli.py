@@ -108,7 +108,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("train", help="train one model with one norm (resumes if killed)")
     p.add_argument("--model", required=True, choices=ALL_MODELS, help="model preset")
-    p.add_argument("--norm", default="base", help="base, ib_power, ib_log, ib_tanh, normalnorm, dyt, a registry name; "
+    p.add_argument("--norm", default="base", help="base, ib_power, ib_log, ib_tanh, normalnorm, dyt, derf, a registry name; "
                    "options as NAME:key=value,... (default: base)")
     p.add_argument("--seed", type=int, default=0, help="seed of the initialization and the batches (default: 0)")
     p.add_argument("--out", help="run directory (default: runs/train/MODEL/NORM/seedK)")
@@ -167,7 +167,7 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def cmd_reproduce(args: argparse.Namespace) -> int:
-    from .reproduce import pending, reproduce
+    from .reproduce import pending, projected_hours, reproduce
     for name, values, allowed in (("stages", args.stages, STAGES), ("models", args.models, FAMILIES)):
         bad = [v for v in values or [] if v not in allowed]
         if bad:
@@ -178,7 +178,11 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
         todo, waiting = pending(Path(args.results_dir), args.stages, args.models)
         for job in todo:
             print(f"{job.area}/{job.name}")
-        print(f"{len(todo)} runs pending; {waiting} more wait on a tuning result", file=sys.stderr)
+        print(f"{len(todo)} runs pending; {waiting} more wait on an earlier result (a tuning choice, the strength "
+              f"ablation, the pre-registration)", file=sys.stderr)
+        hours = projected_hours(Path(args.results_dir), todo, waiting)
+        print("projected single-thread hours: " + ", ".join(f"{k} {v:.1f}" for k, v in hours.items())
+              + f"; {sum(hours.values()):.1f} in all", file=sys.stderr)
         return 0
     reproduce(args.results_dir, args.runs_dir, args.jobs, args.stages, args.models, args.limit)
     return 0

@@ -6,7 +6,7 @@
 - ``base`` (or the family's own norm name, e.g. ``layernorm`` for GPT-2): no conversion;
 - ``ib_power`` / ``ib_log`` / ``ib_tanh`` / ``ib_none``: IBNorm with the family's grouping;
 - a full registry name such as ``ib_rms_tanh``: must match the family's grouping;
-- ``normalnorm``, ``dyt``: the peers.
+- ``normalnorm``, ``dyt``, ``derf``: the peers.
 
 Keyword options go to the new layers (``ib_tanh:strength=0.3``, ``ib_log:order=standardize_then_compress``,
 ``dyt:alpha_init=1.0``); an op given no strength takes ``LAB_STRENGTH`` (0.5); ``affine=0`` removes the affine recovery (``base:affine=0`` is the base norm
