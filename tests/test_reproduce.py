@@ -35,7 +35,11 @@ def tiny_protocol(monkeypatch):
     monkeypatch.setattr(R, "LM_FAMILIES", ())
     monkeypatch.setattr(R, "ABLATION_MODELS", ())
     monkeypatch.setattr(R, "SEEDS", (0, 1))
+    monkeypatch.setattr(R, "MAIN_SEEDS", (0, 1))
     monkeypatch.setattr(R, "MAIN_NORMS", ("base", "ib_tanh"))
+    monkeypatch.setattr(R, "LR_MIN", 1e-3)  # the grid's own ends: no extension, no stability ladder
+    monkeypatch.setattr(R, "LR_MAX", 3e-2)
+    monkeypatch.setattr(R, "STABILITY_NORMS", ())
     monkeypatch.setattr(R, "INFO_NORMS", ("base", "ib_tanh"))
     monkeypatch.setattr(R, "GENERALIZATION_NORMS", ("base",))
     monkeypatch.setattr(R, "LEARNABLE_NORMS", ())
@@ -185,7 +189,7 @@ def test_committed_runs_follow_the_protocol():
     """Every committed result, a retrained parent's included, is a run the current plan asks for, with the protocol's
     configuration."""
     results = REPO / "results"
-    jobs = R.planned_jobs(results)[0]
+    jobs = R.planned_jobs(results, provisional=True)[0]  # runs at a rate whose grid is still being extended count
     planned = {j.result_path(results): j for j in jobs}
     planned.update({R.retrained_result_path(j, results): j for j in jobs if R.keeps_weights(j)})  # parents again
     files = [f for f in _committed_run_files() if f.parent.parent.name in RS.AREAS]
@@ -231,7 +235,7 @@ def test_dry_run_lists_the_pending_runs(tmp_path, capsys):
     out = capsys.readouterr()
     listed = out.out.split()
     assert len(listed) == len(R.MAIN_NORMS) * len(R.FAMILIES["vit-mini"].lr_grid) and all(x.startswith("reproduction/tune__") for x in listed)
-    assert "wait on a tuning result" in out.err
+    assert "wait on an earlier result" in out.err and "projected single-thread hours: tune" in out.err
 
 
 def test_a_norm_flat_over_the_rate_grid_is_named_in_the_tuning_section():
@@ -504,3 +508,114 @@ def test_learned_compression_rows_average_the_contraction_over_seeds():
     cells = [x.strip() for x in RS.learned_compression_lines(runs)[4].strip("|").split("|")]
     assert cells[4:] == ["1 of 3", "1 of 3"]
     assert RS.learned_compression_lines([]) == []
+
+
+# ---- the decisive sweep's planner: fair grids, the strength extension, the stability ladder, the confirmatory gate
+
+def _write_result(root, job, metric=None, curve=((10, 2.0), (500, 1.0)), diverged_at=None):
+    """A result file for ``job`` as the runner writes it: ``metric`` is the family's headline metric."""
+    from ibnorm.lab.tasks import task_kind
+    r = {"config": vars(job.config.resolved()), "stage": job.stage, "tag": job.tag, "curve": [list(p) for p in curve]}
+    if diverged_at is None:
+        r["final"] = {task_kind(job.config.model).metric: metric}
+    else:
+        r["diverged_at"] = diverged_at
+    path = job.result_path(root)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(r))
+
+
+def test_a_rate_choice_at_an_edge_extends_the_grid_until_it_is_interior(tmp_path):
+    root = tmp_path / "results"
+    model = "llama-mini"  # nats/byte: lower is better
+    grid = R.FAMILIES[model].lr_grid
+    assert R.lr_grid(root, model, "base") == (tuple(grid), False)
+    for lr, loss in zip(grid, (1.5, 1.4, 1.3)):  # best at the top edge (0.01)
+        _write_result(root, R._tune_job(model, "base", lr), loss)
+    assert R.lr_grid(root, model, "base") == ((*grid, 0.03), False) and R.chosen_lr(root, model, "base") is None
+    _write_result(root, R._tune_job(model, "base", 0.03), None, diverged_at=7)  # a divergence counts as tried
+    assert R.lr_grid(root, model, "base") == ((*grid, 0.03), True) and R.chosen_lr(root, model, "base") == 0.01
+    assert R.first_choice(root, model, "base") == 0.01
+    # at the bottom edge: down the ladder, 3e-4 then 1e-4
+    for lr, loss in zip(grid, (1.3, 1.4, 1.5)):
+        _write_result(root, R._tune_job(model, "ib_log", lr), loss)
+    _write_result(root, R._tune_job(model, "ib_log", 3e-4), 1.2)
+    assert R.lr_grid(root, model, "ib_log") == ((1e-4, 3e-4, *grid), False)
+    _write_result(root, R._tune_job(model, "ib_log", 1e-4), 1.25)
+    assert R.chosen_lr(root, model, "ib_log") == 3e-4
+    assert [R.next_rate(x, True) for x in (0.01, 0.03, 0.3)] == [0.03, 0.1, 1.0] and R.next_rate(1.0, True) is None
+    assert R.next_rate(1e-5, False) is None  # LR_MIN ends the ladder
+
+
+def test_a_moved_choice_supersedes_the_runs_at_the_old_rate(tmp_path):
+    root = tmp_path / "results"
+    model = "resnet-mini"  # accuracy: higher is better
+    lo, mid, hi = R.FAMILIES[model].lr_grid
+    for lr, acc in ((lo, 0.80), (mid, 0.85), (hi, 0.90)):
+        _write_result(root, R._tune_job(model, "ib_log", lr), acc)
+    old = R.Job("main", R._config(model, "ib_log", 0, R.FAMILIES[model].steps, hi))
+    _write_result(root, old, 0.9)
+    assert R.superseded(root) == []  # the grid is not final: the run at the old choice stays for now
+    _write_result(root, R._tune_job(model, "ib_log", 0.1), 0.95)  # the new rate wins: 0.1 is the new top edge
+    _write_result(root, R._tune_job(model, "ib_log", 0.3), 0.5)
+    assert R.chosen_lr(root, model, "ib_log") == 0.1
+    assert R.superseded(root) == [old.result_path(root)]
+    todo = {j.name for j in R.pending(root, stages=["main"], models=[model])[0]}
+    assert old.name in todo  # same name, new rate: to be run again
+    assert R.prune(root) == [old.result_path(root)] and not old.result_path(root).exists()
+
+
+def test_the_stability_ladder_climbs_until_a_run_diverges(tmp_path):
+    root = tmp_path / "results"
+    model = "gpt2-mini"
+    grid = R.FAMILIES[model].lr_grid
+    for lr, loss in zip(grid, (1.5, 1.3, 1.4)):
+        _write_result(root, R._tune_job(model, "ib_tanh", lr), loss)
+    assert R.stability_rates(root, model, "ib_tanh") == [0.03]
+    _write_result(root, R._stability_job(model, "ib_tanh", 0.03), 2.0)
+    assert R.stability_rates(root, model, "ib_tanh") == [0.03, 0.1]
+    # a loss above its start at the end is a divergence, like a non-finite one
+    _write_result(root, R._stability_job(model, "ib_tanh", 0.1), 5.0, curve=((10, 5.0), (500, 5.2)))
+    assert R.diverged(R.read_result(R._stability_job(model, "ib_tanh", 0.1).result_path(root)))
+    assert R.stability_rates(root, model, "ib_tanh") == [0.03, 0.1]  # stops there
+    # a tuning run that diverged already bounds the rate: no ladder
+    for lr, loss in zip(grid, (1.5, 1.3, None)):
+        _write_result(root, R._tune_job(model, "base", lr), loss, diverged_at=None if loss else 3)
+    assert R.stability_rates(root, model, "base") == []
+
+
+def test_the_strength_ablation_extends_while_its_largest_strength_wins(tmp_path):
+    root = tmp_path / "results"
+    model, op, lr = "llama-mini", "ib_tanh", 0.003
+    def put(v, loss):
+        norm, tag = (op, "reference") if v == R.REFERENCE_STRENGTH else (f"{op}:strength={v}", "strength")
+        for s in R.SEEDS:
+            _write_result(root, R._ablation_job(model, norm, lr, tag, s), loss)
+    for v, loss in ((0.1, 1.6), (0.5, 1.5), (1.0, 1.45), (2.0, 1.4)):
+        put(v, loss)
+    assert R.strength_grid(root, model, op, lr) == ((0.1, 0.5, 1.0, 2.0, 4.0), False)
+    put(4.0, 1.35)
+    assert R.strength_grid(root, model, op, lr) == ((0.1, 0.5, 1.0, 2.0, 4.0, 8.0), False)
+    put(8.0, 1.38)
+    assert R.strength_grid(root, model, op, lr) == ((0.1, 0.5, 1.0, 2.0, 4.0, 8.0), True)
+    for v, loss in ((0.25, 1.6), (0.5, 1.5), (0.75, 1.45), (1.0, 1.4)):  # power ends at 1 (its identity)
+        norm, tag = ("ib_power", "reference") if v == 0.5 else (f"ib_power:strength={v}", "strength")
+        for s in R.SEEDS:
+            _write_result(root, R._ablation_job(model, norm, lr, tag, s), loss)
+    assert R.strength_grid(root, model, "ib_power", lr)[1] is True
+
+
+def test_confirmatory_runs_wait_for_a_committed_preregistration(tmp_path):
+    root = tmp_path / "results"
+    assert R.registered(root) is None
+    assert not [j for j in R.planned_jobs(root)[0] if j.stage == "confirmatory"]
+    pre = root / R.PREREGISTRATION
+    pre.parent.mkdir(parents=True)
+    pre.write_text('# text\n```json\n{"registered": {"gpt2-mini": {"norm": "ib_tanh:strength=4.0", "lr": 0.003}}}\n```\n')
+    jobs = [j for j in R.planned_jobs(root)[0] if j.stage == "confirmatory"]
+    assert {j.config.seed for j in jobs} == set(R.CONFIRM_SEEDS) and all(j.config.lr == 0.003 for j in jobs)
+    assert all(j.config.steps == R.FAMILIES["gpt2-mini"].steps and j.area == "confirmatory" for j in jobs)
+    pre.with_name("PREREGISTRATION-2.md").write_text(
+        '# amended\n```json\n{"registered": {"gpt2-mini": {"norm": "ib_tanh", "lr": 0.003}}}\n```\n')
+    jobs = [j for j in R.planned_jobs(root)[0] if j.stage == "confirmatory"]
+    assert {j.config.seed for j in jobs} == {8, 9, 10}  # a main-table op: seeds 3-7 are the main table's

@@ -44,10 +44,49 @@ def command_line() -> str:
     return "ibnorm " + " ".join(shlex.quote(a) for a in sys.argv[1:])
 
 
+def cpu_model() -> str:
+    """The CPU's model name as /proc/cpuinfo gives it (another model may pick other matmul kernels)."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def _version(package: str) -> Optional[str]:
+    from importlib.metadata import PackageNotFoundError, version
+    try:
+        return version(package)
+    except PackageNotFoundError:
+        return None
+
+
+def math_libraries() -> dict[str, Optional[str]]:
+    """The MKL and oneDNN versions torch was built with (from ``torch.__config__.show()``)."""
+    import re
+    text = torch.__config__.show()
+    mkl = re.search(r"Math Kernel Library Version ([^\s]+)", text)
+    dnn = re.search(r"MKL-DNN (v[^\s]+)", text)
+    return {"mkl": mkl.group(1) if mkl else None, "onednn": dnn.group(1) if dnn else None}
+
+
+def kernel_path() -> str:
+    """Which IBNorm kernel a CPU float32 layer runs here: the C++ kernel once built, else the autograd one."""
+    from ..kernels import cpu
+    if cpu._module is not None:
+        return "cpp"
+    return f"autograd ({cpu._failed})" if cpu._failed else "none loaded (no IBNorm layer ran)"
+
+
 def provenance() -> dict[str, Any]:
-    """Where and with what a result was made: versions, machine, CPU capability, threads, allocator."""
+    """Where and with what a result was made: versions (torch, transformers, numpy, MKL, oneDNN), the CPU model and
+    capability, the IBNorm kernel that ran, threads, allocator: what decides a run's numbers across machines."""
     return {"torch": torch.__version__, "python": platform.python_version(), "platform": platform.platform(),
-            "cpu": platform.processor() or platform.machine(),
+            "cpu": platform.processor() or platform.machine(), "cpu_model": cpu_model(),
+            "transformers": _version("transformers"), "numpy": _version("numpy"), **math_libraries(),
+            "kernel": kernel_path(),
             "cpu_capability": torch.backends.cpu.get_cpu_capability(),
             "threads": torch.get_num_threads(), "cpus": os.cpu_count(),
             "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,

@@ -40,9 +40,16 @@ from .train import Diverged, TrainConfig
 # ---- the protocol: every setting of the reproduction, fixed before the runs ------------------------------------
 
 LR_GRID = (1e-3, 3e-3, 1e-2)  # AdamW peak rates, steps of about sqrt(10): the same three for every norm of a family
-SEEDS = (0, 1, 2)  # the main table's seeds
+# A norm whose chosen rate sits at an edge of its grid gets the next rate of this ladder beyond that edge (the
+# grid's x3 step: 1, 3, 10, 30...), until its choice is interior; a rate that diverges counts as tried. The ladder
+# ends at LR_MIN and LR_MAX: a choice at one of those ends stays there, and the page says so.
+LR_LADDER = tuple(m * 10.0 ** e for e in range(-6, 0) for m in (1, 3)) + (1.0,)
+LR_MIN, LR_MAX = 1e-5, 1.0
+SEEDS = (0, 1, 2)  # the seeds of every stage but the main table's base norm and ops (and the ones that chose)
+MAIN_SEEDS = tuple(range(8))  # the main table's seeds for the base norm and the three ops
 TUNE_SEED = 100  # the learning-rate choice uses one seed that no reported run uses
-MAIN_NORMS = ("base", *IB_OPS, "dyt", "normalnorm")
+PEERS = ("dyt", "normalnorm", "derf")  # 3 seeds: worse than the base norm beyond doubt, or a newcomer to place
+MAIN_NORMS = ("base", *IB_OPS, *PEERS)
 GENERALIZATION_SUBSET = 5000  # training images of the generalization stage (a fixed selection)
 POSTHOC_FRACTION = 0.25  # post-hoc conversion fine-tunes for this fraction of the main steps
 POSTHOC_LR_SCALE = 0.3  # ... at this fraction of the base norm's chosen rate (a fresh warmup and cosine)
@@ -94,6 +101,9 @@ GENERALIZATION_NORMS = ("base", *IB_OPS)  # claim 3 is about IBNorm against its 
 ABLATION_MODELS = ("llama-mini", "vit-mini")
 REFERENCE_STRENGTH = LAB_STRENGTH  # every op's strength in the main table and the ablations' reference runs
 STRENGTHS = {"ib_power": (0.25, 0.5, 0.75, 1.0), "ib_log": (0.1, 0.5, 1.0, 2.0), "ib_tanh": (0.1, 0.5, 1.0, 2.0)}
+# Where the best strength (mean over SEEDS) is the largest tried, the ablation adds twice that strength, until the
+# best is interior or the op's range (power: 1, the identity) or STRENGTH_MAX ends it.
+STRENGTH_MAX = 64.0
 ABLATION_NORMS = {
     "reference": ["base", *IB_OPS],  # each op at its default: strength 0.5, compress-then-standardize, affine
     "strength": [f"{op}:strength={v}" for op in IB_OPS for v in STRENGTHS[op] if v != REFERENCE_STRENGTH],
@@ -110,9 +120,20 @@ POSTHOC_NORMS = ("base", "ib_power:strength=1.0,learnable_strength=1", "ib_tanh:
 # Areas (results/<area>/) and the order their stages run in: what the verdicts need most comes first.
 INFO_NORMS = ("base", *IB_OPS)  # claim 2: the base norm against the three ops, on the main table's vision models
 
-STAGES = ("tune", "main", "info", "generalization", "ablation", "learnable", "posthoc")
+# Claim 4's stability test: the base norm and the ops go up the rate ladder, one seed and the tuning budget, beyond
+# the largest rate their tuning tried, until a run diverges or LR_MAX is reached.
+STABILITY_NORMS = ("base", *IB_OPS)
+
+# The confirmatory test (results/confirmatory/PREREGISTRATION.md registers it before its first run): one IBNorm
+# configuration per family, picked from the exploratory runs of SEEDS, against the base norm on seeds that chose
+# nothing. The base norm's seeds 3-7 are the main table's.
+CONFIRM_SEEDS = tuple(range(3, 11))
+PREREGISTRATION = Path("confirmatory") / "PREREGISTRATION.md"
+
+STAGES = ("tune", "ablation", "stability", "main", "confirmatory", "info", "generalization", "learnable", "posthoc")
 AREA = {"tune": "reproduction", "main": "reproduction", "learnable": "reproduction", "posthoc": "reproduction",
-        "info": "info", "generalization": "generalization", "ablation": "ablations"}
+        "stability": "reproduction", "info": "info", "generalization": "generalization", "ablation": "ablations",
+        "confirmatory": "confirmatory"}
 
 
 @dataclass(frozen=True)
@@ -151,7 +172,8 @@ def keeps_weights(job: Job) -> bool:
     beside the results, so that a fresh machine starts from the very models of the main table instead of training
     them again (a session's runs folder does not outlive it)."""
     c = job.config
-    return job.stage == "main" and ((c.model in VISION_FAMILIES and c.norm in INFO_NORMS) or c.norm == "base")
+    return job.stage == "main" and c.seed in SEEDS and (
+        (c.model in VISION_FAMILIES and c.norm in INFO_NORMS) or c.norm == "base")
 
 
 def keep_weights(job: Job, model_pt: Path, results_root: Path) -> None:
@@ -181,14 +203,32 @@ def _config(model: str, norm: str, seed: int, steps: int, lr: float, **extra) ->
                        checkpoint_every=100, **settings)
 
 
-def tune_jobs(model: str, norms: Iterable[str]) -> list[Job]:
+def _tune_job(model: str, norm: str, lr: float) -> Job:
     fam = FAMILIES[model]
-    return [Job("tune", _config(model, norm, TUNE_SEED, fam.tune_steps, lr, **fam.tune_settings), tag=f"lr{lr:g}")
-            for norm in norms for lr in fam.lr_grid]
+    return Job("tune", _config(model, norm, TUNE_SEED, fam.tune_steps, lr, **fam.tune_settings), tag=f"lr{lr:g}")
+
+
+def tune_jobs(model: str, norms: Iterable[str], results_root: Optional[Path] = None) -> list[Job]:
+    """The tuning runs of ``norms``: the family's grid, extended by :func:`lr_grid` as far as the results allow
+    (without ``results_root``: the family's grid alone)."""
+    return [_tune_job(model, norm, lr) for norm in norms
+            for lr in (lr_grid(results_root, model, norm)[0] if results_root is not None else FAMILIES[model].lr_grid)]
+
+
+_READ_CACHE: dict[str, tuple[tuple[int, int], dict]] = {}
 
 
 def read_result(path: Path) -> Optional[dict]:
-    return json.loads(path.read_text()) if path.exists() else None
+    """A result file's contents, or None when there is none (read once per change: planning asks often)."""
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        return None
+    key, stamp = str(path), (st.st_mtime_ns, st.st_size)
+    hit = _READ_CACHE.get(key)
+    if hit is None or hit[0] != stamp:
+        hit = _READ_CACHE[key] = (stamp, json.loads(Path(path).read_text()))
+    return hit[1]
 
 
 def score(result: dict) -> float:
@@ -200,10 +240,58 @@ def score(result: dict) -> float:
     return value if kind.higher_is_better else -value
 
 
+def diverged(result: dict) -> bool:
+    """Claim 4's divergence: the loss became non-finite, or the run ended with a training loss above its start."""
+    if "final" not in result:
+        return True
+    curve = result.get("curve") or []
+    return len(curve) >= 2 and curve[-1][1] > curve[0][1]
+
+
+def next_rate(lr: float, up: bool) -> Optional[float]:
+    """The rate one ladder step beyond ``lr`` (None beyond LR_MIN or LR_MAX)."""
+    i = min(range(len(LR_LADDER)), key=lambda k: abs(math.log(LR_LADDER[k] / lr)))
+    j = i + (1 if up else -1)
+    if not 0 <= j < len(LR_LADDER):
+        return None
+    nxt = LR_LADDER[j]
+    return float(f"{nxt:.3g}") if LR_MIN * 0.999 <= nxt <= LR_MAX * 1.001 else None
+
+
+def lr_grid(results_root: Optional[Path], model: str, norm: str) -> tuple[tuple[float, ...], bool]:
+    """The rates ``norm`` is tuned over: the family's grid, then the next ladder rate beyond whichever edge the
+    choice sits at, until the choice is interior. Returns the rates planned so far (ascending) and whether the
+    grid is final (every result in and the choice interior, or at the ladder's end)."""
+    grid = sorted(FAMILIES[model].lr_grid)
+    if results_root is None:
+        return tuple(grid), False
+    while True:
+        results = {lr: read_result(_tune_job(model, norm, lr).result_path(results_root)) for lr in grid}
+        best = chosen_lr_from(results)
+        if best is None:
+            return tuple(grid), False
+        if math.isnan(best):
+            return tuple(grid), True
+        edge = (best == grid[-1], best == grid[0])
+        nxt = next_rate(best, up=True) if edge[0] else next_rate(best, up=False) if edge[1] else None
+        if nxt is None:
+            return tuple(grid), True
+        grid = sorted(grid + [nxt])
+
+
 def chosen_lr(results_root: Path, model: str, norm: str) -> Optional[float]:
-    """The grid rate with the best validation score (ties: the lower rate); None until every tuning run is in.
+    """The best-scoring rate of the (extended) grid (ties: the lower rate); None until the grid is final.
     Returns NaN when the norm diverged at every rate."""
-    return chosen_lr_from({j.config.lr: read_result(j.result_path(results_root)) for j in tune_jobs(model, [norm])})
+    grid, final = lr_grid(results_root, model, norm)
+    if not final:
+        return None
+    return chosen_lr_from({lr: read_result(_tune_job(model, norm, lr).result_path(results_root)) for lr in grid})
+
+
+def first_choice(results_root: Path, model: str, norm: str) -> Optional[float]:
+    """The choice over the family's original 3-rate grid: what the page reports as having moved."""
+    return chosen_lr_from({lr: read_result(_tune_job(model, norm, lr).result_path(results_root))
+                           for lr in FAMILIES[model].lr_grid})
 
 
 def chosen_lr_from(results: dict[float, Optional[dict]]) -> Optional[float]:
@@ -214,8 +302,126 @@ def chosen_lr_from(results: dict[float, Optional[dict]]) -> Optional[float]:
     return math.nan if best[0] == -math.inf else -best[1]
 
 
-def planned_jobs(results_root: Path) -> tuple[list[Job], int]:
-    """Every job whose inputs are known now, in stage order, and how many more wait on a tuning result."""
+# ---- the strength ablation's extension, the stability ladder, the confirmatory pick ----------------------------
+
+def _ablation_job(model: str, norm: str, lr: float, tag: str, seed: int) -> Job:
+    return Job("ablation", _config(model, norm, seed, FAMILIES[model].tune_steps, lr), tag=tag)
+
+
+def strength_grid(results_root: Path, model: str, op: str, lr: float) -> tuple[tuple[float, ...], bool]:
+    """The strengths ``op``'s ablation tries on ``model``: STRENGTHS, then twice the largest while the best (mean
+    score over SEEDS) is the largest tried. Returns the strengths planned so far and whether the grid is final."""
+    from ..ops import COMPRESSIONS
+    grid = sorted(set(STRENGTHS[op]) | {REFERENCE_STRENGTH})
+    op_def = COMPRESSIONS[op.split("_", 1)[1]]
+    while True:
+        means = {}
+        for v in grid:
+            norm, tag = (op, "reference") if v == REFERENCE_STRENGTH else (f"{op}:strength={v}", "strength")
+            rs = [read_result(_ablation_job(model, norm, lr, tag, s).result_path(results_root)) for s in SEEDS]
+            if any(r is None for r in rs):
+                return tuple(grid), False
+            means[v] = sum(score(r) for r in rs) / len(rs)
+        best = max(grid, key=lambda v: (means[v], -v))
+        nxt = 2.0 * grid[-1]
+        if best != grid[-1] or not op_def.contains(nxt) or nxt > STRENGTH_MAX:
+            return tuple(grid), True
+        grid.append(nxt)
+
+
+def stability_rates(results_root: Path, model: str, norm: str) -> Optional[list[float]]:
+    """The rates of ``norm``'s stability runs planned so far (None until its tuning grid is final): one ladder step
+    beyond the largest rate tried at a time, until a run (of the tuning or of this ladder) diverged or LR_MAX."""
+    grid, final = lr_grid(results_root, model, norm)
+    if not final:
+        return None
+    if any(diverged(read_result(_tune_job(model, norm, lr).result_path(results_root))) for lr in grid):
+        return []
+    rates, lr = [], next_rate(grid[-1], up=True)
+    while lr is not None:
+        rates.append(lr)
+        r = read_result(_stability_job(model, norm, lr).result_path(results_root))
+        if r is None or diverged(r):
+            break
+        lr = next_rate(lr, up=True)
+    return rates
+
+
+def _stability_job(model: str, norm: str, lr: float) -> Job:
+    fam = FAMILIES[model]
+    return Job("stability", _config(model, norm, TUNE_SEED, fam.tune_steps, lr, **fam.tune_settings), tag=f"lr{lr:g}")
+
+
+def confirmatory_candidates(results_root: Path, model: str) -> Optional[dict[str, float]]:
+    """Every IBNorm configuration the confirmatory pick weighs, with its mean paired improvement over the base
+    norm on SEEDS (positive: better than base; in the family's metric), or None while one is missing:
+    - the three ops at strength 0.5 (main table) and with learnable strength (both at the main budget, against
+      the main table's base norm);
+    - on the ablation families, every strength of the (extended) strength ablation (tuning budget, against the
+      ablation's own base-norm runs)."""
+    root = Path(results_root)
+
+    def improvement(jobs: list[Job], base_jobs: list[Job]) -> Optional[float]:
+        rs = [read_result(j.result_path(root)) for j in jobs]
+        bs = [read_result(j.result_path(root)) for j in base_jobs]
+        if any(r is None for r in rs + bs):
+            return None
+        return sum(score(r) - score(b) for r, b in zip(rs, bs)) / len(rs)
+
+    fam = FAMILIES[model]
+    base_lr = chosen_lr(root, model, "base")
+    if base_lr is None or math.isnan(base_lr):
+        return None
+    main_base = [Job("main", _config(model, "base", s, fam.steps, base_lr)) for s in SEEDS]
+    out: dict[str, Optional[float]] = {}
+    for op in IB_OPS:
+        lr = chosen_lr(root, model, op)
+        if lr is None:
+            return None
+        if math.isnan(lr):
+            continue
+        out[op] = improvement([Job("main", _config(model, op, s, fam.steps, lr)) for s in SEEDS], main_base)
+        learn = f"{op}:learnable_strength=1"
+        out[learn] = improvement([Job("learnable", _config(model, learn, s, fam.steps, lr)) for s in SEEDS], main_base)
+        if model in ABLATION_MODELS:
+            grid, final = strength_grid(root, model, op, lr)
+            if not final:
+                return None
+            abl_base = [_ablation_job(model, "base", base_lr, "reference", s) for s in SEEDS]
+            for v in grid:
+                if v != REFERENCE_STRENGTH:
+                    norm = f"{op}:strength={v}"
+                    out[norm] = improvement([_ablation_job(model, norm, lr, "strength", s) for s in SEEDS], abl_base)
+    if any(v is None for v in out.values()):
+        return None
+    return out  # type: ignore[return-value]
+
+
+def confirmatory_pick(results_root: Path, model: str) -> Optional[str]:
+    """The registered rule: the candidate with the largest mean paired improvement over the base norm (ties: the
+    first in the order of :func:`confirmatory_candidates`). None until every candidate is in."""
+    cands = confirmatory_candidates(results_root, model)
+    if not cands:
+        return None
+    return max(cands, key=lambda k: cands[k])
+
+
+def registered(results_root: Path) -> Optional[dict[str, dict]]:
+    """The configurations the committed pre-registration fixes ({model: {"norm", "lr"}}), from its JSON block;
+    None when there is none. A later amendment is a new file (PREREGISTRATION-2.md...), and the latest rules."""
+    folder = (Path(results_root) / PREREGISTRATION).parent
+    files = sorted(folder.glob("PREREGISTRATION*.md"), key=lambda p: (len(p.name), p.name))
+    if not files:
+        return None
+    text = files[-1].read_text()
+    start = text.index("```json") + len("```json")
+    return json.loads(text[start:text.index("```", start)])["registered"]
+
+
+def planned_jobs(results_root: Path, provisional: bool = False) -> tuple[list[Job], int]:
+    """Every job whose inputs are known now, in stage order, and how many more wait on an earlier result.
+    ``provisional``: a norm whose extended rate grid is not final yet counts at its first choice (the family's
+    3-rate grid), so that the runs made at that choice are still recognised while its new rates run."""
     jobs, waiting = [], 0
     root = Path(results_root)
 
@@ -224,22 +430,57 @@ def planned_jobs(results_root: Path) -> tuple[list[Job], int]:
         diverged at every rate (no further runs: the report says so)."""
         nonlocal waiting
         lr = chosen_lr(root, model, lr_of)
+        if lr is None and provisional:
+            lr = first_choice(root, model, lr_of)
         if lr is None:
             waiting += runs
         return None if lr is None or math.isnan(lr) else lr
 
-    def at_chosen_rate(stage: str, model: str, norm: str, lr_of: str, tag: str = "", **extra) -> None:
-        lr = rate(model, lr_of, len(SEEDS))
+    def at_chosen_rate(stage: str, model: str, norm: str, lr_of: str, tag: str = "", seeds=SEEDS, **extra) -> None:
+        lr = rate(model, lr_of, len(seeds))
         if lr is not None:
             steps = extra.pop("steps", FAMILIES[model].steps)
-            jobs.extend(Job(stage, _config(model, norm, s, steps, lr, **extra), tag=tag) for s in SEEDS)
+            jobs.extend(Job(stage, _config(model, norm, s, steps, lr, **extra), tag=tag) for s in seeds)
 
     for group in (VISION_FAMILIES, LM_FAMILIES):  # the cheaper vision families land first
         for model in group:
-            jobs += tune_jobs(model, MAIN_NORMS)
+            jobs.extend(tune_jobs(model, MAIN_NORMS, root))
+    # The strength ablation next: with the tuning, it decides what the confirmatory test registers.
+    for model in ABLATION_MODELS:
+        for op in IB_OPS:
+            lr = rate(model, op, len(SEEDS))
+            if lr is not None:
+                for v in strength_grid(root, model, op, lr)[0]:
+                    if v not in STRENGTHS[op] and v != REFERENCE_STRENGTH:  # an extension: unlocked now
+                        jobs.extend(_ablation_job(model, f"{op}:strength={v}", lr, "strength", s) for s in SEEDS)
+    for model in FAMILIES:
+        pick = confirmatory_pick(root, model)
+        if pick is not None and pick not in MAIN_NORMS:
+            jobs.extend(tune_jobs(model, [pick], root))  # its rate, by the same grid rule as every norm
+    for model in FAMILIES:
+        for norm in STABILITY_NORMS:
+            rates = stability_rates(root, model, norm)
+            if rates is None:
+                waiting += 1
+            else:
+                jobs.extend(_stability_job(model, norm, lr) for lr in rates)
+    for group in (VISION_FAMILIES, LM_FAMILIES):
         for model in group:
             for norm in MAIN_NORMS:
-                at_chosen_rate("main", model, norm, norm)
+                at_chosen_rate("main", model, norm, norm, seeds=MAIN_SEEDS if norm not in PEERS else SEEDS)
+    reg = registered(root)
+    if reg is None:
+        waiting += len(FAMILIES) * (len(CONFIRM_SEEDS) + 3)
+    else:
+        for model, entry in reg.items():
+            fam, norm, lr = FAMILIES[model], entry["norm"], float(entry["lr"])
+            base_lr = rate(model, "base", 3)
+            in_main = norm in MAIN_NORMS and norm not in PEERS  # its seeds 3-7 are the main table's
+            seeds = [s for s in CONFIRM_SEEDS if not (in_main and s in MAIN_SEEDS)]
+            jobs.extend(Job("confirmatory", _config(model, norm, s, fam.steps, lr)) for s in seeds)
+            if base_lr is not None:
+                jobs.extend(Job("confirmatory", _config(model, "base", s, fam.steps, base_lr))
+                            for s in CONFIRM_SEEDS if s not in MAIN_SEEDS)
     for model in VISION_FAMILIES:
         for norm in INFO_NORMS:
             lr = rate(model, norm, len(SEEDS))
@@ -272,13 +513,80 @@ def planned_jobs(results_root: Path) -> tuple[list[Job], int]:
     return jobs, waiting
 
 
+def same_run(saved_config: dict, job: Job) -> bool:
+    """Whether a result's config is the run ``job`` plans (the fields that decide what it computes)."""
+    saved = vars(TrainConfig(**saved_config).resolved())
+    want = {k: v for k, v in vars(job.config.resolved()).items() if k not in _RUNTIME_ONLY}
+    return {k: saved.get(k) for k in want} == want
+
+
+_RUNTIME_ONLY = ("init_from", "progress", "threads", "checkpoint_every")
+
+
+def superseded(results_root: Path) -> list[Path]:
+    """Result files (and kept weights) of planned names whose config the plan no longer asks for: a rate choice
+    moved, so the runs at the old rate leave the tables (git history keeps them)."""
+    root = Path(results_root)
+    out = []
+    for job in planned_jobs(root)[0]:
+        path = job.result_path(root)
+        r = read_result(path)
+        if r is not None and not same_run(r["config"], job):
+            out.append(path)
+            if keeps_weights(job):
+                out += [p for p in (job.weights_path(root), retrained_result_path(job, root)) if p.exists()]
+    return out
+
+
 def pending(results_root: Path, stages: Optional[Iterable[str]] = None, models: Optional[Iterable[str]] = None) -> tuple[list[Job], int]:
     """The planned jobs without a committed result (filtered by stage and model), and the count still waiting."""
     jobs, waiting = planned_jobs(results_root)
     stages, models = set(stages or STAGES), set(models or FAMILIES)
-    todo = [j for j in jobs if j.stage in stages and j.config.model in models
-            and not j.result_path(results_root).exists()]
+    todo = [j for j in jobs if j.stage in stages and j.config.model in models and not _done(j, Path(results_root))]
     return todo, waiting
+
+
+def _done(job: Job, results_root: Path) -> bool:
+    r = read_result(job.result_path(results_root))
+    return r is not None and same_run(r["config"], job)
+
+
+def prune(results_root: Path) -> list[Path]:
+    """Delete the :func:`superseded` files (a rate choice moved); returns them."""
+    gone = superseded(results_root)
+    for path in gone:
+        path.unlink()
+    return gone
+
+
+def seconds_per_step(results_root: Path) -> dict[tuple[str, str], float]:
+    """The median single-thread wall seconds per step of the committed runs, by (model, stage): what
+    :func:`projected_hours` multiplies. Evaluation is in it, so the tuning budget gets its own figure."""
+    import statistics
+    per: dict[tuple[str, str], list[float]] = {}
+    for f in Path(results_root).glob("*/runs/*.json"):
+        r = read_result(f)
+        if r and r.get("wall_time_s") and r.get("stage") in AREA:
+            c = r["config"]
+            per.setdefault((c["model"], r["stage"]), []).append(r["wall_time_s"] / c["steps"])
+    return {k: statistics.median(v) for k, v in per.items()}
+
+
+def projected_hours(results_root: Path, todo: list[Job], waiting: int) -> dict[str, float]:
+    """Single-thread hours of the pending runs by stage, from :func:`seconds_per_step` (a stage with no committed
+    run of its model uses the model's tuning figure for the tuning budget and its main figure otherwise); the runs
+    that wait on an earlier result are counted at the mean pending run's cost, under "waiting"."""
+    rates = seconds_per_step(results_root)
+    out: dict[str, float] = {}
+    for job in todo:
+        c = job.config
+        short = c.steps <= FAMILIES[c.model].tune_steps
+        sps = rates.get((c.model, job.stage)) or rates.get((c.model, "tune" if short else "main"), 0.0)
+        out[job.stage] = out.get(job.stage, 0.0) + sps * c.steps / 3600
+    if waiting:
+        mean = sum(out.values()) / max(1, len(todo))
+        out["waiting"] = mean * waiting
+    return out
 
 
 def run_job(job: Job, results_root: str, runs_root: str) -> dict:
@@ -288,6 +596,7 @@ def run_job(job: Job, results_root: str, runs_root: str) -> dict:
 
     torch.set_num_threads(1)
     cfg = job.config
+    _clear_stale_run_dir(job, Path(runs_root))
     if job.needs is not None:  # the parent's weights: committed, or trained again here
         weights = job.needs.weights_path(results_root)
         if not weights.exists():
@@ -313,6 +622,23 @@ def run_job(job: Job, results_root: str, runs_root: str) -> dict:
         result["config"] = dict(result["config"], init_from=job.needs.name)
     atomic_write_json(job.result_path(results_root), result)
     return result
+
+
+def _clear_stale_run_dir(job: Job, runs_root: Path) -> None:
+    """A run folder left by the same name at another config (a rate choice moved) is removed, not resumed."""
+    run_dir = job.run_dir(runs_root)
+    for name in ("result.json", "ckpt.pt"):
+        path = run_dir / name
+        if not path.exists():
+            continue
+        if name == "result.json":
+            saved = json.loads(path.read_text())["config"]
+        else:
+            import torch
+            saved = torch.load(path, map_location="cpu", weights_only=False)["config"]
+        if not same_run(saved, dataclasses.replace(job, config=dataclasses.replace(job.config, init_from=""))):
+            shutil.rmtree(run_dir)
+        return
 
 
 def analyse_run(run_dir: Path, cfg: TrainConfig) -> list[dict]:
@@ -379,6 +705,8 @@ def reproduce(results_root: str | Path = "results", runs_root: str | Path = "run
     pool = ProcessPoolExecutor(max_workers=jobs, mp_context=multiprocessing.get_context("spawn")) if jobs > 1 else None
     try:
         while True:
+            for path in prune(Path(results_root)):
+                log(f"superseded (a rate choice moved; git history keeps it): {path}")
             todo, waiting = pending(results_root, stages, models)
             bar.total = done + len(todo) + waiting
             bar.refresh()
