@@ -1,0 +1,102 @@
+"""The learning-rate grids (tuning budget) and what they show: edges, flat rows, the DyT diagnosis."""
+from __future__ import annotations
+
+import json
+import math
+from collections import defaultdict
+from pathlib import Path
+from typing import Optional
+
+from .. import reproduce as R
+from .common import max_loss_rise, metric
+
+
+def tuning_section(runs: list[dict], results_root: Optional[Path] = None) -> list[str]:
+    tune = [r for r in runs if r.get("stage") == "tune"]
+    lines = ["## Learning-rate grids (tuning budget, validation split carved from the training data)", "",
+             "Each cell: the validation score (vision: held-out accuracy; LMs: nats/byte), then the largest loss "
+             "rise (spikes; see the rule above). **Bold**: the chosen rate.", ""]
+    if not tune:
+        return lines + ["No tuning run has finished yet.", ""]
+    cells: dict[tuple, dict[float, dict]] = defaultdict(dict)
+    for r in tune:
+        cells[(r["config"]["model"], r["config"]["norm"])][r["config"]["lr"]] = r
+    lines += ["| family | norm | low rate | middle | high |", "|---|---|---|---|---|"]
+    edges = []
+    for (model, norm), per_lr in sorted(cells.items(), key=lambda kv: (list(R.FAMILIES).index(kv[0][0]), kv[0][1])):
+        grid = R.FAMILIES[model].lr_grid
+        chosen = R.chosen_lr_from({lr: per_lr.get(lr) for lr in grid})
+        row = []
+        for lr in grid:
+            r = per_lr.get(lr)
+            if r is None:
+                row.append(f"{lr:g}: pending")
+                continue
+            text = f"{lr:g}: " + (f"diverged at step {r['diverged_at']}" if "final" not in r else
+                                  f"{metric(r):.4f}, rise {max_loss_rise(r['curve']):.3f}")
+            row.append(f"**{text}**" if lr == chosen else text)
+        lines.append(f"| {model} | {norm} | " + " | ".join(row) + " |")
+        if chosen is not None and not math.isnan(chosen) and chosen in (min(grid), max(grid)):
+            edges.append(f"{model} {norm} ({chosen:g})")
+    if edges:
+        lines += ["", f"Chosen at an edge of the grid, so the best rate may lie beyond it: {', '.join(edges)}. "
+                  "Every norm had the same grid, so the comparison stays fair, but these norms may be undertuned alike."]
+    flat = flat_rows(cells)
+    if flat:
+        lines += ["", f"The same score at every rate of the grid (within {FLAT_SPREAD}): {', '.join(flat)}. A score "
+                  "that does not move with the rate is what a model reaches when it has learned only what does not "
+                  "depend on its input (for an LM, the bytes' frequencies)."]
+        if any(text.split()[1] == "dyt" for text in flat):
+            lines += ["DyT runs at its default α₀ = 0.5 with the same rate grid as every norm; its authors tune α₀ per "
+                      "layer type for LLMs, which this protocol does not, so its rows above show DyT at its default, "
+                      "not DyT tuned."]
+            lines += dyt_diagnosis_lines(results_root)
+    return lines + [""]
+
+
+DYT_DIAGNOSIS = Path("reproduction") / "dyt_lm_diagnosis.json"  # written by scripts/diagnose_dyt_lm.py
+
+
+def dyt_diagnosis_lines(results_root: Optional[Path]) -> list[str]:
+    """Why DyT's LMs stall, in numbers from the committed diagnosis (nothing when it is absent)."""
+    path = None if results_root is None else Path(results_root) / DYT_DIAGNOSIS
+    if path is None or not path.exists():
+        return []
+    diagnosis = json.loads(path.read_text())
+    runs, parts, first_saturated = diagnosis["runs"], [], []
+    for model in sorted({key.split(" / ")[0] for key in runs}):
+        dyt, kept, base = (runs.get(f"{model} / {v}") for v in ("dyt", "dyt, final norm kept", "base"))
+        if not (dyt and kept and base):
+            continue
+        first_saturated += [next((r["step"] for r in dyt if (r["saturated"] or 0) > 0.99), None)]
+        end = dyt[-1]
+        parts.append(f"{model}: shared {end['shared_rms']:.3g} against varying {end['varying_rms']:.2g}, "
+                     f"{end['saturated']:.0%} saturated, training loss {end['train_loss']:.3f}; with the final norm "
+                     f"kept {kept[-1]['train_loss']:.3f}; base norm {base[-1]['train_loss']:.3f}")
+    if not parts:
+        return []
+    when = ("" if None in first_saturated else
+            f" (more than 99% of its outputs saturated by step {max(first_saturated)})")
+    return ["", f"Why DyT's LMs stall (`scripts/diagnose_dyt_lm.py`, seed {diagnosis['seed']}, lr {diagnosis['lr']:g}, "
+            f"{diagnosis['steps']} steps; `results/{DYT_DIAGNOSIS.with_suffix('.md').as_posix()}`): the residual "
+            "stream grows a part shared by every position, far larger than the part that varies with the input, and "
+            f"the final DyT before the LM head saturates{when}. Its tanh then gives the same ±1 vector at every "
+            "position, so the head can learn only the bytes' frequencies, and almost no gradient passes back "
+            "through it. LayerNorm and RMSNorm divide that size away, and DyT in the blocks with the base norm kept "
+            "as the final norm trains. Input of the final norm at the last step, as root-mean-squares: "
+            + "; ".join(parts) + "."]
+
+
+FLAT_SPREAD = 0.005  # largest minus smallest score over the grid, below which a norm did not respond to the rate
+
+
+def flat_rows(cells: dict[tuple, dict[float, dict]]) -> list[str]:
+    """``model norm (low-high)`` for each (model, norm) whose runs finished at every rate with scores within
+    FLAT_SPREAD of each other."""
+    out = []
+    for (model, norm), per_lr in sorted(cells.items()):
+        scores = [metric(per_lr[lr]) for lr in R.FAMILIES[model].lr_grid if lr in per_lr]
+        if len(scores) == len(R.FAMILIES[model].lr_grid) and None not in scores and \
+                max(scores) - min(scores) < FLAT_SPREAD:
+            out.append(f"{model} {norm} ({min(scores):.4f}-{max(scores):.4f})")
+    return out
