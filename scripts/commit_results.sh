@@ -3,12 +3,14 @@
 # A sweep may keep writing while this runs: the report is rebuilt until no new run file landed meanwhile.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-list() { find results/reproduction/runs results/generalization/runs results/ablations/runs results/info/runs -name '*.json' 2>/dev/null | sort || true; }
+AREAS="results/reproduction results/generalization results/ablations results/info results/confirmatory"
+list() { for a in $AREAS; do [ -d "$a/runs" ] && find "$a/runs" -name '*.json'; done 2>/dev/null | sort || true; }
 for attempt in 1 2 3 4 5; do
   before=$(list)
   .venv/bin/ibnorm report 2>/dev/null
   [ "$before" == "$(list)" ] && break
 done
-git add RESULTS.md $(ls -d results/reproduction results/generalization results/ablations results/info 2>/dev/null)
+# -A: a run the sweep pruned (its rate choice moved) leaves the tree too; git history keeps it.
+git add -A RESULTS.md $(ls -d $AREAS 2>/dev/null)
 n=$(echo "$before" | grep -c . || true)
 git commit -q -m "reproduce: ${n} runs in results/*/runs, RESULTS.md rebuilt by ibnorm report" -- RESULTS.md results/ && git log --oneline -1

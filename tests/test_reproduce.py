@@ -92,7 +92,7 @@ def test_info_stage_and_report_from_run_files(tmp_path, tiny_protocol, monkeypat
     assert again["rows"] == info["rows"]
 
     page = RS.build_report(results, tmp_path / "RESULTS.md")
-    assert "### resnet-mini" in page and "## Information (claim 2)" in page
+    assert "### resnet-mini" in page and "## Information (claim 2; exploratory)" in page
     first = {p: p.read_bytes() for p in [tmp_path / "RESULTS.md", *results.glob("*/runs.csv")]}
     RS.build_report(results, tmp_path / "RESULTS.md")  # deterministic: the same bytes again
     assert {p: p.read_bytes() for p in first} == first

@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 import statistics
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Optional, Sequence
 
 
 @dataclass(frozen=True)
@@ -48,6 +48,54 @@ def paired(values: Sequence[float], base: Sequence[float], confidence: float = 0
     sd = statistics.stdev(d)
     half = t_quantile(0.5 + confidence / 2, n - 1) * sd / math.sqrt(n)
     return Paired(n, mean, sd, mean - half, mean + half, confidence)
+
+
+def t_p_value(p: Paired) -> float:
+    """The two-sided p-value of the paired t-test of ``p`` (mean difference 0); NaN with fewer than 2 pairs."""
+    if p.n < 2 or not math.isfinite(p.sd):
+        return math.nan
+    if p.sd == 0:
+        return 0.0 if p.mean != 0 else 1.0
+    t = abs(p.mean) / (p.sd / math.sqrt(p.n))
+    return min(1.0, 2.0 * (1.0 - _t_cdf(t, p.n - 1)))
+
+
+def holm(p_values: dict) -> dict:
+    """Holm's step-down adjustment of a family of p-values (key -> p): the family-wise error stays at alpha. NaN
+    entries stay NaN and do not count in the family."""
+    keys = sorted((k for k, v in p_values.items() if not math.isnan(v)), key=lambda k: p_values[k])
+    m, out, running = len(keys), {k: math.nan for k in p_values}, 0.0
+    for i, k in enumerate(keys):
+        running = max(running, min(1.0, (m - i) * p_values[k]))
+        out[k] = running
+    return out
+
+
+def min_detectable(sd: float, n: int, alpha: float = 0.05, power: float = 0.8) -> float:
+    """The smallest true mean difference a two-sided paired t-test at ``alpha`` detects with probability ``power``
+    from ``n`` pairs whose differences have standard deviation ``sd``: (t_{1-alpha/2} + t_{power}) * sd / sqrt(n),
+    both quantiles with n - 1 degrees of freedom (the usual approximation of the noncentral t)."""
+    if n < 2 or not math.isfinite(sd):
+        return math.inf
+    return (t_quantile(1 - alpha / 2, n - 1) + t_quantile(power, n - 1)) * sd / math.sqrt(n)
+
+
+def seeds_needed(effect: float, sd: float, alpha: float = 0.05, power: float = 0.8, most: int = 1000) -> Optional[int]:
+    """The fewest pairs for which :func:`min_detectable` reaches ``effect`` (None: more than ``most``)."""
+    if sd == 0:
+        return 2
+    for n in range(2, most + 1):
+        if min_detectable(sd, n, alpha, power) <= abs(effect):
+            return n
+    return None
+
+
+def equivalent(p: Paired, bound: float) -> bool:
+    """TOST at level 0.05: the 90% interval of the mean difference lies inside (-bound, +bound). ``p`` must carry a
+    90% interval (``paired(..., confidence=0.9)``)."""
+    if abs(p.confidence - 0.9) > 1e-12:
+        raise ValueError(f"p must carry a 90% interval for TOST at 0.05; got confidence {p.confidence}")
+    return math.isfinite(p.low) and -bound < p.low and p.high < bound
 
 
 def t_quantile(p: float, df: int) -> float:

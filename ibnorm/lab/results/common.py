@@ -12,8 +12,7 @@ from .. import reproduce as R
 from ..stats import Paired, paired
 from ..tasks import task_kind
 
-
-AREAS = ("reproduction", "generalization", "ablations", "info")
+AREAS = ("reproduction", "generalization", "ablations", "info", "confirmatory")
 
 
 CSV_COLUMNS = ["stage", "tag", "model", "norm", "seed", "lr", "steps", "eval_set", "val_loss", "val_bpb", "test_acc",

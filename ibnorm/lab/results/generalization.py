@@ -1,7 +1,6 @@
 """Claim 3: the generalization gap on a 5k subset."""
 from __future__ import annotations
 
-
 from .. import reproduce as R
 from .common import _ms, by_seed, versus
 

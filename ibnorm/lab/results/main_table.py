@@ -9,6 +9,7 @@ from .. import reproduce as R
 from ..records import save_figure
 from ..tasks import task_kind
 from .common import _models, _ms, _panels, _per_norm, by_seed, versus
+from .decisive import DECISION_HEADER, decide, decide_family, decision_cells
 
 
 def main_section(runs: list[dict], stage: str = "main", title: str = "Main table (claim 1)") -> tuple[list[str], dict]:
@@ -59,6 +60,62 @@ def main_section(runs: list[dict], stage: str = "main", title: str = "Main table
             lines.append(row)
         lines.append("")
     return lines, comparisons
+
+
+def bounds_lines() -> list[str]:
+    """The smallest effects of interest and the rule that uses them, as fixed before the decisive sweep."""
+    return [f"Smallest effect of interest, fixed before the decisive sweep's runs: ±{R.EQUIVALENCE_TEXT['vision']} "
+            f"for vision, ±{R.EQUIVALENCE_TEXT['lm']} for the LMs. Vision: the size of the gains normalization papers "
+            "headline at ImageNet scale (Derf over LayerNorm on ViT-B +0.5, DyT +0.2), and several times the base "
+            "norms' seed-to-seed sd here. LMs: 0.7-0.8% of the base norms' loss; near llama-mini's seed sd (0.006) "
+            "but under gpt2-mini's (0.023), which is why gpt2-mini needs many seeds.", "",
+            "Verdict rule (paired t over seeds, two-sided, α = 0.05): \"better\" or \"worse\" when the Holm-adjusted "
+            "p-value is below 0.05; otherwise \"equivalent\" when the 90% interval lies inside ± the bound (TOST); "
+            "otherwise \"inconclusive\". The Holm family is the 12 op × family comparisons of this table; the peers' "
+            "p-values are unadjusted. MDD: the smallest true difference this many seeds detect with 80% power (from "
+            "the observed sd of the differences); the next column: seeds needed to detect a difference the size of "
+            "the bound.", ""]
+
+
+def main_table_section(runs: list[dict]) -> tuple[list[str], dict, dict]:
+    """Claim 1's main table with the decisive statistics; returns its lines, the comparisons (95% interval and
+    verdict, for the claims table and the forest plot) and the decisions."""
+    main = [r for r in runs if r.get("stage") == "main"]
+    values = by_seed(main)
+    lrs = {(r["config"]["model"], r["config"]["norm"]): r["config"]["lr"] for r in main}
+    diverged = defaultdict(list)
+    for r in main:
+        if "final" not in r:
+            diverged[(r["config"]["model"], r["config"]["norm"])].append(r["config"]["seed"])
+    lines = ["## Main table (claim 1; exploratory)", "",
+             "*Exploratory*: seeds 0-7 for the base norm and the ops (0-2 chose the confirmatory configuration), "
+             "0-2 for the peers, each norm at the rate its grid chose. The confirmatory test below decides claim 1.",
+             ""] + bounds_lines()
+    if not main:
+        return lines + ["No run of this stage has finished yet.", ""], {}, {}
+    base = {m: values.get((m, "base"), {}) for m in R.FAMILIES}
+    family = {k: (v, base[k[0]]) for k, v in values.items() if k[1] in R.IB_OPS}
+    decisions = decide_family(family)
+    decisions.update({k: d for k, v in values.items() if k[1] not in R.IB_OPS and k[1] != "base"
+                      for d in [decide(v, base[k[0]], k[0])] if d is not None})
+    comparisons = {k: (d.p95, d.verdict) for k, d in decisions.items()}
+    for model in R.FAMILIES:
+        norms = [n for (m, n) in values if m == model] + [n for (m, n) in diverged if m == model and (m, n) not in values]
+        if not norms:
+            continue
+        kind = task_kind(model)
+        name = "test accuracy" if kind.name == "vision" else "validation nats/byte"
+        lines += [f"### {model} ({name}, {'higher' if kind.higher_is_better else 'lower'} is better; bound "
+                  f"±{R.EQUIVALENCE_TEXT[kind.name]})", "",
+                  f"| norm | lr | seeds | {name} | {DECISION_HEADER} |", "|---|---|---|---|---|---|---|---|---|---|"]
+        for norm in sorted(set(norms), key=lambda n: (n != "base", n not in R.IB_OPS, n)):
+            v = values.get((model, norm), {})
+            seeds = f"{len(v)}" + (f" (+{len(diverged[(model, norm)])} diverged)" if diverged.get((model, norm)) else "")
+            cells = ["—"] * 6 if norm == "base" else decision_cells(decisions.get((model, norm)), model)
+            lines.append(f"| {norm} | {lrs[(model, norm)]:g} | {seeds} | {_ms(list(v.values()), 4)} | "
+                         + " | ".join(cells) + " |")
+        lines.append("")
+    return lines, comparisons, decisions
 
 
 def forest_range(every: list, ib: list) -> tuple[float, float]:

@@ -13,19 +13,23 @@ from .common import max_loss_rise, metric
 
 def tuning_section(runs: list[dict], results_root: Optional[Path] = None) -> list[str]:
     tune = [r for r in runs if r.get("stage") == "tune"]
-    lines = ["## Learning-rate grids (tuning budget, validation split carved from the training data)", "",
+    lines = ["## Learning-rate grids (tuning budget, validation split carved from the training data; exploratory)", "",
              "Each cell: the validation score (vision: held-out accuracy; LMs: nats/byte), then the largest loss "
-             "rise (spikes; see the rule above). **Bold**: the chosen rate.", ""]
+             "rise (spikes; see the rule above). **Bold**: the chosen rate. Fair grids (since the decisive sweep): a "
+             "norm whose choice sits at an edge of its grid gets the next rate beyond it (×3 steps), until its choice "
+             f"is interior; a rate that diverges counts as tried; the ladder ends at {R.LR_MIN:g} and {R.LR_MAX:g}.",
+             ""]
     if not tune:
         return lines + ["No tuning run has finished yet.", ""]
     cells: dict[tuple, dict[float, dict]] = defaultdict(dict)
     for r in tune:
         cells[(r["config"]["model"], r["config"]["norm"])][r["config"]["lr"]] = r
-    lines += ["| family | norm | low rate | middle | high |", "|---|---|---|---|---|"]
-    edges = []
+    lines += ["| family | norm | rates tried | first choice (3-rate grid) |", "|---|---|---|---|"]
+    moved, edges = [], []
     for (model, norm), per_lr in sorted(cells.items(), key=lambda kv: (list(R.FAMILIES).index(kv[0][0]), kv[0][1])):
-        grid = R.FAMILIES[model].lr_grid
+        grid = sorted(set(R.FAMILIES[model].lr_grid) | set(per_lr))
         chosen = R.chosen_lr_from({lr: per_lr.get(lr) for lr in grid})
+        first = R.chosen_lr_from({lr: per_lr.get(lr) for lr in R.FAMILIES[model].lr_grid})
         row = []
         for lr in grid:
             r = per_lr.get(lr)
@@ -35,12 +39,17 @@ def tuning_section(runs: list[dict], results_root: Optional[Path] = None) -> lis
             text = f"{lr:g}: " + (f"diverged at step {r['diverged_at']}" if "final" not in r else
                                   f"{metric(r):.4f}, rise {max_loss_rise(r['curve']):.3f}")
             row.append(f"**{text}**" if lr == chosen else text)
-        lines.append(f"| {model} | {norm} | " + " | ".join(row) + " |")
+        lines.append(f"| {model} | {norm} | " + "; ".join(row) + f" | {'—' if first is None else f'{first:g}'} |")
+        if chosen is not None and first is not None and not math.isnan(chosen) and chosen != first:
+            moved.append(f"{model} {norm} {first:g} → {chosen:g}")
         if chosen is not None and not math.isnan(chosen) and chosen in (min(grid), max(grid)):
             edges.append(f"{model} {norm} ({chosen:g})")
+    if moved:
+        lines += ["", f"Choices the extended grids moved (the runs at the old rate are in the git history, not in the "
+                  f"tables): {', '.join(moved)}."]
     if edges:
-        lines += ["", f"Chosen at an edge of the grid, so the best rate may lie beyond it: {', '.join(edges)}. "
-                  "Every norm had the same grid, so the comparison stays fair, but these norms may be undertuned alike."]
+        lines += ["", f"Still at an edge of the rates tried: {', '.join(edges)}; such a grid is extended by the next "
+                  "rate (pending) unless it reached the end of the ladder."]
     flat = flat_rows(cells)
     if flat:
         lines += ["", f"The same score at every rate of the grid (within {FLAT_SPREAD}): {', '.join(flat)}. A score "
@@ -95,8 +104,8 @@ def flat_rows(cells: dict[tuple, dict[float, dict]]) -> list[str]:
     FLAT_SPREAD of each other."""
     out = []
     for (model, norm), per_lr in sorted(cells.items()):
-        scores = [metric(per_lr[lr]) for lr in R.FAMILIES[model].lr_grid if lr in per_lr]
-        if len(scores) == len(R.FAMILIES[model].lr_grid) and None not in scores and \
+        scores = [metric(r) for r in per_lr.values()]
+        if len(scores) >= len(R.FAMILIES[model].lr_grid) and None not in scores and \
                 max(scores) - min(scores) < FLAT_SPREAD:
             out.append(f"{model} {norm} ({min(scores):.4f}-{max(scores):.4f})")
     return out
