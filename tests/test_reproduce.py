@@ -312,7 +312,7 @@ def test_late_stages_run_in_two_processes_and_reach_the_report(tmp_path, tiny_pr
     shutil.rmtree(runs)
     late = ["ablation", "learnable", "posthoc"]
     made = R.reproduce(results, runs, jobs=2, stages=late, log=lambda s: None)
-    assert made == 3 * 2 + 2 + len(R.POSTHOC_NORMS) * 2 and not R.pending(results, late)[0]
+    assert made == 3 * 2 + 2 + (len(R.POSTHOC_NORMS) + len(R.POSTHOC_AWAY)) * 2 and not R.pending(results, late)[0]
     base_lr = R.chosen_lr(results, "resnet-mini", "base")
     for seed in R.SEEDS:
         parent = f"main__resnet-mini__base__s{seed}"
@@ -620,3 +620,39 @@ def test_confirmatory_runs_wait_for_a_committed_preregistration(tmp_path):
         '# amended\n```json\n{"registered": {"gpt2-mini": {"norm": "ib_tanh", "lr": 0.003}}}\n```\n')
     jobs = [j for j in R.planned_jobs(root)[0] if j.stage == "confirmatory"]
     assert {j.config.seed for j in jobs} == {8, 9, 10}  # a main-table op: seeds 3-7 are the main table's
+
+
+def test_the_ladder_and_the_registered_posthoc_wait_for_the_registration(tmp_path):
+    root = tmp_path / "results"
+    def stages(jobs):
+        return {j.stage for j in jobs}
+    jobs, _ = R.planned_jobs(root)
+    assert not {"scale_tune", "scale"} & stages(jobs)
+    pre = root / R.PREREGISTRATION
+    pre.parent.mkdir(parents=True)
+    pre.write_text('```json\n{"registered": {"llama-mini": {"norm": "ib_tanh:strength=4.0", "lr": 0.003}}}\n```\n')
+    jobs, _ = R.planned_jobs(root)
+    tune = [j for j in jobs if j.stage == "scale_tune"]
+    assert {(j.config.norm, j.config.width, j.config.depth) for j in tune} == {
+        (n, w, d) for n in ("base", "ib_tanh:strength=4.0") for w, d in R.LADDER["llama-mini"]}
+    assert all(j.area == "scale" and j.config.steps == R.FAMILIES["llama-mini"].tune_steps for j in tune)
+    size = R.LADDER["llama-mini"][0]
+    for lr, loss in zip(R.FAMILIES["llama-mini"].lr_grid, (1.3, 1.2, 1.25)):  # each rung tunes on its own
+        _write_result(root, R._tune_job("llama-mini", "base", lr, size), loss)
+    main = [j for j in R.planned_jobs(root)[0] if j.stage == "scale"]
+    assert {(j.config.seed, j.config.lr, j.config.width, j.config.depth) for j in main} == {
+        (s, 0.003, *size) for s in R.SEEDS}
+    assert main[0].name == f"scale__w{size[0]}-d{size[1]}__llama-mini__base__s0"
+
+
+def test_posthoc_conversions_start_away_from_the_identity(tmp_path):
+    root = tmp_path / "results"
+    for lr, acc in zip(R.FAMILIES["resnet-mini"].lr_grid, (0.8, 0.9, 0.85)):
+        _write_result(root, R._tune_job("resnet-mini", "base", lr), acc)
+    post = [j for j in R.planned_jobs(root)[0] if j.stage == "posthoc" and j.config.model == "resnet-mini"]
+    away = [j for j in post if j.config.norm in R.POSTHOC_AWAY]
+    assert len(away) == len(R.POSTHOC_AWAY) * len(R.SEEDS)
+    assert all(j.config.recalibrate_bn == R.POSTHOC_RECALIBRATE["resnet-mini"] for j in away)
+    assert all(j.config.recalibrate_bn == 0 for j in post if j.config.norm in R.POSTHOC_NORMS)  # as they ran
+    assert R.posthoc_registered("ib_log:strength=2.0") == ["ib_log:strength=2.0", "ib_log:strength=2.0,learnable_strength=1"]
+    assert R.posthoc_registered("ib_tanh:learnable_strength=1") == list(R.POSTHOC_AWAY)

@@ -294,3 +294,26 @@ def test_cpu_time_adds_up_over_a_resume(tmp_path):
     del ckpt["cpu_elapsed"]
     torch.save(ckpt, old / "ckpt.pt")
     assert train(cfg, old)["cpu_time_s"] is None
+
+
+@needs_fashion
+def test_posthoc_records_the_score_at_conversion_and_recalibrates_batch_norms(tmp_path):
+    """A post-hoc run records what the converted model scores before fine-tuning; recalibrating recomputes the
+    batch norms' running statistics (as a plain average) and nothing else changes in how the run trains."""
+    from ibnorm.lab.train import TrainConfig, train, recalibrate_batch_norms, load_trained
+    small = dict(batch_size=16, eval_every=4, eval_examples=64, train_subset=256, dataset="fashion-mnist",
+                warmup_steps=1, progress=False)
+    parent = train(TrainConfig(model="resnet-mini", norm="base", steps=4, lr=1e-2, **small), tmp_path / "parent")
+    assert "at_start" not in parent
+    weights = str(tmp_path / "parent" / "model.pt")
+    plain = train(TrainConfig(model="resnet-mini", norm="ib_tanh:strength=0.5", steps=4, lr=1e-2, init_from=weights,
+                              **small), tmp_path / "plain")
+    assert set(plain["at_start"]) >= {"val_acc", "val_loss"} and plain["at_start"] != plain["final"]
+    model, task = load_trained(TrainConfig(model="resnet-mini", norm="base", **small), tmp_path / "parent")
+    bn = next(m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d))
+    before = bn.running_mean.clone()
+    recalibrate_batch_norms(model, task, 3)
+    assert not torch.equal(before, bn.running_mean) and int(bn.num_batches_tracked) == 3 and bn.momentum == 0.1
+    recal = train(TrainConfig(model="resnet-mini", norm="ib_tanh:strength=0.5", steps=4, lr=1e-2, init_from=weights,
+                              recalibrate_bn=3, **small), tmp_path / "recal")
+    assert recal["at_start"] != plain["at_start"]

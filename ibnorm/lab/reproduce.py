@@ -116,6 +116,15 @@ LEARNABLE_NORMS = tuple(f"{op}:learnable_strength=1" for op in IB_OPS)
 # sigmoid reparameterization starts at raw = 9.2, which Adam leaves only at about lr per step, so tanh at strength
 # 0.05 (s(u) within 0.1% of u for |u| < 1, 0.8% at |u| = 3), learnable through softplus, is the second way in.
 POSTHOC_NORMS = ("base", "ib_power:strength=1.0,learnable_strength=1", "ib_tanh:strength=0.05,learnable_strength=1")
+# ... and conversions that change the model (issue 25): tanh at 0.5 and the registered confirmatory configuration,
+# each fixed and learnable. The ResNet's batch norms recompute their running statistics first, over this many
+# training batches (a converted layer normalizes what its old statistics never saw).
+POSTHOC_AWAY = ("ib_tanh:strength=0.5", "ib_tanh:strength=0.5,learnable_strength=1")
+POSTHOC_RECALIBRATE = {"resnet-mini": 100}
+
+# The scale ladder (claim 1 as the model grows): llama-mini and vit-mini at 2x width, then 2x width and 2x depth;
+# the base norm against the registered configuration, each rate tuned per size by the same grid rule, 3 seeds.
+LADDER = {"llama-mini": ((256, 4), (256, 8)), "vit-mini": ((128, 4), (128, 8))}
 
 # Areas (results/<area>/) and the order their stages run in: what the verdicts need most comes first.
 INFO_NORMS = ("base", *IB_OPS)  # claim 2: the base norm against the three ops, on the main table's vision models
@@ -140,10 +149,11 @@ STABILITY_NORMS = ("base", *IB_OPS)
 CONFIRM_SEEDS = tuple(range(3, 11))
 PREREGISTRATION = Path("confirmatory") / "PREREGISTRATION.md"
 
-STAGES = ("tune", "ablation", "stability", "main", "confirmatory", "info", "generalization", "learnable", "posthoc")
+STAGES = ("tune", "ablation", "stability", "main", "confirmatory", "info", "generalization", "learnable", "posthoc",
+          "scale_tune", "scale")
 AREA = {"tune": "reproduction", "main": "reproduction", "learnable": "reproduction", "posthoc": "reproduction",
         "stability": "reproduction", "info": "info", "generalization": "generalization", "ablation": "ablations",
-        "confirmatory": "confirmatory"}
+        "confirmatory": "confirmatory", "scale_tune": "scale", "scale": "scale"}
 
 
 @dataclass(frozen=True)
@@ -213,9 +223,24 @@ def _config(model: str, norm: str, seed: int, steps: int, lr: float, **extra) ->
                        checkpoint_every=100, **settings)
 
 
-def _tune_job(model: str, norm: str, lr: float) -> Job:
+Size = Optional[tuple[int, int]]  # (width, depth) of a scale-ladder rung; None: the family's own size
+
+
+def size_tag(size: Size) -> str:
+    return f"w{size[0]}-d{size[1]}"
+
+
+def _tune_job(model: str, norm: str, lr: float, size: Size = None) -> Job:
     fam = FAMILIES[model]
-    return Job("tune", _config(model, norm, TUNE_SEED, fam.tune_steps, lr, **fam.tune_settings), tag=f"lr{lr:g}")
+    if size is None:
+        return Job("tune", _config(model, norm, TUNE_SEED, fam.tune_steps, lr, **fam.tune_settings), tag=f"lr{lr:g}")
+    cfg = _config(model, norm, TUNE_SEED, fam.tune_steps, lr, width=size[0], depth=size[1], **fam.tune_settings)
+    return Job("scale_tune", cfg, tag=f"{size_tag(size)}__lr{lr:g}")
+
+
+def _scale_job(model: str, norm: str, seed: int, lr: float, size: tuple[int, int]) -> Job:
+    cfg = _config(model, norm, seed, FAMILIES[model].steps, lr, width=size[0], depth=size[1])
+    return Job("scale", cfg, tag=size_tag(size))
 
 
 def tune_jobs(model: str, norms: Iterable[str], results_root: Optional[Path] = None) -> list[Job]:
@@ -268,7 +293,7 @@ def next_rate(lr: float, up: bool) -> Optional[float]:
     return float(f"{nxt:.3g}") if LR_MIN * 0.999 <= nxt <= LR_MAX * 1.001 else None
 
 
-def lr_grid(results_root: Optional[Path], model: str, norm: str) -> tuple[tuple[float, ...], bool]:
+def lr_grid(results_root: Optional[Path], model: str, norm: str, size: Size = None) -> tuple[tuple[float, ...], bool]:
     """The rates ``norm`` is tuned over: the family's grid, then the next ladder rate beyond whichever edge the
     choice sits at, until the choice is interior. Returns the rates planned so far (ascending) and whether the
     grid is final (every result in and the choice interior, or at the ladder's end)."""
@@ -276,7 +301,7 @@ def lr_grid(results_root: Optional[Path], model: str, norm: str) -> tuple[tuple[
     if results_root is None:
         return tuple(grid), False
     while True:
-        results = {lr: read_result(_tune_job(model, norm, lr).result_path(results_root)) for lr in grid}
+        results = {lr: read_result(_tune_job(model, norm, lr, size).result_path(results_root)) for lr in grid}
         best = chosen_lr_from(results)
         if best is None:
             return tuple(grid), False
@@ -289,13 +314,13 @@ def lr_grid(results_root: Optional[Path], model: str, norm: str) -> tuple[tuple[
         grid = sorted(grid + [nxt])
 
 
-def chosen_lr(results_root: Path, model: str, norm: str) -> Optional[float]:
+def chosen_lr(results_root: Path, model: str, norm: str, size: Size = None) -> Optional[float]:
     """The best-scoring rate of the (extended) grid (ties: the lower rate); None until the grid is final.
     Returns NaN when the norm diverged at every rate."""
-    grid, final = lr_grid(results_root, model, norm)
+    grid, final = lr_grid(results_root, model, norm, size)
     if not final:
         return None
-    return chosen_lr_from({lr: read_result(_tune_job(model, norm, lr).result_path(results_root)) for lr in grid})
+    return chosen_lr_from({lr: read_result(_tune_job(model, norm, lr, size).result_path(results_root)) for lr in grid})
 
 
 def first_choice(results_root: Path, model: str, norm: str) -> Optional[float]:
@@ -510,17 +535,46 @@ def planned_jobs(results_root: Path, provisional: bool = False) -> tuple[list[Jo
         for norm in LEARNABLE_NORMS:
             at_chosen_rate("learnable", model, norm, norm.split(":")[0])
     for model in FAMILIES:
-        base_lr = rate(model, "base", len(POSTHOC_NORMS) * len(SEEDS))
+        away = list(dict.fromkeys(list(POSTHOC_AWAY) + (posthoc_registered(reg[model]["norm"]) if reg and model in reg
+                                                        else [])))
+        base_lr = rate(model, "base", (len(POSTHOC_NORMS) + len(away)) * len(SEEDS))
+        if reg is None or model not in reg:
+            waiting += 2 * len(SEEDS)
         if base_lr is None:
             continue
         fam = FAMILIES[model]
         for seed in SEEDS:
             parent = Job("main", _config(model, "base", seed, fam.steps, base_lr))
-            for norm in POSTHOC_NORMS:
+            for norm in (*POSTHOC_NORMS, *away):
+                extra = {} if norm in POSTHOC_NORMS else {"recalibrate_bn": POSTHOC_RECALIBRATE.get(model, 0)}
                 cfg = _config(model, norm, seed, int(fam.steps * POSTHOC_FRACTION), base_lr * POSTHOC_LR_SCALE,
-                              init_from="")  # filled in by the runner: the parent's weights on this machine
+                              init_from="", **extra)  # filled in by the runner: the parent's weights on this machine
                 jobs.append(Job("posthoc", cfg, needs=parent))
+    for model, sizes in ((m, s) for m, s in LADDER.items() if m in FAMILIES):
+        if reg is None or model not in reg:
+            waiting += len(sizes) * 2 * (len(FAMILIES[model].lr_grid) + len(SEEDS))
+            continue
+        for size in sizes:
+            for norm in ("base", reg[model]["norm"]):
+                grid, final = lr_grid(root, model, norm, size)
+                jobs.extend(_tune_job(model, norm, lr, size) for lr in grid)
+                lr = chosen_lr(root, model, norm, size) if final else None
+                if lr is None:
+                    waiting += 0 if final else len(SEEDS)
+                elif not math.isnan(lr):
+                    jobs.extend(_scale_job(model, norm, s, lr, size) for s in SEEDS)
     return jobs, waiting
+
+
+def posthoc_registered(norm: str) -> list[str]:
+    """The registered configuration as a post-hoc conversion, with fixed and with learnable strength."""
+    name, _, opts = norm.partition(":")
+    kept = [o for o in opts.split(",") if o and not o.startswith("learnable_strength")]
+    fixed = f"{name}:{','.join(kept)}" if kept else name
+    learn = f"{name}:{','.join(kept + ['learnable_strength=1'])}"
+    if name in IB_OPS and not kept:  # the ops' lab default strength, spelled out like POSTHOC_AWAY's
+        fixed, learn = f"{name}:strength={REFERENCE_STRENGTH}", f"{name}:strength={REFERENCE_STRENGTH},learnable_strength=1"
+    return [fixed, learn]
 
 
 def same_run(saved_config: dict, job: Job) -> bool:

@@ -64,6 +64,7 @@ class TrainConfig:
     eval_train: bool = False  # vision: also score the whole training set at the end (generalization gap)
     curve_every: int = 10  # the result keeps the mean training loss of every N steps (the training curve)
     init_from: str = ""  # start from this base-norm model.pt, then convert its norms (post-hoc conversion)
+    recalibrate_bn: int = 0  # post-hoc: recompute batch-norm running statistics over this many training batches
     dataset: Optional[str] = None  # "austen" for LMs; "fashion-mnist" or "mnist" for vision
     tokenizer: str = "byte"
     context: int = 128
@@ -121,6 +122,7 @@ FIELD_HELP = {
     "eval_train": "vision: also score the whole training set at the end",
     "curve_every": "the result keeps the mean training loss of every N steps",
     "init_from": "start from this base-norm model.pt and convert its norms (post-hoc conversion)",
+    "recalibrate_bn": "post-hoc: recompute batch-norm running statistics over N training batches after converting (0 = off)",
     "dataset": "austen (LMs); fashion-mnist or mnist (vision)", "tokenizer": "LMs: byte or gpt2",
     "context": "LMs: tokens per window", "width": "model width (default: the preset's)",
     "depth": "model depth (default: the preset's)",
@@ -200,6 +202,25 @@ def load_canonical_state(model: nn.Module, state: dict) -> None:
         raise ValueError(f"checkpoint does not fit the model: missing {bad}, unexpected {unexpected}")
 
 
+@torch.no_grad()
+def recalibrate_batch_norms(model: nn.Module, task: "Task", batches: int) -> None:
+    """Recompute every batch norm's running statistics as the plain average over the first ``batches`` training
+    batches, in training mode: a converted model's normalized inputs differ from the ones its statistics saw."""
+    norms = [m for m in model.modules() if hasattr(m, "reset_running_stats") and hasattr(m, "momentum")]
+    saved = [(m, m.momentum) for m in norms]
+    for m in norms:
+        m.reset_running_stats()
+        m.momentum = None  # cumulative average
+    was_training = model.training
+    model.train()
+    for step in range(batches):
+        x, y = task.batch(step)
+        task.loss(model, x, y)
+    model.train(was_training)
+    for m, momentum in saved:
+        m.momentum = momentum
+
+
 def learned_strengths(model: nn.Module, state: dict) -> dict[str, float]:
     """The strength each IBNorm layer with a learnable strength ended at, by layer name (empty when none), from a
     full (unsharded) state dict: under FSDP the module's own parameter is a shard."""
@@ -261,6 +282,8 @@ def train(cfg: TrainConfig, out_dir: str | Path) -> dict:
         model, _ = build_model(cfg.model, "base", **model_overrides(cfg, task))
         model.load_state_dict(torch.load(cfg.init_from, map_location="cpu", weights_only=True))
         report = apply_norm(model, get_preset(cfg.model), cfg.norm)
+        if cfg.recalibrate_bn:
+            recalibrate_batch_norms(model, task, cfg.recalibrate_bn)
     else:
         model, report = build_model(cfg.model, cfg.norm, **model_overrides(cfg, task))
     if report.total:
@@ -281,6 +304,9 @@ def train(cfg: TrainConfig, out_dir: str | Path) -> dict:
         px, py = task.probe(cfg.info_probe)
         recorder = InfoRecorder(dist.unwrap(model), px, py, task.kind.name, vocab_size=task.vocab_size)
 
+    # Post-hoc: what the converted model scores before any fine-tuning (the drop at conversion). Evaluation draws
+    # no random numbers, so the run trains exactly as without it.
+    at_start = task.evaluate(dist.unwrap(model), dist.device) if cfg.init_from and not ckpt_path.exists() else None
     start, history, elapsed, acc, resumed_from = 0, [], 0.0, [0.0, 0], []
     cpu_elapsed = 0.0  # this process's CPU time in training: unlike wall time, not inflated by other work here
     curve, bucket = [], [0.0, 0]  # [step, mean training loss of the last curve_every steps]
@@ -298,6 +324,7 @@ def train(cfg: TrainConfig, out_dir: str | Path) -> dict:
         info_rows = ckpt.get("info", [])
         resumed_from = ckpt.get("resumed_from", []) + [start]  # the steps this run continued from, in order
         curve, bucket = ckpt.get("curve", []), ckpt.get("curve_bucket", [0.0, 0])
+        at_start = ckpt.get("at_start")
     elif recorder is not None:
         info_rows += recorder.record(0)
 
@@ -351,7 +378,7 @@ def train(cfg: TrainConfig, out_dir: str | Path) -> dict:
                     "optimizer": opt.state_dict()}
                 atomic_torch_save({**state, "step": done, "history": history, "elapsed": time.time() - t0,
                                    "cpu_elapsed": cpu_time(), "train_acc": acc, "rng": rng, "info": info_rows, "resumed_from": resumed_from,
-                                   "curve": curve, "curve_bucket": bucket,
+                                   "curve": curve, "curve_bucket": bucket, "at_start": at_start,
                                    "config": dataclasses.asdict(cfg)}, ckpt_path)
             dist.barrier()
             if cfg.stop_after and done >= cfg.stop_after:
@@ -368,6 +395,8 @@ def train(cfg: TrainConfig, out_dir: str | Path) -> dict:
               "wall_time_s": time.time() - t0, "cpu_time_s": cpu_time(), "n_params": sum(p.numel() for p in model.parameters()),
               "norms": {"replaced": dict(report.replaced), "into": sorted({d for _, _, d in report.paths})},
               "world_size": dist.world_size, "resumed_from": resumed_from, "environment": provenance()}
+    if at_start is not None:
+        result["at_start"] = at_start
     if dist.is_main:
         atomic_torch_save({k: v for k, v in final_state.items() if k in own_keys}, out_dir / "model.pt")
         if recorder is not None:
