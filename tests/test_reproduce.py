@@ -456,22 +456,24 @@ def test_posthoc_rows_compare_to_the_base_fine_tuned_and_to_the_parent():
     runs = [run("main", "base", s, 0.86 + 0.001 * s) for s in R.SEEDS]
     runs += [run("main", "ib_tanh", s, 0.80) for s in R.SEEDS]  # not a parent: must not be compared with
     runs += [run("posthoc", "base", s, 0.862 + 0.001 * s + jitter[s]) for s in R.SEEDS]
-    runs += [run("posthoc", R.POSTHOC_NORMS[2], s, 0.858 + 0.001 * s, strength=0.05 + 0.1 * s) for s in R.SEEDS]
+    runs += [dict(run("posthoc", R.POSTHOC_NORMS[2], s, 0.858 + 0.001 * s, strength=0.05 + 0.1 * s),
+                  at_start={"val_acc": 0.81 + 0.001 * s}) for s in R.SEEDS]
     lines = RS.posthoc_section(runs)
     rows = {line.split("|")[2].strip(): [c.strip() for c in line.strip("|").split("|")]
             for line in lines if line.startswith("| vit-mini |")}
     base, tanh = rows["base"], rows[R.POSTHOC_NORMS[2]]
-    assert base[4:6] == ["—", "—"] and base[6].startswith("+0.0020 [")  # fine-tuning alone moved it
-    assert tanh[4].startswith("-0.0040 [") and tanh[5] == "worse"
-    assert tanh[6].startswith("-0.0020 [-0.0020, -0.0020]")
-    assert tanh[7] == "0.2500 ± 0.1000"  # mean over layers per seed: 0.15, 0.25, 0.35
+    assert base[3] == "—" and base[5:7] == ["—", "—"] and base[7].startswith("+0.0020 [")  # fine-tuning alone moved it
+    assert tanh[5].startswith("-0.0040 [") and tanh[6] == "worse"
+    assert tanh[7].startswith("-0.0020 [-0.0020, -0.0020]")
+    assert tanh[8] == "0.2500 ± 0.1000"
+    assert tanh[3].startswith("-0.0500 [-0.0500, -0.0500]")  # the drop at conversion: 0.81 + 0.001 s vs the parent  # mean over layers per seed: 0.15, 0.25, 0.35
     # Parents trained again for this stage: their own scores are the parents, and the page says which moved.
     again = [{"config": {"model": "vit-mini", "norm": "base", "seed": s, "lr": 0.001},
               "final": {"val_acc": 0.86 + 0.001 * s + (0.004 if s == 2 else 0.0)}} for s in R.SEEDS]
     lines = RS.posthoc_section(runs, again)
     rows = {line.split("|")[2].strip(): [c.strip() for c in line.strip("|").split("|")]
             for line in lines if line.startswith("| vit-mini |")}
-    assert rows[R.POSTHOC_NORMS[2]][6] == "-0.0033 [-0.0091, +0.0024]"  # -0.002, -0.002, -0.006 against them
+    assert rows[R.POSTHOC_NORMS[2]][7] == "-0.0033 [-0.0091, +0.0024]"  # -0.002, -0.002, -0.006 against them
     note = next(line for line in lines if line.startswith("- vit-mini:"))
     assert "Seeds 0, 1 reproduced the main-table score exactly." in note and "seed 2 0.8620 → 0.8660" in note
 
@@ -656,3 +658,33 @@ def test_posthoc_conversions_start_away_from_the_identity(tmp_path):
     assert all(j.config.recalibrate_bn == 0 for j in post if j.config.norm in R.POSTHOC_NORMS)  # as they ran
     assert R.posthoc_registered("ib_log:strength=2.0") == ["ib_log:strength=2.0", "ib_log:strength=2.0,learnable_strength=1"]
     assert R.posthoc_registered("ib_tanh:learnable_strength=1") == list(R.POSTHOC_AWAY)
+
+
+def test_the_confirmatory_section_pairs_seeds_3_to_10_and_decides_each_family(tmp_path):
+    root = tmp_path / "results"
+    pre = root / R.PREREGISTRATION
+    pre.parent.mkdir(parents=True)
+    pre.write_text('```json\n{"registered": {"llama-mini": {"norm": "ib_tanh", "lr": 0.003}}}\n```\n')
+    def run(stage, norm, seed, loss):
+        return {"stage": stage, "config": {"model": "llama-mini", "norm": norm, "seed": seed, "lr": 0.003},
+                "final": {"val_loss": loss}}
+    main = [run("main", n, s, 1.2 + 0.01 * s - (0.02 if n == "ib_tanh" else 0) + 0.001 * (s % 2))
+            for n in ("base", "ib_tanh") for s in R.MAIN_SEEDS]
+    conf = [run("confirmatory", n, s, 1.2 + 0.01 * s - (0.02 if n == "ib_tanh" else 0)) for n in ("base", "ib_tanh")
+            for s in (8, 9, 10)]
+    lines, done = RS.confirmatory_section({"reproduction": main, "confirmatory": conf}, root)
+    row = next(line for line in lines if line.startswith("| llama-mini | `ib_tanh` | 8/8"))
+    assert "better" in row and done[("llama-mini", "ib_tanh")][1] == "better"
+    assert done[("llama-mini", "ib_tanh")][0].n == 8  # seeds 0-2 chose the configuration: never paired here
+    lines, done = RS.confirmatory_section({"reproduction": main, "confirmatory": conf[:2]}, root)
+    assert not done  # a family counts once all its seeds are in
+
+
+def test_scale_rows_carry_size_and_parameters():
+    from ibnorm.lab.results.scale import SCALE_COLUMNS, scale_rows
+    r = {"stage": "scale", "tag": "w256-d8", "n_params": 1234, "final": {"val_loss": 1.1},
+         "config": {"model": "llama-mini", "norm": "base", "seed": 1, "lr": 0.003, "steps": 2000, "width": 256, "depth": 8}}
+    row = scale_rows([r])[0]
+    assert {k: row[k] for k in ("model", "norm", "seed", "width", "depth", "n_params", "score")} == {
+        "model": "llama-mini", "norm": "base", "seed": 1, "width": 256, "depth": 8, "n_params": 1234, "score": 1.1}
+    assert set(SCALE_COLUMNS) >= {"model", "norm", "seed", "width", "depth", "n_params", "score"}

@@ -317,3 +317,19 @@ def test_posthoc_records_the_score_at_conversion_and_recalibrates_batch_norms(tm
     recal = train(TrainConfig(model="resnet-mini", norm="ib_tanh:strength=0.5", steps=4, lr=1e-2, init_from=weights,
                               recalibrate_bn=3, **small), tmp_path / "recal")
     assert recal["at_start"] != plain["at_start"]
+
+
+@needs_austen
+def test_a_run_is_bit_identical_in_two_fresh_processes(tmp_path):
+    """Two fresh processes train the same config to bit-identical curves, metrics and weights: nothing but the
+    config (and the machine) decides a run's numbers."""
+    code = ("import sys; from ibnorm.lab.train import TrainConfig, train; "
+            "train(TrainConfig(model='llama-mini', norm='ib_tanh', steps=6, lr=3e-3, batch_size=4, context=32, "
+            "eval_every=3, eval_batches=2, warmup_steps=2, threads=1, progress=False), sys.argv[1])")
+    for name in ("a", "b"):
+        subprocess.run([sys.executable, "-c", code, str(tmp_path / name)], check=True, timeout=300)
+    a, b = (json.loads((tmp_path / n / "result.json").read_text()) for n in ("a", "b"))
+    assert a["curve"] == b["curve"] and a["history"][-1]["val_loss"] == b["history"][-1]["val_loss"]
+    wa, wb = (torch.load(tmp_path / n / "model.pt") for n in ("a", "b"))
+    assert wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa)
+    assert a["environment"]["kernel"] == "cpp" and a["environment"]["cpu_model"]  # what decides it is recorded

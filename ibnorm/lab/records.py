@@ -80,13 +80,24 @@ def kernel_path() -> str:
     return f"autograd ({cpu._failed})" if cpu._failed else "none loaded (no IBNorm layer ran)"
 
 
+def code_commit() -> Optional[str]:
+    """The git commit of the ibnorm code that ran (a sweep's worktree pins one), or None outside a checkout."""
+    import subprocess
+    try:
+        out = subprocess.run(["git", "rev-parse", "--short=7", "HEAD"], cwd=Path(__file__).resolve().parent,
+                             capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() or None if out.returncode == 0 else None
+
+
 def provenance() -> dict[str, Any]:
     """Where and with what a result was made: versions (torch, transformers, numpy, MKL, oneDNN), the CPU model and
     capability, the IBNorm kernel that ran, threads, allocator: what decides a run's numbers across machines."""
     return {"torch": torch.__version__, "python": platform.python_version(), "platform": platform.platform(),
             "cpu": platform.processor() or platform.machine(), "cpu_model": cpu_model(),
             "transformers": _version("transformers"), "numpy": _version("numpy"), **math_libraries(),
-            "kernel": kernel_path(),
+            "kernel": kernel_path(), "code_commit": code_commit(),
             "cpu_capability": torch.backends.cpu.get_cpu_capability(),
             "threads": torch.get_num_threads(), "cpus": os.cpu_count(),
             "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,

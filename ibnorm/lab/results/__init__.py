@@ -21,8 +21,10 @@ from .main_table import forest_range, main_section
 from .page import build_report
 from .posthoc import posthoc_section
 from .protocol import status_lines
+from .confirmatory import confirmatory_section
 from .tuning import DYT_DIAGNOSIS, tuning_section
 
-__all__ = ["AREAS", "DYT_DIAGNOSIS", "ablation_section", "build_report", "claims_section", "evidenced_default",
+__all__ = ["AREAS", "DYT_DIAGNOSIS", "ablation_section", "build_report", "claims_section", "confirmatory_section",
+           "evidenced_default",
            "forest_range", "learned_compression_lines", "load_runs", "main_section", "max_loss_rise",
            "normal_contraction", "posthoc_section", "status_lines", "tuning_section", "versus"]

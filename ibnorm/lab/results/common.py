@@ -12,7 +12,7 @@ from .. import reproduce as R
 from ..stats import Paired, paired
 from ..tasks import task_kind
 
-AREAS = ("reproduction", "generalization", "ablations", "info", "confirmatory")
+AREAS = ("reproduction", "generalization", "ablations", "info", "confirmatory", "scale")
 
 
 CSV_COLUMNS = ["stage", "tag", "model", "norm", "seed", "lr", "steps", "eval_set", "val_loss", "val_bpb", "test_acc",

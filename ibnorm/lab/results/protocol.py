@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import statistics
 from collections import defaultdict
+from typing import Optional
 
 from .. import reproduce as R
 from ..models import get_preset
@@ -37,10 +38,18 @@ def protocol_section() -> list[str]:
               "all six ResNet norms; of the three ViT norms with all three rates in, two chose the bottom and one the "
               "middle, and 0.01 was the worst rate for each. So, before any main-table run, the vision grids moved one "
               "step; the runs at the dropped rates are in the git history, not in the tables.",
-              f"- Seeds: {', '.join(map(str, R.SEEDS))} (initialization and batch order). Norms: "
-              f"{', '.join(R.MAIN_NORMS)}; IBNorm ops at their default strength 0.5.",
-              "- Verdict rule: the paired difference to the base norm (same seed) with a 95% Student-t interval; "
-              "\"better\" or \"worse\" only when the interval excludes 0, otherwise \"no detectable difference\".",
+              f"- Fair grids (the decisive sweep, issue 25): a norm whose chosen rate sits at an edge of its grid gets "
+              f"the next rate beyond it (×3 steps), until its choice is interior, within {R.LR_MIN:g}-{R.LR_MAX:g}; a "
+              "rate that diverges counts as tried. Runs at a choice that moved are in the git history, not in the "
+              "tables. The strength ablation adds twice its largest strength while that strength is the best.",
+              f"- Seeds: {', '.join(map(str, R.MAIN_SEEDS))} for the main table's base norm and ops, "
+              f"{', '.join(map(str, R.SEEDS))} for the peers and every other stage (initialization and batch order); "
+              f"the confirmatory test's {R.CONFIRM_SEEDS[0]}-{R.CONFIRM_SEEDS[-1]}. Norms: {', '.join(R.MAIN_NORMS)}; "
+              "IBNorm ops at their default strength 0.5.",
+              "- Verdict rule: the paired difference to the base norm (same seed). The main and confirmatory tables: "
+              "paired t, Holm-adjusted, with TOST at the smallest effect of interest (their sections state it). The "
+              "other tables: a 95% Student-t interval; \"better\" or \"worse\" only when it excludes 0, otherwise "
+              "\"no detectable difference\".",
               f"- Generalization: the same protocol on a fixed subset of {R.GENERALIZATION_SUBSET:,} training images, "
               + ", ".join(f"{m} {R.FAMILIES[m].generalization_steps} steps" for m in R.VISION_FAMILIES)
               + "; norms " + ", ".join(R.GENERALIZATION_NORMS) + ". vit-mini first trained 4000 steps here: its base "
@@ -56,17 +65,31 @@ def protocol_section() -> list[str]:
     return lines
 
 
-def status_lines(todo: list, waiting: int) -> list[str]:
-    """Where the sweep stands, first thing on the page: how many of the planned runs are in, and which stages wait."""
+def status_lines(todo: list, waiting: int, runs: Optional[list[dict]] = None,
+                 hours: Optional[dict[str, float]] = None) -> list[str]:
+    """Where the sweep stands, first thing on the page: how many of the planned runs are in, which stages wait, the
+    projected single-thread hours of what is left, and the commit(s) the runs since the decisive sweep ran."""
     if not todo and not waiting:
         return ["**Status: complete.** Every planned run is in.", ""]
     left = defaultdict(int)
     for job in todo:
         left[job.stage] += 1
     parts = [f"{stage} {n}" for stage, n in sorted(left.items(), key=lambda kv: R.STAGES.index(kv[0]))]
-    parts += [f"{waiting} that wait on a tuning result"] if waiting else []
-    return [f"**Status: in progress.** Still to run: {', '.join(parts)}. A verdict marked pending waits on them; "
-            "the others no longer change.", ""]
+    parts += [f"{waiting} that wait on an earlier result" if hours is not None else
+              f"{waiting} that wait on a tuning result"] if waiting else []
+    lines = [f"**Status: in progress.** Still to run: {', '.join(parts)}. A verdict marked pending waits on them; "
+             "the others no longer change."]
+    if hours:
+        lines[0] += (" Projected single-thread hours (`ibnorm reproduce --dry-run`): "
+                     + ", ".join(f"{k} {v:.1f}" for k, v in hours.items()) + f"; {sum(hours.values()):.1f} in all.")
+    commits = defaultdict(int)
+    for r in runs or []:
+        c = r.get("environment", {}).get("code_commit")
+        if c:
+            commits[c] += 1
+    if commits:
+        lines[0] += " The sweep's code: " + ", ".join(f"commit {c} ({n} runs)" for c, n in sorted(commits.items())) + "."
+    return lines + [""]
 
 
 def quality_section(runs: dict[str, list[dict]]) -> list[str]:
