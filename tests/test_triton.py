@@ -52,6 +52,18 @@ SCRIPT = textwrap.dedent(r'''
             want = entry.terms(u.double(), lam, True)
             for g, w in zip(got, want):
                 torch.testing.assert_close(g.double(), w, rtol=2e-5, atol=2e-6, msg=f"terms {name} {lam}")
+    # create_graph=True: a gradient penalty's parameter gradients, through the kernel and through the reference
+    x = (torch.randn(4, 16) * 1.5 + 0.5).requires_grad_(True)
+    w = (torch.rand(16) + 0.5).requires_grad_(True)
+    lam_t = torch.tensor(0.6, requires_grad=True)
+    def penalty(fn):
+        y = fn(x)
+        (gx,) = torch.autograd.grad((y * y).sum(), x, create_graph=True)
+        return torch.autograd.grad((gx * gx).sum(), [w, lam_t])
+    got = penalty(lambda x: ib_rows(x, w, None, lam_t, 16, False, 1e-5, "tanh", True))
+    want = penalty(lambda x: F.ib_rms_norm(x, 16, w, 1e-5, compression="tanh", strength=lam_t))
+    for a, e in zip(got, want):
+        torch.testing.assert_close(a, e, rtol=1e-3, atol=1e-4, msg="double backward")
     print("triton interpreter: all equal")
 ''')
 

@@ -71,6 +71,14 @@ class IBNormFunction(torch.autograd.Function):
     def backward(ctx, gy: Tensor, *unused):
         x, weight, lam_t, mu, r, m_c, v_c, v_u, k = ctx.saved_tensors
         dims, centered, eps, op, lam, order, wview, has_bias = ctx.cfg
+        if torch.is_grad_enabled():  # create_graph=True: gradients that can be differentiated again
+            from .higher_order import reference_grads
+            g_x, g_w, g_lam = reference_grads(gy, x, weight, lam_t, lam, dims, centered, eps, op, order, wview,
+                                              weight is not None and ctx.needs_input_grad[1],
+                                              lam_t is not None and ctx.needs_input_grad[3])
+            g_b = _sum_to(gy.to(compute_dtype(x.dtype)), wview).reshape(-1 if weight is None else weight.shape).to(
+                x.dtype) if has_bias and ctx.needs_input_grad[2] else None
+            return g_x, g_w, g_b, g_lam, None, None, None, None, None, None, None
         f = compute_dtype(x.dtype)
         xf, gyf = x.to(f), gy.to(f)
         lam_v = lam_t.to(f) if lam_t is not None else lam

@@ -120,6 +120,45 @@ _LIB.define("channels_backward(Tensor gy, Tensor x, Tensor? weight, Tensor stats
             "bool cts, float eps, bool need_dw, bool need_db, bool need_dl) -> (Tensor, Tensor, Tensor, Tensor)")
 
 
+# The backwards that create_graph=True takes (the C++ backward calls them when grad mode is on): the same schemas,
+# computed by the reference under autograd (:mod:`ibnorm.kernels.higher_order`), so they can be differentiated again.
+_LIB.define("rows_backward_differentiable(Tensor gy, Tensor x, Tensor? weight, Tensor stats, Tensor? lam_t, "
+            "float lam, int op, bool centered, bool cts, float eps, bool need_dw, bool need_db, bool need_dl, "
+            "int bias_rows) -> (Tensor, Tensor, Tensor, Tensor)")
+_LIB.define("channels_backward_differentiable(Tensor gy, Tensor x, Tensor? weight, Tensor stats, Tensor? lam_t, "
+            "float lam, int op, bool cts, float eps, bool need_dw, bool need_db, bool need_dl) "
+            "-> (Tensor, Tensor, Tensor, Tensor)")
+
+
+def _rows_backward_differentiable(gy, x, weight, stats, lam_t, lam, op, centered, cts, eps, need_dw, need_db, need_dl,
+                                  bias_rows):
+    from .higher_order import OP_BY_CODE, order_of, reference_grads
+    m = x.shape[1]
+    p = 1 if weight is None else weight.numel() // m  # row i takes affine row i % p
+    xs, gys = x.reshape(-1, p, m), gy.reshape(-1, p, m)
+    w = None if weight is None else weight.reshape(p, m)
+    gx, gw, gl = reference_grads(gys, xs, w, lam_t, lam, (-1,), centered, eps, OP_BY_CODE[op], order_of(cts), (p, m),
+                                 need_dw and w is not None, need_dl and lam_t is not None)
+    empty = x.new_empty(0, dtype=torch.float32)
+    gb = gy.float().reshape(-1, bias_rows, m).sum(0) if need_db else empty
+    return (gx.reshape(x.shape), empty if gw is None else gw.float(), gb,
+            x.new_zeros((), dtype=torch.float32) if gl is None else gl.float().reshape(()))
+
+
+def _channels_backward_differentiable(gy, x, weight, stats, lam_t, lam, op, cts, eps, need_dw, need_db, need_dl):
+    from .higher_order import OP_BY_CODE, order_of, reference_grads
+    gx, gw, gl = reference_grads(gy, x, weight, lam_t, lam, (0, 2), True, eps, OP_BY_CODE[op], order_of(cts),
+                                 (x.shape[1], 1), need_dw and weight is not None, need_dl and lam_t is not None)
+    empty = x.new_empty(0, dtype=torch.float32)
+    gb = gy.float().sum((0, 2)) if need_db else empty
+    return (gx, empty if gw is None else gw.float(), gb,
+            x.new_zeros((), dtype=torch.float32) if gl is None else gl.float().reshape(()))
+
+
+_LIB.impl("rows_backward_differentiable", _rows_backward_differentiable, "CompositeImplicitAutograd")
+_LIB.impl("channels_backward_differentiable", _channels_backward_differentiable, "CompositeImplicitAutograd")
+
+
 @torch.library.register_fake("ibnorm::rows_forward", lib=_LIB)
 def _rows_forward_fake(x, weight, bias, lam_t, lam, op, centered, cts, eps):
     """x ``[R, M]`` -> (y like x, stats ``[R, 2]``: mean, rstd)."""
@@ -249,6 +288,9 @@ class SyncChannels(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, gy):
+        if torch.is_grad_enabled():  # create_graph=True: these passes' gradients cannot be differentiated again
+            raise RuntimeError("double backward (create_graph=True) through IBSyncBatchNorm's C++ kernel is not "
+                               "supported: build the layer with impl='reference' for gradients of gradients")
         x3, w, lam_t, p, v_c, v_u = ctx.saved_tensors
         lam, op, standardize, eps, reduce, count, w_dtype, b_dtype = ctx.cfg
         ext = load()

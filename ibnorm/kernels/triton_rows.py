@@ -255,6 +255,13 @@ def _setup(ctx, inputs, output):
 def _grad(ctx, gy, _gmean, _grstd):
     x, weight, lam_t, mean, rstd = ctx.saved_tensors
     lam, op, centered, cts, eps = ctx.cfg
+    if torch.is_grad_enabled():  # create_graph=True: gradients that can be differentiated again
+        from .higher_order import OP_BY_CODE, order_of, reference_grads
+        need_dw, need_dl = weight is not None and ctx.needs_input_grad[1], lam_t is not None and ctx.needs_input_grad[3]
+        gx, gw, gl = reference_grads(gy, x, weight, lam_t, lam, (-1,), centered, eps, OP_BY_CODE[op], order_of(cts),
+                                     (x.shape[1],), need_dw, need_dl)
+        gb = gy.sum(0).to(x.dtype) if ctx.needs_input_grad[2] else None
+        return gx, gw, gb, gl, None, None, None, None, None
     gx, dw, db, dl = torch.ops.ibnorm.triton_rows_backward(gy.contiguous(), x, weight, mean, rstd, lam_t, lam, op,
                                                            centered, cts, eps)
     return (gx, dw.to(weight.dtype) if weight is not None and ctx.needs_input_grad[1] else None,

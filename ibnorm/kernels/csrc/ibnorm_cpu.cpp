@@ -1167,8 +1167,10 @@ struct RowsFunction : public torch::autograd::Function<RowsFunction> {
     const auto bias_shape = ctx->saved_data["bias_shape"].toIntVector();
     const bool has_bias = !bias_shape.empty();
     static auto bwd = typed_op<decltype(rows_backward_op)>("ibnorm::rows_backward");
+    // Grad mode is on only under create_graph=True: then the reference's differentiable backward (Python).
+    static auto bwd_twice = typed_op<decltype(rows_backward_op)>("ibnorm::rows_backward_differentiable");
     const at::Tensor gy = grads[0].defined() ? grads[0].contiguous() : at::zeros_like(x);
-    auto [gx, gw, gb, gl] = bwd.call(gy, x, opt(w), stats, opt(lam_t), cfg[0], flags[0], flags[1], flags[2], cfg[1],
+    auto [gx, gw, gb, gl] = (at::GradMode::is_enabled() ? bwd_twice : bwd).call(gy, x, opt(w), stats, opt(lam_t), cfg[0], flags[0], flags[1], flags[2], cfg[1],
                                      w.defined(), has_bias, lam_t.defined(),
                                      has_bias && bias_shape.size() == 2 ? bias_shape[0] : 1);
     return {gx, w.defined() ? gw.reshape(w.sizes()) : at::Tensor(), has_bias ? gb.reshape(bias_shape) : at::Tensor(),
@@ -1194,8 +1196,9 @@ struct ChannelsFunction : public torch::autograd::Function<ChannelsFunction> {
     const auto flags = ctx->saved_data["flags"].toIntList();
     const bool has_bias = flags[2];
     static auto bwd = typed_op<decltype(channels_backward_op)>("ibnorm::channels_backward");
+    static auto bwd_twice = typed_op<decltype(channels_backward_op)>("ibnorm::channels_backward_differentiable");
     const at::Tensor gy = grads[0].defined() ? grads[0] : at::zeros_like(x);
-    auto [gx, gw, gb, gl] = bwd.call(gy, x, opt(w), stats, opt(lam_t), cfg[0], flags[0], flags[1], cfg[1],
+    auto [gx, gw, gb, gl] = (at::GradMode::is_enabled() ? bwd_twice : bwd).call(gy, x, opt(w), stats, opt(lam_t), cfg[0], flags[0], flags[1], cfg[1],
                                      w.defined(), has_bias, lam_t.defined());
     return {gx, w.defined() ? gw : at::Tensor(), has_bias ? gb : at::Tensor(),
             lam_t.defined() ? gl.to(lam_t.scalar_type()) : at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor(),
