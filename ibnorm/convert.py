@@ -13,6 +13,7 @@ from torch import nn
 from .ops import ALIASES, COMPRESSIONS
 from .layers import IB_CLASS_BY_GROUPING, IB_LAYERS, _IBMixin
 from .peers import PEERS, DynamicErf, DynamicTanh
+from .reference import default_eps
 from .registry import IB_GROUPINGS, _REGISTRY, canonical_name
 
 _BN_KIND = {nn.BatchNorm1d: "batch1d", nn.BatchNorm2d: "batch2d", nn.BatchNorm3d: "batch3d"}
@@ -153,7 +154,7 @@ def _build(family: str, op: Optional[str], kind: str, src: nn.Module, layer_kwar
     if name is None:
         return None
     if kind == "rms":  # NormalNorm centres; nn.RMSNorm's eps=None means the dtype's machine epsilon
-        eps = cfg["eps"] if cfg["eps"] is not None else torch.finfo(fk.get("dtype", torch.float32)).eps
+        eps = cfg["eps"] if cfg["eps"] is not None else default_eps(fk.get("dtype", torch.float32))
         cfg = dict(cfg, bias=False, eps=eps)
     if kind.startswith("batch") or kind == "group":
         cfg.pop("bias")  # NormalNorm's batch layers have no bias switch

@@ -67,7 +67,7 @@ def _last_dims(input: Tensor, normalized_shape: Union[int, Sequence[int]], weigh
     shape = R.normalized_shape_of(normalized_shape)
     R.check_trailing(input, shape)
     check_order(order)
-    eps = torch.finfo(input.dtype).eps if eps is None else eps  # nn.RMSNorm's convention
+    eps = R.default_eps(input.dtype) if eps is None else eps  # nn.RMSNorm's convention
     m = math.prod(shape)
     y = _rows(input, m, centered, eps, compression, strength, order, weight, bias, (m,), impl)
     if y is not None:
@@ -91,7 +91,8 @@ def ib_layer_norm(input: Tensor, normalized_shape: Union[int, Sequence[int]], we
 def ib_rms_norm(input: Tensor, normalized_shape: Union[int, Sequence[int]], weight: Optional[Tensor] = None,
                 eps: Optional[float] = None, compression: str = "power", strength: Optional[Strength] = None,
                 order: str = COMPRESS_THEN_STANDARDIZE, impl: Optional[str] = "auto") -> Tensor:
-    """IBNorm with RMSNorm's grouping (no centering). ``eps=None`` means ``finfo(input dtype).eps``, as ``nn.RMSNorm``."""
+    """IBNorm with RMSNorm's grouping (no centering). ``eps=None`` means ``finfo`` of the dtype it computes in (float32
+    for bfloat16/float16), as ``nn.RMSNorm``."""
     impl = resolve_impl(impl)
     if impl == "reference" or (impl == "auto" and cuda_choice.compiled_reference_is_faster(input, "rms", compression)):
         return R.ib_rms_norm(input, normalized_shape, weight, eps, compression, strength, order)

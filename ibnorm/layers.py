@@ -156,7 +156,7 @@ class _IBMixin(SettingsInState):
         Batch grouping uses the statistics of ``input`` itself (as in training).
         """
         x, dims, centered = self._groups(input.to(R.compute_dtype(input.dtype)))
-        eps = self.eps if self.eps is not None else torch.finfo(input.dtype).eps
+        eps = self.eps if self.eps is not None else R.default_eps(input.dtype)
         u = R.base_normalize(x, dims, centered, eps)
         return float(R.contraction_ratio(u, self.compression, self.strength, dims, centered))
 
@@ -201,7 +201,8 @@ class IBLayerNorm(_IBMixin, nn.Module):
 
 
 class IBRMSNorm(_IBMixin, nn.Module):
-    """IBNorm with ``nn.RMSNorm``'s grouping (no centering); ``eps=None`` means ``finfo(input).eps``."""
+    """IBNorm with ``nn.RMSNorm``'s grouping (no centering); ``eps=None`` means what ``nn.RMSNorm`` takes: the machine
+    epsilon of the dtype it computes in (float32 for bfloat16/float16 inputs)."""
 
     def __init__(self, normalized_shape: _shape_t, eps: Optional[float] = None, elementwise_affine: bool = True,
                  device=None, dtype=None, *, compression: str = "power", strength: Optional[float] = None,

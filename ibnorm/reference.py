@@ -42,6 +42,12 @@ def compute_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.float64 if dtype == torch.float64 else torch.float32
 
 
+def default_eps(dtype: torch.dtype) -> float:
+    """``eps=None``'s value, as ``nn.RMSNorm`` computes it: the machine epsilon of the dtype it accumulates in
+    (float32 for bfloat16/float16/float32 inputs, float64 for float64), not of the input's own dtype."""
+    return torch.finfo(compute_dtype(dtype)).eps
+
+
 def _strength_as(strength: Optional[Strength], like: Tensor) -> Optional[Strength]:
     if isinstance(strength, Tensor):
         return strength.to(like.dtype)
@@ -181,9 +187,9 @@ def ib_rms_norm(
     strength: Optional[Strength] = None,
     order: str = COMPRESS_THEN_STANDARDIZE,
 ) -> Tensor:
-    """IBNorm with RMSNorm's grouping (no centering). ``eps=None`` means ``finfo(input dtype).eps``, as ``nn.RMSNorm``."""
+    """IBNorm with RMSNorm's grouping (no centering). ``eps=None`` means :func:`default_eps`, as ``nn.RMSNorm``."""
     if eps is None and isinstance(x, Tensor) and x.is_floating_point():
-        eps = torch.finfo(x.dtype).eps
+        eps = default_eps(x.dtype)
     return _ib_last_dims(x, normalized_shape, weight, None, eps, False, compression, strength, order)
 
 

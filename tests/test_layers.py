@@ -269,3 +269,20 @@ class TestModuleConventions:
     def test_device_argument(self):
         m = ibnorm.IBBatchNorm1d(3, device="cpu")
         assert m.running_var_u.device.type == "cpu"
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32, torch.float64])
+@pytest.mark.parametrize("scale", [1e-3, 1.0])
+def test_rms_eps_none_follows_torch_per_input_dtype(dtype, scale):
+    """eps=None is what nn.RMSNorm(eps=None) takes for this input dtype (the machine epsilon of the dtype it
+    computes in), in the layer and in a converted model, for small and unit-scale inputs."""
+    torch.manual_seed(0)
+    x = (torch.randn(4, 3, 64) * scale).to(dtype)
+    base = torch.nn.RMSNorm(64, eps=None, dtype=dtype)
+    ib = ibnorm.IBRMSNorm(64, eps=None, compression="none", dtype=dtype)
+    tol = {torch.bfloat16: 2e-2, torch.float16: 2e-3, torch.float32: 1e-5, torch.float64: 1e-10}[dtype]
+    torch.testing.assert_close(ib(x).float(), base(x).float(), atol=tol, rtol=tol)
+    model = torch.nn.Sequential(torch.nn.RMSNorm(64, eps=None, dtype=dtype))
+    ibnorm.convert_norms(model, "none")
+    assert isinstance(model[0], ibnorm.IBRMSNorm) and model[0].eps is None
+    torch.testing.assert_close(model(x).float(), base(x).float(), atol=tol, rtol=tol)
