@@ -1,6 +1,7 @@
 """``convert_norms``: swap a model's norm layers for IBNorm (or a peer) in place, keeping their state."""
 from __future__ import annotations
 
+import copy
 import json
 from collections import Counter
 from dataclasses import dataclass, field
@@ -43,10 +44,45 @@ class ConversionReport:
         return "\n".join(lines)
 
 
-def is_hf_rmsnorm(module: nn.Module) -> bool:
-    """Hugging Face RMSNorm classes (``LlamaRMSNorm`` and kin): a ``weight`` and a ``variance_epsilon``."""
-    return (type(module).__name__.endswith("RMSNorm") and isinstance(getattr(module, "weight", None), nn.Parameter)
-            and hasattr(module, "variance_epsilon"))
+_EPS_ATTRS = ("variance_epsilon", "eps", "epsilon")  # what Hugging Face's RMSNorm classes call their eps
+
+
+def _rms_form(module: nn.Module) -> tuple[Optional[tuple[float, bool]], Optional[str]]:
+    """Whether ``module`` is an RMSNorm that ibnorm can replace exactly, found by what it computes rather than by its
+    name: ``((eps, unit_offset), None)`` when its output is ``x * rsqrt(mean(x^2) + eps)`` times ``weight`` (or
+    ``1 + weight``, Gemma's form) on two probe inputs, else ``(None, why not)``. Hugging Face has a few hundred such
+    classes (LlamaRMSNorm, GemmaRMSNorm, T5LayerNorm...), named and written in many ways."""
+    name = type(module).__name__
+    weight = getattr(module, "weight", None)
+    if any(True for _ in module.children()):
+        return None, f"{name} holds other modules: not a norm layer itself (the norms inside it are converted)"
+    eps = next((getattr(module, a) for a in _EPS_ATTRS if isinstance(getattr(module, a, None), (int, float))
+                and not isinstance(getattr(module, a), bool)), None)
+    if not isinstance(weight, nn.Parameter) or weight.dim() != 1 or eps is None:
+        return None, f"{name} has no 1-d weight and eps of a norm layer ibnorm recognises"
+    if isinstance(getattr(module, "bias", None), torch.Tensor) or list(module.buffers(recurse=False)):
+        return None, f"{name} has a bias or buffers besides its weight, which an RMSNorm replacement would lose"
+    probe = copy.deepcopy(module).to_empty(device="cpu").float()  # meta-device models are probed too
+    gen = torch.Generator().manual_seed(0)
+    forms = set()
+    with torch.no_grad():
+        probe.weight.copy_(torch.rand(weight.shape, generator=gen) + 0.5)
+        for scale in (1.0, 1e-3):  # the second probe is where eps shows
+            x = torch.randn(2, 3, weight.shape[0], generator=gen) * scale
+            try:
+                y = probe(x)
+            except Exception:
+                return None, f"{name}'s forward takes more than its input (a gate, a condition or a mask)"
+            base = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + float(eps))
+            if not isinstance(y, torch.Tensor) or y.shape != x.shape:
+                return None, f"{name}'s output is not shaped like its input"
+            match = [offset for offset, w in ((False, probe.weight), (True, 1 + probe.weight))
+                     if torch.allclose(y, base * w, rtol=1e-4, atol=1e-6)]
+            forms.add(match[0] if match else None)
+    if len(forms) != 1 or None in forms:
+        return None, (f"{name}'s output is not RMSNorm's of its input with its weight (or 1 + weight), so a "
+                      "replacement would not be exact")
+    return (float(eps), forms.pop()), None
 
 
 def _skip_reason(module: nn.Module) -> Optional[str]:
@@ -61,13 +97,28 @@ def _skip_reason(module: nn.Module) -> Optional[str]:
     return None
 
 
+def _is_norm_like(module: nn.Module) -> bool:
+    """Named like a norm layer (``...Norm``, any case): one that is not converted is listed with its reason."""
+    return type(module).__name__.lower().endswith("norm") and not isinstance(
+        module, (nn.LayerNorm, nn.RMSNorm, nn.GroupNorm, nn.modules.batchnorm._NormBase))
+
+
+def not_converted_reason(module: nn.Module) -> Optional[str]:
+    """Why a module that ``norm_kind`` does not convert is left alone: for base norms ibnorm will not replace and
+    for every module named like a norm; None for other modules."""
+    reason = _skip_reason(module)
+    if reason is None and _is_norm_like(module):
+        reason = _rms_form(module)[1]
+    return reason
+
+
 def norm_kind(module: nn.Module) -> Optional[str]:
     """The grouping of a base norm layer (``layer``, ``rms``, ``batch1d/2d/3d``, ``group``) or None."""
     if _skip_reason(module) is not None:
         return None
     if isinstance(module, nn.LayerNorm):
         return "layer"
-    if isinstance(module, nn.RMSNorm) or is_hf_rmsnorm(module):
+    if isinstance(module, nn.RMSNorm) or (_is_norm_like(module) and _rms_form(module)[0] is not None):
         return "rms"
     if type(module) in _BN_KIND:
         return _BN_KIND[type(module)]
@@ -85,8 +136,8 @@ def _source_config(module: nn.Module, kind: str) -> dict:
         if isinstance(module, nn.RMSNorm):
             return dict(normalized_shape=module.normalized_shape, eps=module.eps,
                         elementwise_affine=module.elementwise_affine)
-        return dict(normalized_shape=tuple(module.weight.shape), eps=float(module.variance_epsilon),
-                    elementwise_affine=True)
+        (eps, offset), _ = _rms_form(module)
+        return dict(normalized_shape=tuple(module.weight.shape), eps=eps, elementwise_affine=True, unit_offset=offset)
     # bias=False (no bias under an affine map) is kept for every grouping
     if kind == "group":
         return dict(num_groups=module.num_groups, num_channels=module.num_channels, eps=module.eps, affine=module.affine,
@@ -141,8 +192,10 @@ def _build(family: str, op: Optional[str], kind: str, src: nn.Module, layer_kwar
         if family in _POINTWISE:
             raise ValueError(f"affine must not be given for target {family!r} (a point-wise peer always has its affine map)")
         cfg["elementwise_affine" if kind in ("layer", "rms") else "affine"] = bool(affine)
+    offset = cfg.pop("unit_offset", False)  # Gemma's (1 + weight) gain: IBRMSNorm keeps it; the peers take 1 + weight
     if family == "ib":
-        return IB_CLASS_BY_GROUPING[kind](**cfg, **fk, compression=op, **layer_kwargs)
+        return IB_CLASS_BY_GROUPING[kind](**cfg, **fk, compression=op, **layer_kwargs,
+                                          **({"unit_offset": True} if offset else {}))
     if family in _POINTWISE:
         cls = _POINTWISE[family]
         cfg.pop("bias", None)
@@ -203,7 +256,7 @@ def convert_norms(model: nn.Module, target: str, **layer_kwargs: Any) -> Convers
                 continue
             kind = norm_kind(child)
             if kind is None:
-                reason = _skip_reason(child)
+                reason = not_converted_reason(child)
                 if reason is not None:
                     report.skipped[path] = reason
                 continue
@@ -216,6 +269,10 @@ def convert_norms(model: nn.Module, target: str, **layer_kwargs: Any) -> Convers
                     report.skipped[path] = f"no {family} layer for {kind} grouping"
                     continue
                 _copy_state(child, new)
+                if kind == "rms" and not isinstance(child, nn.RMSNorm) and _rms_form(child)[0][1] and \
+                        not getattr(new, "unit_offset", False):
+                    with torch.no_grad():  # a peer without the offset form: its gain is 1 + the offset
+                        new.weight.add_(1.0)
                 new.train(child.training)
                 built[id(child)] = new
                 report.replaced[type(child).__name__] += 1

@@ -202,23 +202,44 @@ class IBLayerNorm(_IBMixin, nn.Module):
 
 class IBRMSNorm(_IBMixin, nn.Module):
     """IBNorm with ``nn.RMSNorm``'s grouping (no centering); ``eps=None`` means what ``nn.RMSNorm`` takes: the machine
-    epsilon of the dtype it computes in (float32 for bfloat16/float16 inputs)."""
+    epsilon of the dtype it computes in (float32 for bfloat16/float16 inputs).
+
+    ``unit_offset=True`` stores the gain as an offset from 1 (the output is scaled by ``1 + weight``, and ``weight``
+    starts at 0), as Gemma's RMSNorm does: a converted Gemma keeps its parameterization, and with it what weight
+    decay pulls the gain toward.
+    """
 
     def __init__(self, normalized_shape: _shape_t, eps: Optional[float] = None, elementwise_affine: bool = True,
                  device=None, dtype=None, *, compression: str = "power", strength: Optional[float] = None,
                  learnable_strength: bool = False, order: str = COMPRESS_THEN_STANDARDIZE,
-                 impl: Optional[str] = None) -> None:
+                 impl: Optional[str] = None, unit_offset: bool = False) -> None:
         super().__init__()
         factory = {"device": device, "dtype": dtype}
         self.normalized_shape = _to_shape(normalized_shape)
         self.eps = _check_eps(eps, allow_none=True)
         self.elementwise_affine = elementwise_affine
+        if not isinstance(unit_offset, bool):
+            raise TypeError(f"unit_offset must be a bool; got {type(unit_offset).__name__}")
+        if unit_offset and not elementwise_affine:
+            raise ValueError("unit_offset=True needs elementwise_affine=True (it is a form of the gain)")
+        self.unit_offset = unit_offset
         self._register_affine(self.normalized_shape, elementwise_affine, False, factory)
         self._init_ib(compression, strength, learnable_strength, order, factory, impl)
         self.reset_parameters()
 
+    def layer_settings(self) -> dict:
+        # recorded only when set, so that a state saved before the option existed still loads
+        return {**super().layer_settings(), **({"unit_offset": True} if self.unit_offset else {})}
+
+    def reset_parameters(self) -> None:
+        super().reset_parameters()
+        if self.unit_offset:
+            with torch.no_grad():
+                self.weight.zero_()
+
     def forward(self, input: Tensor) -> Tensor:
-        return IBF.ib_rms_norm(input, self.normalized_shape, self.weight, self.eps,
+        weight = 1 + self.weight if self.unit_offset else self.weight
+        return IBF.ib_rms_norm(input, self.normalized_shape, weight, self.eps,
                                self.compression, self.strength, self.order, self.impl)
 
     def _groups(self, input: Tensor) -> tuple[Tensor, tuple[int, ...], bool]:
@@ -226,7 +247,7 @@ class IBRMSNorm(_IBMixin, nn.Module):
 
     def extra_repr(self) -> str:
         return (f"{self.normalized_shape}, eps={self.eps}, elementwise_affine={self.elementwise_affine}, "
-                + self._ib_repr())
+                + ("unit_offset=True, " if self.unit_offset else "") + self._ib_repr())
 
 
 class IBGroupNorm(_IBMixin, nn.Module):

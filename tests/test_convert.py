@@ -128,3 +128,76 @@ def test_affine_switch():
     assert model[0].weight is None and model[1].weight is None and model[2].weight is None
     with pytest.raises(ValueError, match="affine"):
         ibnorm.convert_norms(nn.Sequential(nn.LayerNorm(4)), "dyt", affine=False)
+
+
+def _transformers_norm_classes() -> dict:
+    """Every class named ``...Norm`` in transformers' modeling modules (about 280), imported."""
+    import importlib
+    import os
+    import re
+    import transformers.models as tm
+    found = {}
+    root = os.path.dirname(tm.__file__)
+    for d in sorted(os.listdir(root)):
+        folder = os.path.join(root, d)
+        if not os.path.isdir(folder):
+            continue
+        for f in sorted(os.listdir(folder)):
+            if not (f.startswith("modeling_") and f.endswith(".py")) or f.startswith(("modeling_tf", "modeling_flax")):
+                continue
+            with open(os.path.join(folder, f)) as fh:
+                names = re.findall(r"^class (\w+Norm)\(", fh.read(), re.M)
+            if not names:
+                continue
+            try:
+                module = importlib.import_module(f"transformers.models.{d}.{f[:-3]}")
+            except Exception:  # a model whose optional dependency is absent
+                continue
+            for name in names:
+                cls = getattr(module, name, None)
+                if isinstance(cls, type) and issubclass(cls, nn.Module):
+                    found.setdefault(name, cls)
+    return found
+
+
+def test_every_transformers_norm_is_converted_exactly_or_listed_with_its_reason():
+    """Scan transformers for ``*Norm`` classes: each one that builds from a width is either converted (exactly: the
+    identity op reproduces its output) or named in the report's skipped list with a reason. Never silence."""
+    import warnings
+    warnings.filterwarnings("ignore")
+    classes = _transformers_norm_classes()
+    assert len(classes) > 150, len(classes)
+    built, converted, listed = 0, [], []
+    for name, cls in classes.items():
+        layer = None
+        for kwargs in ({}, {"eps": 1e-6}):
+            try:
+                layer = cls(8, **kwargs)
+                break
+            except Exception:
+                continue
+        if layer is None:
+            continue
+        built += 1
+        model = nn.Sequential(layer)
+        with torch.no_grad():
+            for p in model.parameters():
+                p.uniform_(0.5, 1.5)
+        model.eval()
+        x = torch.randn(2, 3, 8)
+        try:
+            with torch.no_grad():
+                before = model(x)
+        except Exception:
+            before = None
+        report = ibnorm.convert_norms(model, "none")
+        if report.total:
+            converted.append(name)
+            if isinstance(before, torch.Tensor):
+                with torch.no_grad():
+                    torch.testing.assert_close(model(x), before, atol=1e-5, rtol=1e-4, msg=name)
+        else:
+            assert any(name in why for why in report.skipped.values()), f"{name} neither converted nor listed"
+            listed.append(name)
+    assert built > 200 and len(converted) > 180, (built, len(converted))
+    assert {"GemmaRMSNorm", "Gemma2RMSNorm", "Gemma3RMSNorm", "T5LayerNorm", "LlamaRMSNorm"} <= set(converted)

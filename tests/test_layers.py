@@ -286,3 +286,20 @@ def test_rms_eps_none_follows_torch_per_input_dtype(dtype, scale):
     ibnorm.convert_norms(model, "none")
     assert isinstance(model[0], ibnorm.IBRMSNorm) and model[0].eps is None
     torch.testing.assert_close(model(x).float(), base(x).float(), atol=tol, rtol=tol)
+
+
+def test_rms_unit_offset_keeps_gemmas_one_plus_weight_form():
+    layer = ibnorm.IBRMSNorm(8, eps=1e-6, compression="none", unit_offset=True)
+    assert torch.equal(layer.weight, torch.zeros(8)) and "unit_offset=True" in repr(layer)
+    with torch.no_grad():
+        layer.weight.uniform_(-0.5, 0.5)
+    x = torch.randn(3, 8)
+    want = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + 1e-6) * (1 + layer.weight)
+    torch.testing.assert_close(layer(x), want)
+    again = ibnorm.IBRMSNorm(8, eps=1e-6, compression="none", unit_offset=True)
+    again.load_state_dict(layer.state_dict())
+    torch.testing.assert_close(again(x), layer(x))
+    with pytest.raises(RuntimeError, match="unit_offset"):
+        ibnorm.IBRMSNorm(8, eps=1e-6, compression="none").load_state_dict(layer.state_dict())
+    with pytest.raises(ValueError, match="elementwise_affine"):
+        ibnorm.IBRMSNorm(8, unit_offset=True, elementwise_affine=False)
