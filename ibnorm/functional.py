@@ -25,8 +25,34 @@ from . import reference as R
 from .config import resolve_impl
 from .kernels import cpu, cuda_choice
 from .kernels.autograd import ib_norm_autograd
-from .ops import COMPRESS_THEN_STANDARDIZE, Strength, check_order, get_compression
+from .ops import COMPRESS_THEN_STANDARDIZE, Strength, check_order, get_compression, resolve_strength
 from .reference import GroupStats, Reduce
+
+
+def _check_arguments(input: Tensor, affine_shape: Sequence[int], weight: Optional[Tensor], bias: Optional[Tensor],
+                     compression: str, strength: Optional[Strength],
+                     running: Optional[GroupStats] = None) -> Optional[Strength]:
+    """What the layers guarantee by construction, checked for direct callers: the affine and running-statistic shapes
+    and the strength's range (with the layers' errors). Returns the strength to use: a number or None becomes the
+    op's value (None: its default), a tensor (a learned strength) stays."""
+    if not isinstance(input, Tensor):
+        raise TypeError(f"input must be a Tensor; got {type(input).__name__}")
+    shape = tuple(affine_shape)
+    for name, t in (("weight", weight), ("bias", bias)):
+        if t is not None and tuple(t.shape) != shape:
+            raise ValueError(f"{name} must have shape {shape} (the input's normalized shape or channels); "
+                             f"got {tuple(t.shape)}")
+    if running is not None:
+        for name, t in zip(GroupStats._fields, running):
+            if t is not None and tuple(t.shape) != shape:
+                raise ValueError(f"running statistics must have shape {shape}; got {name} of shape {tuple(t.shape)}")
+    if isinstance(strength, Tensor):
+        get_compression(compression)
+        if strength.numel() != 1 or not strength.is_floating_point():
+            raise ValueError(f"strength must be a float or a 1-element float tensor; got a tensor of shape "
+                             f"{tuple(strength.shape)} and dtype {strength.dtype}")
+        return strength
+    return resolve_strength(compression, strength)
 
 
 def _rows(x: Tensor, m: int, centered: bool, eps: float, compression: str, strength: Optional[Strength], order: str,
@@ -82,6 +108,7 @@ def ib_layer_norm(input: Tensor, normalized_shape: Union[int, Sequence[int]], we
                   strength: Optional[Strength] = None, order: str = COMPRESS_THEN_STANDARDIZE,
                   impl: Optional[str] = "auto") -> Tensor:
     """IBNorm with LayerNorm's grouping: each group is the last ``len(normalized_shape)`` dims."""
+    strength = _check_arguments(input, R.normalized_shape_of(normalized_shape), weight, bias, compression, strength)
     impl = resolve_impl(impl)
     if impl == "reference" or (impl == "auto" and cuda_choice.compiled_reference_is_faster(input, "layer", compression)):
         return R.ib_layer_norm(input, normalized_shape, weight, bias, eps, compression, strength, order)
@@ -93,6 +120,7 @@ def ib_rms_norm(input: Tensor, normalized_shape: Union[int, Sequence[int]], weig
                 order: str = COMPRESS_THEN_STANDARDIZE, impl: Optional[str] = "auto") -> Tensor:
     """IBNorm with RMSNorm's grouping (no centering). ``eps=None`` means ``finfo`` of the dtype it computes in (float32
     for bfloat16/float16), as ``nn.RMSNorm``."""
+    strength = _check_arguments(input, R.normalized_shape_of(normalized_shape), weight, None, compression, strength)
     impl = resolve_impl(impl)
     if impl == "reference" or (impl == "auto" and cuda_choice.compiled_reference_is_faster(input, "rms", compression)):
         return R.ib_rms_norm(input, normalized_shape, weight, eps, compression, strength, order)
@@ -106,6 +134,7 @@ def ib_group_norm(input: Tensor, num_groups: int, weight: Optional[Tensor] = Non
     R.check_channels(input)
     if weight is not None and input.shape[1] != weight.numel():
         raise ValueError(f"input must have shape (N, {weight.numel()}, *); got {list(input.shape)}")
+    strength = _check_arguments(input, (input.shape[1],), weight, bias, compression, strength)
     impl = resolve_impl(impl)
     if impl == "reference":
         return R.ib_group_norm(input, num_groups, weight, bias, eps, compression, strength, order)
@@ -138,6 +167,8 @@ def ib_batch_norm(input: Tensor, running_stats: Optional[GroupStats], weight: Op
     batch statistics of this process, or with ``reduce`` runs in passes with the sums over processes between them
     (:class:`ibnorm.kernels.cpu.SyncChannels`); eval with running statistics runs on the reference.
     """
+    R.check_channels(input)
+    strength = _check_arguments(input, (input.shape[1],), weight, bias, compression, strength, running_stats)
     impl = resolve_impl(impl)
     use_batch = training or running_stats is None
     if reduce is not None and use_batch and impl in ("auto", "cpu") and cpu.supports(input):

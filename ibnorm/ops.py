@@ -24,6 +24,7 @@ name       variant    ``s(u)``                                         strength 
 from __future__ import annotations
 
 import math
+import numbers
 from dataclasses import dataclass
 from typing import Callable, Optional, Union
 
@@ -166,7 +167,7 @@ def resolve_strength(compression: str, strength: Optional[float]) -> Optional[fl
         return None
     if strength is None:
         return op.default
-    if isinstance(strength, bool) or not isinstance(strength, (int, float)):
+    if isinstance(strength, bool) or not isinstance(strength, numbers.Real):  # numpy floats are Real too
         raise TypeError(f"strength must be a float in {op.range_text()} for compression={op.name!r}; "
                         f"got {type(strength).__name__}")
     strength = float(strength)

@@ -66,3 +66,29 @@ def test_registry_and_convert_errors():
         ibnorm.convert_norms("not a model", "tanh")
     with pytest.raises(ValueError, match="model must contain"):
         ibnorm.convert_norms(nn.LayerNorm(4), "tanh")
+
+
+def test_the_functional_api_checks_its_arguments_like_the_layers():
+    import numpy as np
+    import ibnorm.functional as F
+    from ibnorm.reference import GroupStats
+    x = torch.randn(4, 3, 5)
+    with pytest.raises(ValueError, match=r"weight must have shape \(3,\)"):
+        F.ib_batch_norm(x, None, weight=torch.ones(4))  # C + 1 elements: refused, not truncated
+    with pytest.raises(ValueError, match=r"bias must have shape \(5,\)"):
+        F.ib_layer_norm(x, 5, torch.ones(5), torch.zeros(6))
+    with pytest.raises(ValueError, match="strength must be in"):
+        F.ib_layer_norm(x, 5, compression="tanh", strength=0.0)  # NaN everywhere before
+    with pytest.raises(ValueError, match="strength must be in"):
+        F.ib_rms_norm(x, 5, compression="power", strength=1.5)
+    with pytest.raises(ValueError, match=r"running statistics must have shape \(3,\)"):
+        F.ib_batch_norm(x, GroupStats(torch.zeros(2), torch.ones(2), None, None, None), training=False)
+    with pytest.raises(ValueError, match=r"bias must have shape \(3,\)"):
+        F.ib_group_norm(x, 1, torch.ones(3), torch.zeros(4))
+    # a numpy float is a float; None is the op's default on every path, as in the reference
+    y = F.ib_layer_norm(x, 5, compression="tanh", strength=np.float32(0.3))
+    torch.testing.assert_close(y, F.ib_layer_norm(x, 5, compression="tanh", strength=0.3))
+    ibnorm.IBLayerNorm(5, compression="tanh", strength=np.float64(0.3))
+    for impl in ("auto", "reference"):
+        torch.testing.assert_close(F.ib_layer_norm(x, 5, compression="power", strength=None, impl=impl),
+                                   F.ib_layer_norm(x, 5, compression="power", strength=0.5, impl="reference"))
