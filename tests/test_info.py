@@ -224,3 +224,30 @@ def test_recorder_measures_label_information_not_noise():
         assert true[-1]["layer"] == "penultimate"
         assert true[-1]["I_TY"] > noise[-1]["I_TY"] + margin, (method, true[-1]["I_TY"], noise[-1]["I_TY"])
         assert true[-1]["I_XT"] == pytest.approx(noise[-1]["I_XT"])  # X and T are the same
+
+
+def test_repeated_rows_count_once_in_ksg_and_boolean_labels_work():
+    import warnings
+    from ibnorm.info import mutual_information
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal(2000)
+    y = 0.6 * x + 0.8 * rng.standard_normal(2000)  # rho 0.6: I = -log(1 - 0.36) / 2 = 0.223 nats
+    once = mutual_information(x, y)
+    with pytest.warns(UserWarning, match="repeated rows"):
+        five = mutual_information(np.tile(x, 5), np.tile(y, 5))
+    assert five == pytest.approx(once) and abs(once - 0.223) < 0.05
+    labels = x > 0
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        as_bool = mutual_information(y, labels)
+    assert as_bool == pytest.approx(mutual_information(y, labels.astype(int))) and as_bool > 0.05
+    with pytest.warns(UserWarning, match="repeated rows"):
+        assert mutual_information(np.tile(y, 3), np.tile(labels, 3)) == pytest.approx(as_bool)
+
+
+def test_binning_warns_of_its_bias_above_two_dimensions():
+    from ibnorm.info import mutual_information
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal((500, 3))
+    with pytest.warns(UserWarning, match="3 dimensions"):
+        mutual_information(x, x[:, :1], method="binning")
