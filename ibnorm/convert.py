@@ -322,13 +322,32 @@ def _saved_state(path: Path) -> dict:
                             f"found neither in {path}")
 
 
+def _read_config(path: Path) -> dict:
+    """config.json of a save_pretrained directory (empty when absent or unreadable: from_pretrained then says why)."""
+    try:
+        return json.loads((path / "config.json").read_text())
+    except (OSError, ValueError):
+        return {}
+
+
 def from_pretrained(model_class: Any, path: str | Path, **kwargs: Any) -> nn.Module:
     """``model_class.from_pretrained(path, **kwargs)``, then the conversions recorded in its config reapplied and
     every saved weight and buffer loaded: learned strengths, running statistics and the layers' settings.
 
     Saving is ``model.save_pretrained(path)`` after :func:`convert_norms`; a model never converted loads as usual.
     """
-    model = model_class.from_pretrained(path, **kwargs)
+    conversions = getattr(_read_config(Path(path)), "get", lambda *a: None)(CONFIG_KEY) or []
+    if conversions:  # the base model loads first and does not know the norm layers' keys: we load them below, and
+        # refuse any key that fits neither, so transformers' report of them as UNEXPECTED would only mislead
+        from transformers.utils import logging as hf_logging
+        level = hf_logging.get_verbosity()
+        hf_logging.set_verbosity_error()
+        try:
+            model = model_class.from_pretrained(path, **kwargs)
+        finally:
+            hf_logging.set_verbosity(level)
+    else:
+        model = model_class.from_pretrained(path, **kwargs)
     conversions = getattr(model.config, CONFIG_KEY, None) or []
     for record in conversions:
         convert_norms(model, record["target"], **record["kwargs"])

@@ -29,12 +29,33 @@ from .ops import COMPRESS_THEN_STANDARDIZE, Strength, check_order, get_compressi
 from .reference import GroupStats, Reduce
 
 
+def _dispatch(impl: Optional[str], *tensors) -> str:
+    """``impl`` as it runs for these arguments: under forward-mode AD (dual tensors) or a ``torch.func`` transform
+    (``jacrev``, ``jvp``, ``vmap``, ``grad``...), whose wrapped tensors the compiled kernels cannot take, ``auto``
+    runs the reference, which is plain PyTorch and supports them all; an explicit kernel is refused by name."""
+    impl = resolve_impl(impl)
+    if impl == "reference" or torch.compiler.is_compiling():
+        return impl
+    ts = [t for t in tensors if isinstance(t, Tensor)]
+    transformed = any(torch._C._functorch.is_functorch_wrapped_tensor(t) for t in ts)
+    dual = any(t.layout == torch.strided and torch.autograd.forward_ad.unpack_dual(t).tangent is not None for t in ts)
+    if not (transformed or dual):
+        return impl
+    if impl != "auto":
+        raise ValueError(f"impl={impl!r} cannot run under forward-mode AD or a torch.func transform; use impl='auto' "
+                         "(which runs the reference there) or impl='reference'")
+    return "reference"
+
+
 def _check_arguments(input: Tensor, affine_shape: Sequence[int], weight: Optional[Tensor], bias: Optional[Tensor],
                      compression: str, strength: Optional[Strength],
                      running: Optional[GroupStats] = None) -> Optional[Strength]:
     """What the layers guarantee by construction, checked for direct callers: the affine and running-statistic shapes
     and the strength's range (with the layers' errors). Returns the strength to use: a number or None becomes the
     op's value (None: its default), a tensor (a learned strength) stays."""
+    if torch.compiler.is_compiling():  # the layers checked these already; tracing them would break the graph
+        op = get_compression(compression)
+        return op.default if strength is None and op.has_strength else strength
     if not isinstance(input, Tensor):
         raise TypeError(f"input must be a Tensor; got {type(input).__name__}")
     shape = tuple(affine_shape)
@@ -109,7 +130,7 @@ def ib_layer_norm(input: Tensor, normalized_shape: Union[int, Sequence[int]], we
                   impl: Optional[str] = "auto") -> Tensor:
     """IBNorm with LayerNorm's grouping: each group is the last ``len(normalized_shape)`` dims."""
     strength = _check_arguments(input, R.normalized_shape_of(normalized_shape), weight, bias, compression, strength)
-    impl = resolve_impl(impl)
+    impl = _dispatch(impl, input, weight, bias, strength)
     if impl == "reference" or (impl == "auto" and cuda_choice.compiled_reference_is_faster(input, "layer", compression)):
         return R.ib_layer_norm(input, normalized_shape, weight, bias, eps, compression, strength, order)
     return _last_dims(input, normalized_shape, weight, bias, eps, True, compression, strength, order, impl)
@@ -121,7 +142,7 @@ def ib_rms_norm(input: Tensor, normalized_shape: Union[int, Sequence[int]], weig
     """IBNorm with RMSNorm's grouping (no centering). ``eps=None`` means ``finfo`` of the dtype it computes in (float32
     for bfloat16/float16), as ``nn.RMSNorm``."""
     strength = _check_arguments(input, R.normalized_shape_of(normalized_shape), weight, None, compression, strength)
-    impl = resolve_impl(impl)
+    impl = _dispatch(impl, input, weight, strength)
     if impl == "reference" or (impl == "auto" and cuda_choice.compiled_reference_is_faster(input, "rms", compression)):
         return R.ib_rms_norm(input, normalized_shape, weight, eps, compression, strength, order)
     return _last_dims(input, normalized_shape, weight, None, eps, False, compression, strength, order, impl)
@@ -135,7 +156,7 @@ def ib_group_norm(input: Tensor, num_groups: int, weight: Optional[Tensor] = Non
     if weight is not None and input.shape[1] != weight.numel():
         raise ValueError(f"input must have shape (N, {weight.numel()}, *); got {list(input.shape)}")
     strength = _check_arguments(input, (input.shape[1],), weight, bias, compression, strength)
-    impl = resolve_impl(impl)
+    impl = _dispatch(impl, input, weight, bias, strength)
     if impl == "reference":
         return R.ib_group_norm(input, num_groups, weight, bias, eps, compression, strength, order)
     check_order(order)
@@ -169,7 +190,7 @@ def ib_batch_norm(input: Tensor, running_stats: Optional[GroupStats], weight: Op
     """
     R.check_channels(input)
     strength = _check_arguments(input, (input.shape[1],), weight, bias, compression, strength, running_stats)
-    impl = resolve_impl(impl)
+    impl = _dispatch(impl, input, weight, bias, strength)
     use_batch = training or running_stats is None
     if reduce is not None and use_batch and impl in ("auto", "cpu") and cpu.supports(input):
         R.check_channels(input)

@@ -104,6 +104,11 @@ class _IBMixin(SettingsInState):
         return {"compression": self.compression, "strength": self.init_strength, "order": self.order,
                 "learnable_strength": self.learnable_strength}
 
+    def __prepare_scriptable__(self):
+        # torch.jit.script calls this first: one line that says what works, not a TorchScript type error.
+        raise RuntimeError(f"{type(self).__name__} does not support torch.jit.script (TorchScript is deprecated in "
+                           "PyTorch); use torch.compile, or torch.export for a deployable graph: both support it")
+
     compression: str
     order: str
 

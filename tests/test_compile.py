@@ -1,5 +1,6 @@
 """torch.compile(fullgraph=True) and torch.export trace IBNorm: every grouping, learnable strength, BatchNorm in
 train and eval, converted Hugging Face models; outputs and gradients match eager."""
+import copy
 import io
 
 import pytest
@@ -104,3 +105,30 @@ def test_export_round_trip():
     torch.testing.assert_close(loaded.module()(x), model(x))
     if cpu.available():  # the exported graph calls the C++ kernel's custom op, not a copy of its math
         assert "ibnorm.rows_forward" in str(program.graph)
+
+
+def test_torch_func_and_forward_mode_ad_run_on_the_reference():
+    """jacrev, jvp, vmap and forward-mode AD work through every layer (impl='auto' runs the reference under them)
+    and agree with the reference; torch.jit.script fails with one line that names what works instead."""
+    import torch.autograd.forward_ad as fwAD
+    torch.manual_seed(0)
+    for layer in (ibnorm.IBLayerNorm(6, compression="tanh"), ibnorm.IBRMSNorm(6, compression="log"),
+                  ibnorm.IBGroupNorm(2, 6), ibnorm.IBBatchNorm1d(6, compression="tanh")):
+        if isinstance(layer, ibnorm.IBBatchNorm1d):  # as for nn.BatchNorm: transforms cannot update running stats
+            layer.eval()
+        ref = copy.deepcopy(layer)
+        ref.impl = "reference"
+        x = torch.randn(4, 6)
+        torch.testing.assert_close(torch.func.jacrev(layer)(x), torch.func.jacrev(ref)(x))
+        t = torch.randn_like(x)
+        torch.testing.assert_close(torch.func.jvp(layer, (x,), (t,))[1], torch.func.jvp(ref, (x,), (t,))[1])
+        with fwAD.dual_level():
+            got = fwAD.unpack_dual(layer(fwAD.make_dual(x, t))).tangent
+        torch.testing.assert_close(got, torch.func.jvp(ref, (x,), (t,))[1])
+        if isinstance(layer, (ibnorm.IBLayerNorm, ibnorm.IBRMSNorm)):  # vmap over samples (per-row groups)
+            torch.testing.assert_close(torch.func.vmap(layer)(x[:, None]), ref(x[:, None]))
+    with pytest.raises(RuntimeError, match="does not support torch.jit.script.*torch.compile") as e:
+        torch.jit.script(ibnorm.IBLayerNorm(6))
+    assert "\n" not in str(e.value)
+    with pytest.raises(ValueError, match="impl='cpu' cannot run under forward-mode AD"):
+        torch.func.jacrev(ibnorm.IBLayerNorm(6, impl="cpu"))(torch.randn(2, 6))

@@ -280,3 +280,76 @@ def test_rerunning_a_finished_run_says_nothing_was_trained(tmp_path, capsys):
     assert "nothing was trained" not in capsys.readouterr().err
     assert main(args) == 0
     assert "already holds this finished run; nothing was trained" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("argv, names", [
+    (["--eval-every", "0"], "eval_every (--eval-every) must be > 0"),
+    (["--checkpoint-every", "0"], "checkpoint_every (--checkpoint-every) must be > 0"),
+    (["--width", "0"], "width (--width) must be > 0"),
+    (["--threads", "-1"], "threads (--threads) must be >= 0"),
+    (["--train-subset", "0"], "train_subset (--train-subset) must be > 0"),
+    (["--eval-examples", "-1"], "eval_examples (--eval-examples) must be >= 0"),
+    (["--warmup-steps", "-3"], "warmup_steps (--warmup-steps) must be >= 0"),
+    (["--grad-clip", "-1"], "grad_clip (--grad-clip) must be >= 0"),
+    (["--lr", "0"], "lr (--lr) must be a finite number > 0"),
+    (["--steps", "0"], "steps (--steps) must be > 0"),
+])
+def test_bad_counts_and_rates_are_one_line_with_exit_code_2(tmp_path, capsys, argv, names):
+    from ibnorm.lab.cli import main
+    assert main(["train", "--model", "resnet-mini", "--no-progress", "--out", str(tmp_path / "r"), *argv]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("ibnorm train: error: ") and names in err and "\n" not in err, err
+
+
+def test_cli_paths_and_lists_errors_are_one_line(tmp_path, capsys):
+    from ibnorm.lab.cli import main
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    cases = [(["train", "--model", "resnet-mini", "--steps", "1", "--out", str(blocker / "run")], "Not a directory"),
+             (["compare", "--norms", ","], "--norms must name at least one value"),
+             (["compare", "--models", "bert-mini"], "--models accepts"),
+             (["ablate", "strength", "--ops", "ib_foo"], "--ops accepts ib_power, ib_log, ib_tanh; got ib_foo")]
+    for argv, words in cases:
+        assert main(argv) == 2, argv
+        err = capsys.readouterr().err.strip()
+        assert words in err and "\n" not in err, err
+    run = tmp_path / "done"
+    run.mkdir()
+    (run / "result.json").write_text("{not json")
+    assert main(["train", "--model", "resnet-mini", "--steps", "1", "--out", str(run)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert str(run / "result.json") in err and "\n" not in err
+
+
+def test_a_resume_with_another_thread_count_is_refused_by_name(tmp_path):
+    from ibnorm.lab.train import TrainConfig, train
+    tiny = dict(model="resnet-mini", width=8, steps=4, batch_size=8, eval_every=4, eval_examples=32,
+                train_subset=64, warmup_steps=1, progress=False, checkpoint_every=2)
+    assert train(TrainConfig(**tiny, threads=1, stop_after=2), tmp_path / "r")["stopped_at"] == 2
+    with pytest.raises(ValueError, match=r"threads: 1 -> 2"):
+        train(TrainConfig(**tiny, threads=2), tmp_path / "r")
+
+
+def test_grid_names_say_what_changed():
+    import argparse
+    from ibnorm.lab.cli import build_parser, grid_name
+    args = build_parser().parse_args(["compare"])
+    assert grid_name("quick", args, {}) == "quick"
+    args = build_parser().parse_args(["compare", "--steps", "3", "--seeds", "0,1"])
+    assert grid_name("quick", args, {"seeds": [0, 1]}) == "quick-seeds-0_1-steps3"
+    assert isinstance(args, argparse.Namespace)
+
+
+def test_from_pretrained_loads_without_a_table_of_unexpected_keys(tmp_path, capfd):
+    pytest.importorskip("transformers")
+    from transformers import GPT2Config, GPT2LMHeadModel
+    model = GPT2LMHeadModel(GPT2Config(n_layer=1, n_embd=16, n_head=2, vocab_size=50, bos_token_id=None,
+                                       eos_token_id=None))
+    ibnorm.convert_norms(model, "tanh", learnable_strength=True)
+    model.save_pretrained(tmp_path)
+    capfd.readouterr()
+    again = ibnorm.from_pretrained(GPT2LMHeadModel, tmp_path)
+    out = capfd.readouterr()
+    assert "UNEXPECTED" not in out.out + out.err
+    x = torch.randint(0, 50, (1, 5))
+    torch.testing.assert_close(again.eval()(x).logits, model.eval()(x).logits)

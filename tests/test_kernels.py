@@ -331,3 +331,27 @@ def test_half_inputs_stay_half_inside_the_kernel():
     ln_bytes, _ = saved_bytes(nn.LayerNorm(256, dtype=torch.bfloat16), x)
     assert y.dtype == torch.bfloat16
     assert fast_bytes <= ln_bytes * 1.01 + 4096
+
+
+def test_the_kernel_cache_is_keyed_by_environment_and_the_first_build_says_so(tmp_path, monkeypatch, capsys):
+    import sys
+    import torch.utils.cpp_extension as ext
+    from ibnorm.kernels import cpu as C
+    flags = ["-O3"]
+    monkeypatch.setenv("TORCH_EXTENSIONS_DIR", str(tmp_path))
+    here = C._stable_source(flags).parent.name
+    monkeypatch.setattr(sys, "prefix", "/another/venv")
+    assert C._stable_source(flags).parent.name != here  # another environment, another build
+    monkeypatch.setattr(sys, "prefix", sys.base_prefix)
+    loads = []
+    monkeypatch.setattr(ext, "load", lambda **kw: loads.append(kw) or "built")
+    monkeypatch.setattr(C, "_module", None)
+    monkeypatch.setattr(C, "_failed", None)
+    assert C.load() == "built" and len(loads) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "building the C++ CPU kernel" in err[0] and "once" in err[0]
+    monkeypatch.setattr(C, "_module", None)
+    monkeypatch.setattr(C, "_failed", None)
+    monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: "DEFAULT")
+    with pytest.warns(UserWarning, match="below AVX2.*autograd kernel"):
+        assert C.load() is None

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import sys
 import threading
 import warnings
 from pathlib import Path
@@ -38,11 +39,19 @@ _module = None
 _failed: Optional[str] = None
 
 
+def build_key(flags: list[str]) -> str:
+    """What a build depends on besides its source: the compiler flags, the torch version and build it links
+    against, and the Python environment (two virtualenvs keep two builds instead of rebuilding in turn)."""
+    return " ".join([*flags, torch.__version__, str(torch.version.git_version), str(torch._C._GLIBCXX_USE_CXX11_ABI),
+                     sys.prefix, sys.version.split()[0]])
+
+
 def _stable_source(flags: list[str]) -> Path:
-    """A copy of the source at a path named by its content and flags, so that every checkout of the same
-    version shares one build (building from each checkout's own path would rebuild whenever it changes)."""
+    """A copy of the source at a path named by its content and :func:`build_key`, so that every checkout of the
+    same version in one environment shares one build (building from each checkout's own path would rebuild
+    whenever it changes), and each environment has its own."""
     code = (Path(__file__).with_name("csrc") / "ibnorm_cpu.cpp").read_bytes()
-    digest = hashlib.sha256(code + " ".join(flags).encode()).hexdigest()[:12]
+    digest = hashlib.sha256(code + build_key(flags).encode()).hexdigest()[:12]
     root = Path(os.environ.get("TORCH_EXTENSIONS_DIR", Path.home() / ".cache" / "torch_extensions"))
     dst = root / "ibnorm_sources" / f"ibnorm_cpu_{digest}" / "ibnorm_cpu.cpp"
     if not dst.exists() or dst.read_bytes() != code:
@@ -74,12 +83,18 @@ def load():
         cap = torch.backends.cpu.get_cpu_capability()
         if cap not in _FLAGS:
             _failed = f"CPU capability {cap} has no vectorized build"
+            warnings.warn(f"ibnorm: this CPU's torch capability is {cap}, below AVX2, which the C++ kernel needs: "
+                          "IBNorm layers run the autograd kernel (plain PyTorch), several times slower")
             return None
         try:
             _put_ninja_on_path()
-            from torch.utils.cpp_extension import load as cpp_load
+            from torch.utils.cpp_extension import _get_build_directory, load as cpp_load
             flags = ["-O3", "-fopenmp", *_FLAGS[cap]]
             src = _stable_source(flags)
+            build_dir = Path(_get_build_directory(src.parent.name, False))
+            if not list(build_dir.glob("*.so")):  # the first use in this environment: say what the pause is
+                print(f"ibnorm: building the C++ CPU kernel for this environment ({cap}; once, about a minute) "
+                      f"in {build_dir}", file=sys.stderr, flush=True)
             _module = cpp_load(name=src.parent.name, sources=[str(src)], extra_cflags=flags,
                                extra_ldflags=["-fopenmp"], verbose=False)
         except Exception as e:  # no compiler, no headers, a build error: fall back, say so once

@@ -76,9 +76,19 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def grid_name(base: str, args: argparse.Namespace, changed: dict[str, list]) -> str:
+    """A grid's folder name: its preset, plus every change made to it (models, norms, seeds, training settings), so
+    that a changed grid never writes where the unchanged one did (``quick``, ``quick-steps3``, ``quick-norms-2``)."""
+    parts = [base] + [f"{k}-{len(v)}" if k == "norms" else f"{k}-{'_'.join(map(str, v))}" for k, v in changed.items() if v]
+    parts += [f"{k.replace('_', '')}{v}" for k, v in sorted(_overrides(args).items())]
+    return slug("-".join(parts))
+
+
 def _grid(args: argparse.Namespace, name: str, preset) -> int:
-    results_dir = Path(args.results_dir or f"results/{name}")
-    runs_dir = Path(args.runs_dir or f"runs/{name}")
+    # The committed results/ folders change only when asked for by name (--results-dir): the default is runs/,
+    # which git ignores, so the main job leaves a checkout clean.
+    results_dir = Path(args.results_dir or f"runs/{name}")
+    runs_dir = Path(args.runs_dir or f"runs/{name}/train")
     results = run_grid(name, preset, results_dir, runs_dir, progress=not args.no_progress, **_overrides(args))
     table = summarize(results, results_dir, f"ibnorm {name}", command_line())
     print(table)
@@ -86,19 +96,40 @@ def _grid(args: argparse.Namespace, name: str, preset) -> int:
     return 0
 
 
+def _nonempty(flag: str, values: Optional[list]) -> Optional[list]:
+    if values is not None and not values:
+        raise ValueError(f"{flag} must name at least one value; got an empty list")
+    return values
+
+
 def cmd_compare(args: argparse.Namespace) -> int:
     preset = GRID_PRESETS[args.preset]
-    preset = dataclasses.replace(preset, models=tuple(args.models or preset.models),
-                                 norms=tuple(args.norms or preset.norms), seeds=tuple(args.seeds or preset.seeds))
-    custom = bool(args.models or args.norms or args.seeds)
-    return _grid(args, f"{args.preset}-custom" if custom else args.preset, preset)
+    models, norms, seeds = (_nonempty(f"--{k}", getattr(args, k)) for k in ("models", "norms", "seeds"))
+    bad = [m for m in models or [] if m not in ALL_MODELS]
+    if bad:
+        raise ValueError(f"--models accepts {', '.join(ALL_MODELS)}; got {', '.join(bad)}")
+    preset = dataclasses.replace(preset, models=tuple(models or preset.models), norms=tuple(norms or preset.norms),
+                                 seeds=tuple(preset.seeds if seeds is None else seeds))
+    return _grid(args, grid_name(args.preset, args, {"models": models, "norms": norms, "seeds": seeds}), preset)
 
 
 def cmd_ablate(args: argparse.Namespace) -> int:
     base = GRID_PRESETS[args.preset]
-    norms = ablation_norms(args.kind, args.ops)
-    preset = dataclasses.replace(base, models=tuple(args.models), norms=tuple(norms), seeds=tuple(args.seeds or base.seeds))
-    return _grid(args, f"ablate-{args.kind}-{args.preset}", preset)
+    ops = _nonempty("--ops", args.ops)
+    bad = [op for op in ops if op not in IB_OPS]
+    if bad:
+        raise ValueError(f"--ops accepts {', '.join(IB_OPS)}; got {', '.join(bad)}")
+    models = _nonempty("--models", args.models)
+    bad = [m for m in models if m not in ALL_MODELS]
+    if bad:
+        raise ValueError(f"--models accepts {', '.join(ALL_MODELS)}; got {', '.join(bad)}")
+    seeds = _nonempty("--seeds", args.seeds)
+    norms = ablation_norms(args.kind, ops)
+    preset = dataclasses.replace(base, models=tuple(models), norms=tuple(norms),
+                                 seeds=tuple(base.seeds if seeds is None else seeds))
+    changed = {"models": models if models != ["vit-mini"] else None, "ops": ops if ops != list(IB_OPS) else None,
+               "seeds": seeds}
+    return _grid(args, grid_name(f"ablate-{args.kind}-{args.preset}", args, changed), preset)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -131,8 +162,9 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("--models", type=_csv(str), help="comma-separated (default: the preset's)")
             p.add_argument("--norms", type=_norm_list, help="comma- or ;-separated norm specs (default: the preset's)")
         p.add_argument("--seeds", type=_csv(int), help="comma-separated (default: the preset's)")
-        p.add_argument("--results-dir", help="where tables go (default: results/GRID)")
-        p.add_argument("--runs-dir", help="where checkpoints go (default: runs/GRID)")
+        p.add_argument("--results-dir", help="where tables go (default: runs/GRID, which git ignores; name a folder "
+                       "under results/ to regenerate a committed one)")
+        p.add_argument("--runs-dir", help="where checkpoints go (default: runs/GRID/train)")
         p.add_argument("--no-progress", action="store_true", help="no progress bars")
         _add_train_args(p, preset=True)
         p.set_defaults(fn=cmd_compare if name == "compare" else cmd_ablate)
@@ -195,6 +227,9 @@ def main(argv: Optional[list[str]] = None) -> int:
         return args.fn(args)
     except (ValueError, FileNotFoundError) as e:
         print(f"ibnorm {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except OSError as e:  # a path that cannot be made or written (an --out under a regular file...)
+        print(f"ibnorm {args.command}: error: {e.strerror or e}: {e.filename or ''}".rstrip(": "), file=sys.stderr)
         return 2
 
 

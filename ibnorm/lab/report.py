@@ -20,6 +20,15 @@ def _fmt(mean: float, std: Optional[float], digits: int = 4) -> str:
     return f"{mean:.{digits}f}" + (f" ± {std:.{digits}f}" if std is not None else "")
 
 
+def run_seconds(results: list[dict]) -> str:
+    """The mean CPU seconds of the runs' own training since their last start or resume (``*``: one was resumed);
+    results from before that was recorded give their wall time, marked ``(wall)``."""
+    cpu = [r.get("session_cpu_s") for r in results]
+    if None in cpu:
+        return f"{statistics.fmean(r['wall_time_s'] for r in results):.0f} (wall)"
+    return f"{statistics.fmean(cpu):.0f}" + ("*" if any(r.get("resumed_from") for r in results) else "")
+
+
 def summarize(results: list[dict], results_dir: Path, title: str, command: str) -> str:
     """Write runs.csv, table.md and the curve plots; return the markdown table."""
     results_dir = Path(results_dir)
@@ -35,7 +44,10 @@ def summarize(results: list[dict], results_dir: Path, title: str, command: str) 
     lines = [f"# {title}", "", f"Regenerate: `{command}`", "",
              "Final validation metrics, mean ± std over seeds (std needs 2+ seeds). Δ is the paired "
              "difference to the family's base norm (same seed), mean ± std over seeds; for loss and "
-             "perplexity lower is better, for accuracy higher is better.", ""]
+             "perplexity lower is better, for accuracy higher is better. CPU s / run: the process CPU time of the "
+             "training (all its threads) since the run's last start or resume, so neither the time before a kill nor "
+             "waiting on a busy machine counts; * marks a run resumed from a checkpoint (its earlier part is not in "
+             "the figure).", ""]
     by_model: dict[str, dict[str, dict[int, dict]]] = {}
     for r in results:
         c = r["config"]
@@ -44,16 +56,15 @@ def summarize(results: list[dict], results_dir: Path, title: str, command: str) 
         preset, kind = get_preset(model), task_kind(model)
         key, extra = kind.metric, kind.secondary
         lines += [f"## {model} (base norm: {preset.base_norm})", "",
-                  f"| norm | {key} | Δ {key} vs base | {extra} | seeds | wall s / run |", "|---|---|---|---|---|---|"]
+                  f"| norm | {key} | Δ {key} vs base | {extra} | seeds | CPU s / run |", "|---|---|---|---|---|---|"]
         base = norms.get("base", {})
         for norm, seeds in norms.items():
             vals = [s["final"][key] for s in seeds.values()]
             extras = [s["final"][extra] for s in seeds.values()]
             paired = [seeds[k]["final"][key] - base[k]["final"][key] for k in seeds if k in base]
             delta = "—" if norm == "base" or not paired else _fmt(*_mean_std(paired), digits=4)
-            wall = statistics.fmean(s["wall_time_s"] for s in seeds.values())
             lines.append(f"| {norm} | {_fmt(*_mean_std(vals))} | {delta} | {_fmt(*_mean_std(extras), digits=3)} | "
-                         f"{len(vals)} | {wall:.0f} |")
+                         f"{len(vals)} | {run_seconds(list(seeds.values()))} |")
         lines.append("")
         _plot_curves(model, norms, key, results_dir / f"curves_{model}.png")
         lines += [f"![{model} validation curves](curves_{model}.png)", ""]

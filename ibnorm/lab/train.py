@@ -39,7 +39,8 @@ TASK_DEFAULTS = {
 }
 # Fields that do not change what a run computes: they may differ between a checkpoint and its resume.
 # init_from is a path on this machine: where the same parent weights lie may differ (reproduce records the parent).
-_RUNTIME_FIELDS = {"checkpoint_every", "threads", "progress", "stop_after", "init_from"}
+# threads is not among them: another thread count sums in another order, so a resume with it gives other numbers.
+_RUNTIME_FIELDS = {"checkpoint_every", "progress", "stop_after", "init_from"}
 
 
 @dataclass
@@ -85,10 +86,21 @@ class TrainConfig:
         for key, value in TASK_DEFAULTS[task].items():
             if getattr(out, key) is None:
                 setattr(out, key, value)
-        if out.steps <= 0:
-            raise ValueError(f"steps must be > 0; got {out.steps}")
-        if out.batch_size <= 0:
-            raise ValueError(f"batch_size must be > 0; got {out.batch_size}")
+        def need(ok: bool, name: str, rule: str) -> None:  # one line naming the field and its flag
+            if not ok:
+                raise ValueError(f"{name} (--{name.replace('_', '-')}) must be {rule}; got {getattr(out, name)!r}")
+        for name in ("steps", "batch_size", "eval_every", "checkpoint_every", "curve_every", "context", "info_probe"):
+            need(getattr(out, name) > 0, name, "> 0")
+        for name in ("width", "depth", "train_subset"):
+            need(getattr(out, name) is None or getattr(out, name) > 0, name, "> 0")
+        need(out.eval_batches > 0 or task != "lm", "eval_batches", "> 0 for a language model")
+        for name in ("warmup_steps", "eval_examples", "holdout", "info_every", "stop_after", "threads", "recalibrate_bn"):
+            need(getattr(out, name) >= 0, name, ">= 0")
+        need(math.isfinite(out.lr) and out.lr > 0, "lr", "a finite number > 0")
+        need(math.isfinite(out.weight_decay) and out.weight_decay >= 0, "weight_decay", "a finite number >= 0")
+        need(math.isfinite(out.grad_clip) and out.grad_clip >= 0, "grad_clip", ">= 0 (0 = off)")
+        need(0 <= out.min_lr_ratio <= 1, "min_lr_ratio", "in [0, 1]")
+        need(0 <= out.beta2 < 1, "beta2", "in [0, 1)")
         if out.val_windows not in ("random", "tiled"):
             raise ValueError(f"val_windows must be 'random' or 'tiled'; got {out.val_windows!r}")
         if out.curve_every <= 0:
@@ -261,7 +273,12 @@ def train(cfg: TrainConfig, out_dir: str | Path) -> dict:
     out_dir = Path(out_dir)
     result_path, ckpt_path = out_dir / "result.json", out_dir / "ckpt.pt"
     if result_path.exists():
-        result = json.loads(result_path.read_text())
+        try:
+            result = json.loads(result_path.read_text())
+            result["config"]
+        except (ValueError, KeyError, TypeError) as e:
+            raise ValueError(f"{result_path} is not a readable result ({type(e).__name__}: {str(e)[:120]}); delete it "
+                             "to train this run again") from None
         diff = _config_difference(result["config"], cfg)
         if not diff:
             return result
@@ -318,6 +335,11 @@ def train(cfg: TrainConfig, out_dir: str | Path) -> dict:
         else:
             load_canonical_state(dist.unwrap(model), ckpt["model"])
             opt.load_state_dict(ckpt["optimizer"])
+        saved_threads = ckpt.get("torch_threads")
+        if saved_threads is not None and saved_threads != torch.get_num_threads():
+            raise ValueError(f"{ckpt_path} was trained with {saved_threads} torch threads, this process has "
+                             f"{torch.get_num_threads()}: another thread count gives other numbers; resume with "
+                             f"--threads {saved_threads}")
         start, history, elapsed, acc = ckpt["step"], ckpt["history"], ckpt["elapsed"], ckpt["train_acc"]
         cpu_elapsed = ckpt.get("cpu_elapsed")  # None: a checkpoint from before CPU time was kept
         torch.set_rng_state(ckpt["rng"][dist.rank] if dist.rank < len(ckpt["rng"]) else ckpt["rng"][0])
@@ -333,6 +355,7 @@ def train(cfg: TrainConfig, out_dir: str | Path) -> dict:
         from tqdm import tqdm
         bar = tqdm(total=cfg.steps, initial=start, desc=cfg.label, leave=False,
                    dynamic_ncols=True, file=sys.stderr)
+    session_wall, session_cpu = time.time(), time.process_time()  # this process's own part of the run
     t0 = time.time() - elapsed
     c0 = None if cpu_elapsed is None else time.process_time() - cpu_elapsed
     cpu_time = lambda: None if c0 is None else time.process_time() - c0  # noqa: E731
@@ -379,6 +402,7 @@ def train(cfg: TrainConfig, out_dir: str | Path) -> dict:
                 atomic_torch_save({**state, "step": done, "history": history, "elapsed": time.time() - t0,
                                    "cpu_elapsed": cpu_time(), "train_acc": acc, "rng": rng, "info": info_rows, "resumed_from": resumed_from,
                                    "curve": curve, "curve_bucket": bucket, "at_start": at_start,
+                                   "torch_threads": torch.get_num_threads(),
                                    "config": dataclasses.asdict(cfg)}, ckpt_path)
             dist.barrier()
             if cfg.stop_after and done >= cfg.stop_after:
@@ -392,7 +416,9 @@ def train(cfg: TrainConfig, out_dir: str | Path) -> dict:
     final_state = _full_state(model) if cfg.fsdp else dist.unwrap(model).state_dict()
     result = {"config": dataclasses.asdict(cfg), "final": history[-1], "history": history, "curve": curve,
               "learned_strength": learned_strengths(dist.unwrap(model), final_state),
-              "wall_time_s": time.time() - t0, "cpu_time_s": cpu_time(), "n_params": sum(p.numel() for p in model.parameters()),
+              "wall_time_s": time.time() - t0, "cpu_time_s": cpu_time(),
+              "session_wall_s": time.time() - session_wall, "session_cpu_s": time.process_time() - session_cpu,
+              "n_params": sum(p.numel() for p in model.parameters()),
               "norms": {"replaced": dict(report.replaced), "into": sorted({d for _, _, d in report.paths})},
               "world_size": dist.world_size, "resumed_from": resumed_from, "environment": provenance()}
     if at_start is not None:
