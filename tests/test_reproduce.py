@@ -174,8 +174,10 @@ def test_report_rebuilds_the_committed_results_byte_for_byte(tmp_path):
     committed = [REPO / "results" / area for area in RS.AREAS if (REPO / "results" / area / "runs").is_dir()]
     if not committed or not (REPO / "RESULTS.md").exists():
         pytest.fail("RESULTS.md and results/*/runs/ must be committed")
-    diagnosis = REPO / "results" / RS.DYT_DIAGNOSIS  # committed evidence the report quotes
-    for f in _committed_run_files() + ([diagnosis] if diagnosis.exists() else []):
+    quoted = [REPO / "results" / RS.DYT_DIAGNOSIS]  # committed evidence the report quotes
+    quoted += sorted((REPO / "results" / "reproducibility").glob("*.json"))
+    quoted += sorted((REPO / "results" / "confirmatory").glob("PREREGISTRATION*.md"))
+    for f in _committed_run_files() + [q for q in quoted if q.exists()]:
         (tmp_path / f.relative_to(REPO).parent).mkdir(parents=True, exist_ok=True)
         shutil.copy(f, tmp_path / f.relative_to(REPO))
     RS.build_report(tmp_path / "results", tmp_path / "RESULTS.md")
