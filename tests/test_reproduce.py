@@ -690,3 +690,32 @@ def test_scale_rows_carry_size_and_parameters():
     assert {k: row[k] for k in ("model", "norm", "seed", "width", "depth", "n_params", "score")} == {
         "model": "llama-mini", "norm": "base", "seed": 1, "width": 256, "depth": 8, "n_params": 1234, "score": 1.1}
     assert set(SCALE_COLUMNS) >= {"model", "norm", "seed", "width", "depth", "n_params", "score"}
+
+
+def test_preregister_writes_the_pick_and_its_tuned_rate_once(tmp_path, monkeypatch):
+    from ibnorm.lab import preregister as P
+    model = "gpt2-mini"
+    monkeypatch.setattr(R, "FAMILIES", {model: R.FAMILIES[model]})
+    root = tmp_path / "results"
+    grid = R.FAMILIES[model].lr_grid
+    losses = {"base": 1.30, "ib_power": 1.29, "ib_log": 1.31, "ib_tanh": 1.28}
+    for norm, loss in losses.items():
+        for lr, bump in zip(grid, (0.1, 0.0, 0.05)):  # the middle rate wins: interior
+            _write_result(root, R._tune_job(model, norm, lr), loss + bump)
+        for s in R.SEEDS:
+            _write_result(root, R.Job("main", R._config(model, norm, s, R.FAMILIES[model].steps, grid[1])), loss + 0.001 * s)
+            if norm != "base":
+                learn = f"{norm}:learnable_strength=1"
+                _write_result(root, R.Job("learnable", R._config(model, learn, s, R.FAMILIES[model].steps, grid[1])),
+                              loss - (0.03 if norm == "ib_log" else 0.0) + 0.001 * s)
+    assert P.missing(root) == [f"{model}: the tuning of `ib_log:learnable_strength=1`"]
+    with pytest.raises(ValueError, match="waits on"):
+        P.write(root)
+    for lr, loss in zip(grid, (1.4, 1.25, 1.3)):
+        _write_result(root, R._tune_job(model, "ib_log:learnable_strength=1", lr), loss)
+    path = P.write(root, "abc1234")
+    assert R.registered(root) == {model: {"norm": "ib_log:learnable_strength=1", "lr": grid[1]}}
+    text = path.read_text()
+    assert "at commit abc1234" in text and "Holm" in text and "TOST" in text and "Seeds 3-10" in text
+    with pytest.raises(ValueError, match="already holds a registration"):
+        P.write(root)

@@ -179,6 +179,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--runs-dir", default="runs/reproduction", help="checkpoints and weights (default: runs/reproduction)")
     p.set_defaults(fn=cmd_reproduce)
 
+    p = sub.add_parser("preregister", help="write results/confirmatory/PREREGISTRATION.md once the rule can pick "
+                       "every family's configuration (commit it alone, before any confirmatory run)")
+    p.add_argument("--results-dir", default="results", help="where the run files are (default: results)")
+    p.add_argument("--dry-run", action="store_true", help="print the registration instead of writing it")
+    p.set_defaults(fn=cmd_preregister)
+
     p = sub.add_parser("report", help="rebuild RESULTS.md, every runs.csv and the figures from the committed run files")
     p.add_argument("--results-dir", default="results", help="where the run files are (default: results)")
     p.add_argument("--page", default="RESULTS.md", help="the page to write (default: RESULTS.md)")
@@ -187,6 +193,24 @@ def build_parser() -> argparse.ArgumentParser:
     add_info_parser(sub)
     add_bench_parser(sub)
     return parser
+
+
+def cmd_preregister(args: argparse.Namespace) -> int:
+    import subprocess
+    from . import preregister as P
+    root = Path(args.results_dir)
+    if not root.is_dir():
+        raise FileNotFoundError(f"--results-dir: {root} is not a folder")
+    commit = subprocess.run(["git", "rev-parse", "--short=7", "HEAD"], capture_output=True, text=True).stdout.strip()
+    if args.dry_run:
+        wait = P.missing(root)
+        if wait:
+            raise ValueError("the registration waits on " + "; ".join(wait))
+        print(P.registration(root, commit)[0])
+        return 0
+    path = P.write(root, commit)
+    print(f"wrote {path}: commit it alone, now (git add {path} && git commit)", file=sys.stderr)
+    return 0
 
 
 def cmd_report(args: argparse.Namespace) -> int:
