@@ -10,6 +10,7 @@ from typing import Optional
 
 from .bench import add_bench_parser
 from .info.command import add_info_parser
+from .models import PRESETS
 from .records import command_line
 from .report import summarize
 from .reproduce import FAMILIES, STAGES
@@ -138,7 +139,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("train", help="train one model with one norm (resumes if killed)")
-    p.add_argument("--model", required=True, choices=ALL_MODELS, help="model preset")
+    p.add_argument("--model", required=True, choices=list(PRESETS), help="model preset: a mini one, or one at "
+                   "scale (gpt2-124m, gpt2-355m, llama-60m/130m/350m, vit-s16, resnet18, resnet50)")
     p.add_argument("--norm", default="base", help="base, ib_power, ib_log, ib_tanh, normalnorm, dyt, derf, a registry name; "
                    "options as NAME:key=value,... (default: base)")
     p.add_argument("--seed", type=int, default=0, help="seed of the initialization and the batches (default: 0)")
@@ -179,6 +181,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--runs-dir", default="runs/reproduction", help="checkpoints and weights (default: runs/reproduction)")
     p.set_defaults(fn=cmd_reproduce)
 
+    p = sub.add_parser("prepare-text", help="tokenize text files into train.bin/val.bin (uint16) and meta.json, "
+                       "nanoGPT's format, for `ibnorm train --data DIR`")
+    p.add_argument("source", help="a text file, or a folder whose *.txt files are read (sorted)")
+    p.add_argument("--out", required=True, help="the folder to write")
+    p.add_argument("--tokenizer", default="gpt2", help="gpt2 (BPE, offline) or byte (default: gpt2)")
+    p.add_argument("--val-fraction", type=float, default=0.1, help="the end of each file kept for validation "
+                   "(default: 0.1)")
+    p.add_argument("--workers", type=int, default=0, help="tokenizing processes (default: one per CPU)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(fn=cmd_prepare_text)
+
     p = sub.add_parser("preregister", help="write results/confirmatory/PREREGISTRATION.md once the rule can pick "
                        "every family's configuration (commit it alone, before any confirmatory run)")
     p.add_argument("--results-dir", default="results", help="where the run files are (default: results)")
@@ -193,6 +206,16 @@ def build_parser() -> argparse.ArgumentParser:
     add_info_parser(sub)
     add_bench_parser(sub)
     return parser
+
+
+def cmd_prepare_text(args: argparse.Namespace) -> int:
+    from .data.tokens import prepare_text
+    if args.workers < 0:
+        raise ValueError(f"--workers must be >= 0; got {args.workers}")
+    meta = prepare_text(args.source, args.out, args.tokenizer, args.val_fraction, args.workers, not args.no_progress)
+    print(f"wrote {args.out}/train.bin ({meta['train_tokens']:,} tokens), val.bin ({meta['val_tokens']:,}) and "
+          f"meta.json; train with: ibnorm train --model gpt2-124m --data {args.out}", file=sys.stderr)
+    return 0
 
 
 def cmd_preregister(args: argparse.Namespace) -> int:

@@ -31,12 +31,13 @@ class Preset:
     base_norm: str  # registry name of the family's own norm
     build: Callable[[dict], nn.Module]  # gets ``defaults`` updated with the caller's overrides
     defaults: dict
+    scale: bool = False  # a model at the paper's size (for GPUs and the user's own data), not a grid's mini model
 
 
 def _gpt2(o: dict) -> nn.Module:
     from transformers import GPT2Config, GPT2LMHeadModel
     cfg = GPT2Config(vocab_size=o["vocab_size"], n_positions=o["context"], n_embd=o["width"],
-                     n_layer=o["depth"], n_head=4, resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0,
+                     n_layer=o["depth"], n_head=o.get("heads", 4), resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0,
                      bos_token_id=None, eos_token_id=None)
     return GPT2LMHeadModel(cfg)
 
@@ -44,19 +45,23 @@ def _gpt2(o: dict) -> nn.Module:
 def _llama(o: dict) -> nn.Module:
     from transformers import LlamaConfig, LlamaForCausalLM
     w = o["width"]
-    cfg = LlamaConfig(vocab_size=o["vocab_size"], hidden_size=w, intermediate_size=int(w * 8 / 3 // 8 * 8),
-                      num_hidden_layers=o["depth"], num_attention_heads=4, num_key_value_heads=4,
-                      max_position_embeddings=o["context"], tie_word_embeddings=True, bos_token_id=None,
-                      eos_token_id=None)
+    # The mini preset's SwiGLU width follows its width; the GaLore/ReLoRA sizes give theirs (o["mlp"]).
+    mlp = o.get("mlp") or int(w * 8 / 3 // 8 * 8)
+    heads = o.get("heads", 4)
+    cfg = LlamaConfig(vocab_size=o["vocab_size"], hidden_size=w, intermediate_size=mlp,
+                      num_hidden_layers=o["depth"], num_attention_heads=heads, num_key_value_heads=heads,
+                      max_position_embeddings=o["context"], tie_word_embeddings=o.get("tied", True),
+                      bos_token_id=None, eos_token_id=None)
     return LlamaForCausalLM(cfg)
 
 
 def _vit(o: dict) -> nn.Module:
     from transformers import ViTConfig, ViTForImageClassification
     w = o["width"]
-    cfg = ViTConfig(image_size=28, patch_size=4, num_channels=1, hidden_size=w, num_hidden_layers=o["depth"],
-                    num_attention_heads=4, intermediate_size=2 * w, num_labels=10, hidden_dropout_prob=0.0,
-                    attention_probs_dropout_prob=0.0)
+    cfg = ViTConfig(image_size=o.get("image_size", 28), patch_size=o.get("patch", 4), num_channels=o.get("channels", 1),
+                    hidden_size=w, num_hidden_layers=o["depth"], num_attention_heads=o.get("heads", 4),
+                    intermediate_size=o.get("mlp") or 2 * w, num_labels=o.get("num_labels", 10),
+                    hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
     return ViTForImageClassification(cfg)
 
 
@@ -73,12 +78,49 @@ def _resnet(o: dict) -> nn.Module:
     return model
 
 
+def _resnet_imagenet(o: dict) -> nn.Module:
+    """torchvision's ResNet-18/50 layout from a transformers config: the ImageNet stem (7x7/2 conv, max-pool), four
+    stages; ``width`` is the stem's channels (64), the stages' widths follow it."""
+    from transformers import ResNetConfig, ResNetForImageClassification
+    if o.get("depth") is not None:
+        raise ValueError("depth is not an option of the ResNet presets; their stages are fixed ([2,2,2,2], [3,4,6,3])")
+    w, expand = o["width"], 4 if o["layer_type"] == "bottleneck" else 1
+    cfg = ResNetConfig(num_channels=o.get("channels", 3), embedding_size=w,
+                       hidden_sizes=[w * expand * 2 ** i for i in range(4)], depths=list(o["stages"]),
+                       layer_type=o["layer_type"], num_labels=o.get("num_labels", 1000),
+                       downsample_in_first_stage=False)
+    return ResNetForImageClassification(cfg)
+
+
 PRESETS: dict[str, Preset] = {
     "gpt2-mini": Preset("gpt2-mini", "gpt2", "lm", "layernorm", _gpt2, {"context": 128, "width": 128, "depth": 4}),
     "llama-mini": Preset("llama-mini", "llama", "lm", "rmsnorm", _llama, {"context": 128, "width": 128, "depth": 4}),
     "vit-mini": Preset("vit-mini", "vit", "vision", "layernorm", _vit, {"width": 64, "depth": 4}),
     "resnet-mini": Preset("resnet-mini", "resnet", "vision", "batchnorm2d", _resnet, {"width": 16}),
+    # The paper's sizes (for GPUs and the user's own data). GPT-2 small and medium as OpenAI released them;
+    # LLaMA-60M/130M/350M as GaLore and ReLoRA define them (untied embeddings, SwiGLU widths 1376/2048/2736);
+    # ViT-S/16 at 224x224; ResNet-18/50 with the ImageNet stem. The vocabulary and the classes follow the data.
+    "gpt2-124m": Preset("gpt2-124m", "gpt2", "lm", "layernorm", _gpt2,
+                        {"context": 1024, "width": 768, "depth": 12, "heads": 12}, scale=True),
+    "gpt2-355m": Preset("gpt2-355m", "gpt2", "lm", "layernorm", _gpt2,
+                        {"context": 1024, "width": 1024, "depth": 24, "heads": 16}, scale=True),
+    "llama-60m": Preset("llama-60m", "llama", "lm", "rmsnorm", _llama,
+                        {"context": 1024, "width": 512, "depth": 8, "heads": 8, "mlp": 1376, "tied": False}, scale=True),
+    "llama-130m": Preset("llama-130m", "llama", "lm", "rmsnorm", _llama,
+                         {"context": 1024, "width": 768, "depth": 12, "heads": 12, "mlp": 2048, "tied": False},
+                         scale=True),
+    "llama-350m": Preset("llama-350m", "llama", "lm", "rmsnorm", _llama,
+                         {"context": 1024, "width": 1024, "depth": 24, "heads": 16, "mlp": 2736, "tied": False},
+                         scale=True),
+    "vit-s16": Preset("vit-s16", "vit", "vision", "layernorm", _vit,
+                      {"width": 384, "depth": 12, "heads": 6, "mlp": 1536, "image_size": 224, "patch": 16,
+                       "channels": 3, "num_labels": 1000}, scale=True),
+    "resnet18": Preset("resnet18", "resnet", "vision", "batchnorm2d", _resnet_imagenet,
+                       {"width": 64, "stages": (2, 2, 2, 2), "layer_type": "basic", "channels": 3}, scale=True),
+    "resnet50": Preset("resnet50", "resnet", "vision", "batchnorm2d", _resnet_imagenet,
+                       {"width": 64, "stages": (3, 4, 6, 3), "layer_type": "bottleneck", "channels": 3}, scale=True),
 }
+MINI_PRESETS = [name for name, p in PRESETS.items() if not p.scale]  # the grids' and the reproduction's models
 
 _BASE_ALIASES = {"base", "layernorm", "rmsnorm", "batchnorm2d"}
 
@@ -141,13 +183,23 @@ def apply_norm(model: nn.Module, preset: Preset, norm: str) -> ConversionReport:
     return report
 
 
-def build_model(name: str, norm: str = "base", **overrides: Any) -> tuple[nn.Module, ConversionReport]:
-    """Build a preset (``vocab_size``/``context``/``width``/``depth`` overridable) and apply ``norm``."""
+def build_model(name: str, norm: str = "base", device: Any = None, **overrides: Any) -> tuple[nn.Module, ConversionReport]:
+    """Build a preset (``vocab_size``, ``context``, ``width``, ``depth``, ``heads``, ``image_size``, ``num_labels``
+    overridable; None leaves the preset's) and apply ``norm``. ``device="meta"`` allocates no weights: a preset at
+    scale is built, converted and counted without its memory."""
     preset = get_preset(name)
+    import torch
     import transformers
     transformers.logging.set_verbosity_error()  # config chatter about unused generation settings
-    opts = dict(preset.defaults, **overrides)
-    opts.setdefault("vocab_size", 256)
-    model = preset.build(opts)
+    opts = dict(preset.defaults, **{k: v for k, v in overrides.items() if v is not None})
+    opts.setdefault("vocab_size", 50257 if preset.scale else 256)  # GPT-2's vocabulary when the data names none
+    for key in ("width", "depth", "heads", "context", "image_size", "num_labels", "vocab_size"):
+        if isinstance(opts.get(key), int) and opts[key] <= 0:
+            raise ValueError(f"{key} must be > 0; got {opts[key]}")
+    if device is None:
+        model = preset.build(opts)
+    else:
+        with torch.device(device):
+            model = preset.build(opts)
     report = apply_norm(model, preset, norm)
     return model, report

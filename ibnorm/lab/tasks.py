@@ -74,10 +74,17 @@ class Task:
         """``cfg``: a resolved :class:`ibnorm.lab.train.TrainConfig` (model, dataset, batch and eval sizes, seed)."""
         self.cfg = cfg
         self.kind = task_kind(cfg.model)
+        if getattr(cfg, "data", "") and self.kind.name != "lm":
+            raise ValueError(f"data: image folders are not supported yet; {cfg.model} trains on --dataset "
+                             "fashion-mnist or mnist")
         if self.kind.name == "lm":
-            if cfg.dataset != "austen":
+            if getattr(cfg, "data", ""):
+                from .data.tokens import token_folder
+                self.text = token_folder(cfg.data, min_tokens=cfg.context + 2)
+            elif cfg.dataset != "austen":
                 raise ValueError(f"dataset must be 'austen' for language models; got {cfg.dataset!r}")
-            self.text = D.austen_data(cfg.tokenizer)
+            else:
+                self.text = D.austen_data(cfg.tokenizer)
             if cfg.holdout:
                 self.text = D.carve_holdout(self.text, cfg.holdout)
             self.vocab_size = self.text.vocab_size

@@ -67,10 +67,12 @@ class TrainConfig:
     init_from: str = ""  # start from this base-norm model.pt, then convert its norms (post-hoc conversion)
     recalibrate_bn: int = 0  # post-hoc: recompute batch-norm running statistics over this many training batches
     dataset: Optional[str] = None  # "austen" for LMs; "fashion-mnist" or "mnist" for vision
+    data: str = ""  # a folder of the user's own data: train.bin/val.bin tokens (`ibnorm prepare-text`); "" = dataset
     tokenizer: str = "byte"
     context: int = 128
     width: Optional[int] = None
     depth: Optional[int] = None
+    heads: Optional[int] = None  # attention heads (default: the preset's)
     sync_bn: bool = True  # under DDP: batch statistics over the global batch
     fsdp: bool = False  # under torchrun: shard parameters, gradients and optimizer state (FSDP2)
     info_every: int = 0  # record information-plane quantities every N steps (0 = off)
@@ -91,7 +93,7 @@ class TrainConfig:
                 raise ValueError(f"{name} (--{name.replace('_', '-')}) must be {rule}; got {getattr(out, name)!r}")
         for name in ("steps", "batch_size", "eval_every", "checkpoint_every", "curve_every", "context", "info_probe"):
             need(getattr(out, name) > 0, name, "> 0")
-        for name in ("width", "depth", "train_subset"):
+        for name in ("width", "depth", "heads", "train_subset"):
             need(getattr(out, name) is None or getattr(out, name) > 0, name, "> 0")
         need(out.eval_batches > 0 or task != "lm", "eval_batches", "> 0 for a language model")
         for name in ("warmup_steps", "eval_examples", "holdout", "info_every", "stop_after", "threads", "recalibrate_bn"):
@@ -136,8 +138,10 @@ FIELD_HELP = {
     "init_from": "start from this base-norm model.pt and convert its norms (post-hoc conversion)",
     "recalibrate_bn": "post-hoc: recompute batch-norm running statistics over N training batches after converting (0 = off)",
     "dataset": "austen (LMs); fashion-mnist or mnist (vision)", "tokenizer": "LMs: byte or gpt2",
+    "data": "a folder of your own data: train.bin and val.bin of uint16 token ids with an optional meta.json "
+            "(nanoGPT's format; `ibnorm prepare-text` writes it); it replaces --dataset",
     "context": "LMs: tokens per window", "width": "model width (default: the preset's)",
-    "depth": "model depth (default: the preset's)",
+    "depth": "model depth (default: the preset's)", "heads": "attention heads (default: the preset's)",
     "sync_bn": "under torchrun: batch statistics over the global batch",
     "fsdp": "under torchrun: shard the model with FSDP2 (fully_shard); checkpoints through torch.distributed.checkpoint",
     "info_every": "record information-plane quantities every N steps (0 = off)",
@@ -173,7 +177,7 @@ class Diverged(FloatingPointError):
 
 def model_overrides(cfg: TrainConfig, task: "Task") -> dict:
     """The :func:`ibnorm.models.build_model` arguments this run sets."""
-    overrides = {k: getattr(cfg, k) for k in ("width", "depth") if getattr(cfg, k) is not None}
+    overrides = {k: getattr(cfg, k) for k in ("width", "depth", "heads") if getattr(cfg, k) is not None}
     if task.vocab_size is not None:
         overrides.update(vocab_size=task.vocab_size, context=cfg.context)
     return overrides
@@ -287,7 +291,8 @@ def train(cfg: TrainConfig, out_dir: str | Path) -> dict:
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     # A wrong norm spec is reported before any data loads (built before seeding, so nothing else changes).
-    build_model(cfg.model, cfg.norm, **{k: getattr(cfg, k) for k in ("width", "depth") if getattr(cfg, k) is not None})
+    build_model(cfg.model, cfg.norm, device="meta",
+                **{k: getattr(cfg, k) for k in ("width", "depth", "heads") if getattr(cfg, k) is not None})
 
     dist = DistContext.from_env()
     if cfg.batch_size % dist.world_size:
