@@ -59,8 +59,37 @@ def _overrides(args: argparse.Namespace) -> dict:
     return {k: v for k, v in vars(args).items() if k in names and v is not None}
 
 
+def read_config_file(path: str) -> dict:
+    """A TOML file of TrainConfig fields (a recipe): every key must be a field, with a value of its type."""
+    import tomllib
+    try:
+        with open(path, "rb") as f:
+            fields = tomllib.load(f)
+    except OSError as e:
+        raise ValueError(f"--config: cannot read {path} ({e.strerror})") from None
+    except tomllib.TOMLDecodeError as e:
+        raise ValueError(f"--config: {path} is not valid TOML ({e})") from None
+    known = {f.name for f in dataclasses.fields(TrainConfig)}
+    bad = sorted(set(fields) - known)
+    if bad:
+        raise ValueError(f"--config: {path} sets {', '.join(bad)}, which are not TrainConfig fields "
+                         f"(see `ibnorm train --help`)")
+    return fields
+
+
 def cmd_train(args: argparse.Namespace) -> int:
-    cfg = TrainConfig(model=args.model, norm=args.norm, seed=args.seed, progress=not args.no_progress, **_overrides(args))
+    fields = read_config_file(args.config) if args.config else {}
+    for key in ("model", "norm", "seed"):  # a flag given on the command line wins over the file
+        if getattr(args, key) is not None:
+            fields[key] = getattr(args, key)
+    if "model" not in fields:
+        raise ValueError("--model is required (on the command line or in the --config file)")
+    if fields["model"] not in PRESETS:
+        raise ValueError(f"--model must be one of {', '.join(PRESETS)}; got {fields['model']!r}")
+    fields.setdefault("norm", "base")
+    fields.setdefault("seed", 0)
+    args.model, args.norm, args.seed = fields["model"], fields["norm"], fields["seed"]
+    cfg = TrainConfig(**{**fields, "progress": not args.no_progress, **_overrides(args)})
     out = Path(args.out or f"runs/train/{args.model}/{slug(args.norm)}/seed{args.seed}")
     finished = (out / "result.json").exists()
     result = train(cfg, out)
@@ -139,11 +168,12 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("train", help="train one model with one norm (resumes if killed)")
-    p.add_argument("--model", required=True, choices=list(PRESETS), help="model preset: a mini one, or one at "
-                   "scale (gpt2-124m, gpt2-355m, llama-60m/130m/350m, vit-s16, resnet18, resnet50)")
-    p.add_argument("--norm", default="base", help="base, ib_power, ib_log, ib_tanh, normalnorm, dyt, derf, a registry name; "
+    p.add_argument("--model", help="model preset: a mini one (gpt2-mini, llama-mini, vit-mini, resnet-mini) or one "
+                   "at scale (gpt2-124m, gpt2-355m, llama-60m/130m/350m, vit-s16, resnet18, resnet50)")
+    p.add_argument("--norm", help="base, ib_power, ib_log, ib_tanh, normalnorm, dyt, derf, a registry name; "
                    "options as NAME:key=value,... (default: base)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the initialization and the batches (default: 0)")
+    p.add_argument("--seed", type=int, help="seed of the initialization and the batches (default: 0)")
+    p.add_argument("--config", help="a TOML file of training settings (recipes/*.toml); flags override it")
     p.add_argument("--out", help="run directory (default: runs/train/MODEL/NORM/seedK)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     _add_train_args(p)

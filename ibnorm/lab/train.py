@@ -80,6 +80,11 @@ class TrainConfig:
     checkpoint_every: int = 25
     stop_after: int = 0  # stop with a checkpoint after this step, to continue later (0 = run to the end)
     threads: int = 0  # torch threads (0 = leave torch's default)
+    # For GPUs and the paper's sizes; each default computes what the reproduction's runs computed, bit for bit.
+    precision: str = "fp32"  # fp32, or bf16/fp16 autocast (fp16 with a gradient scaler)
+    compile: bool = False  # torch.compile the model
+    grad_accum: int = 1  # split each step's batch into N micro-batches: the same update, 1/N of the activations
+    optimizer: str = "adamw"  # adamw, or sgd (Nesterov momentum 0.9, the ResNet recipes')
     progress: bool = True
 
     def resolved(self) -> "TrainConfig":  # (FIELD_HELP below says what each field means)
@@ -103,6 +108,9 @@ class TrainConfig:
         need(math.isfinite(out.grad_clip) and out.grad_clip >= 0, "grad_clip", ">= 0 (0 = off)")
         need(0 <= out.min_lr_ratio <= 1, "min_lr_ratio", "in [0, 1]")
         need(0 <= out.beta2 < 1, "beta2", "in [0, 1)")
+        need(out.precision in ("fp32", "bf16", "fp16"), "precision", "fp32, bf16 or fp16")
+        need(out.optimizer in ("adamw", "sgd"), "optimizer", "adamw or sgd")
+        need(out.grad_accum >= 1, "grad_accum", ">= 1")
         if out.val_windows not in ("random", "tiled"):
             raise ValueError(f"val_windows must be 'random' or 'tiled'; got {out.val_windows!r}")
         if out.curve_every <= 0:
@@ -148,6 +156,9 @@ FIELD_HELP = {
     "info_probe": "probe examples for the information quantities",
     "checkpoint_every": "write a checkpoint every N steps", "stop_after": "stop with a checkpoint after this step (0 = run to the end)",
     "threads": "torch threads (0 = torch's default)",
+    "precision": "fp32, bf16 or fp16 (autocast; fp16 with a gradient scaler)",
+    "compile": "torch.compile the model", "grad_accum": "micro-batches per step: the same update, less memory",
+    "optimizer": "adamw or sgd (Nesterov momentum 0.9)",
 }
 
 
@@ -216,6 +227,21 @@ def load_canonical_state(model: nn.Module, state: dict) -> None:
     bad = [k for k in missing if not k.rsplit(".", 1)[-1] in ("running_mean_c", "running_var_c", "running_var_u")]
     if bad or unexpected:
         raise ValueError(f"checkpoint does not fit the model: missing {bad}, unexpected {unexpected}")
+
+
+def _accumulate(task: "Task", model: nn.Module, x: torch.Tensor, y: torch.Tensor, micro: int,
+                autocast: Optional[torch.dtype], scaler, device_type: str) -> torch.Tensor:
+    """One step's gradients over ``micro`` equal micro-batches of (x, y), each loss scaled by 1/micro so that the
+    sum is the whole batch's mean (batch norms see micro-batch statistics, as in any accumulation); returns the
+    whole batch's mean loss."""
+    total = torch.zeros((), device=x.device)
+    for xi, yi in zip(x.chunk(micro), y.chunk(micro)):
+        with torch.autocast(device_type, dtype=autocast, enabled=autocast is not None):
+            loss, _ = task.loss(model, xi, yi)
+        part = loss.float() / micro
+        (scaler.scale(part) if scaler is not None else part).backward()
+        total = total + part.detach()
+    return total
 
 
 @torch.no_grad()
@@ -317,8 +343,17 @@ def train(cfg: TrainConfig, out_dir: str | Path) -> dict:
     if cfg.fsdp and cfg.info_every:
         raise ValueError("info_every must be 0 with fsdp: the recorder runs the model on rank 0 alone")
     model = dist.prepare_model(model, sync_bn=cfg.sync_bn, fsdp=cfg.fsdp)
-    opt = torch.optim.AdamW(param_groups(model, cfg.weight_decay), lr=cfg.lr, betas=(0.9, cfg.beta2),
-                            fused=False, foreach=True)
+    if cfg.optimizer == "sgd":
+        opt = torch.optim.SGD(param_groups(model, cfg.weight_decay), lr=cfg.lr, momentum=0.9, nesterov=True)
+    else:
+        opt = torch.optim.AdamW(param_groups(model, cfg.weight_decay), lr=cfg.lr, betas=(0.9, cfg.beta2),
+                                fused=False, foreach=True)
+    if (cfg.batch_size // dist.world_size) % cfg.grad_accum:
+        raise ValueError(f"grad_accum (--grad-accum) must divide the per-process batch {cfg.batch_size // dist.world_size}; "
+                         f"got {cfg.grad_accum}")
+    autocast = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(cfg.precision)
+    scaler = torch.amp.GradScaler(dist.device.type) if cfg.precision == "fp16" else None
+    forward_model = torch.compile(model) if cfg.compile else model
 
     recorder, info_rows = None, []
     if cfg.info_every and dist.is_main:
@@ -370,12 +405,22 @@ def train(cfg: TrainConfig, out_dir: str | Path) -> dict:
         for group in opt.param_groups:
             group["lr"] = lr
         x, y = dist.shard(task.batch(step))
-        loss, _ = task.loss(model, x.to(dist.device), y.to(dist.device))
         opt.zero_grad(set_to_none=True)
-        loss.backward()
+        if cfg.grad_accum == 1 and autocast is None and not cfg.compile:  # the reproduction's path, unchanged
+            loss, _ = task.loss(model, x.to(dist.device), y.to(dist.device))
+            loss.backward()
+        else:
+            loss = _accumulate(task, forward_model, x.to(dist.device), y.to(dist.device), cfg.grad_accum, autocast,
+                               scaler, dist.device.type)
+        if scaler is not None:
+            scaler.unscale_(opt)
         if cfg.grad_clip > 0:
             nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-        opt.step()
+        if scaler is not None:
+            scaler.step(opt)
+            scaler.update()
+        else:
+            opt.step()
         loss_value = dist.mean(loss.item())
         if not math.isfinite(loss_value):
             raise Diverged(f"loss became {loss_value} at step {step} ({cfg.model}, {cfg.norm}, seed {cfg.seed})",
