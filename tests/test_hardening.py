@@ -221,7 +221,8 @@ def test_every_flag_has_help_and_shows_its_default():
     from ibnorm.lab.cli import build_parser
     top = build_parser()
     subparsers = next(a for a in top._actions if isinstance(a, argparse._SubParsersAction)).choices
-    assert set(subparsers) == {"train", "compare", "ablate", "info", "bench", "reproduce", "report"}
+    assert set(subparsers) == {"train", "compare", "ablate", "info", "bench", "reproduce", "report", "preregister",
+                               "prepare-text"}
     for name, p in subparsers.items():
         for action in p._actions:
             if isinstance(action, argparse._HelpAction):

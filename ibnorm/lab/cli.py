@@ -169,11 +169,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("train", help="train one model with one norm (resumes if killed)")
     p.add_argument("--model", help="model preset: a mini one (gpt2-mini, llama-mini, vit-mini, resnet-mini) or one "
-                   "at scale (gpt2-124m, gpt2-355m, llama-60m/130m/350m, vit-s16, resnet18, resnet50)")
+                   "at scale (gpt2-124m, gpt2-355m, llama-60m/130m/350m, vit-s16, resnet18, resnet50); required here or in "
+                   "--config (default: none)")
     p.add_argument("--norm", help="base, ib_power, ib_log, ib_tanh, normalnorm, dyt, derf, a registry name; "
                    "options as NAME:key=value,... (default: base)")
     p.add_argument("--seed", type=int, help="seed of the initialization and the batches (default: 0)")
-    p.add_argument("--config", help="a TOML file of training settings (recipes/*.toml); flags override it")
+    p.add_argument("--config", help="a TOML file of training settings (recipes/*.toml); flags override it "
+                   "(default: none)")
     p.add_argument("--out", help="run directory (default: runs/train/MODEL/NORM/seedK)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     _add_train_args(p)
