@@ -153,6 +153,7 @@ def test_ddp_two_processes_match_one_process_with_the_global_batch(tmp_path, nor
     assert one.returncode == 0, one.stderr[-3000:]
     h2, h1 = _history(tmp_path / "two"), _history(tmp_path / "one")
     assert json.loads((tmp_path / "two" / "result.json").read_text())["world_size"] == 2
+    assert two.stdout.count('"val_loss"') == 1 and two.stderr.count("run directory:") == 1  # printed once, by rank 0
     assert [h["step"] for h in h2] == [h["step"] for h in h1] == [2, 4, 6]
     for a, b in zip(h2, h1):
         for key in ("train_loss", "val_loss", "val_acc"):

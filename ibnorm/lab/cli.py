@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Optional
@@ -98,6 +99,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     if "stopped_at" in result:
         print(f"stopped after step {result['stopped_at']}; run the same command to continue ({result['checkpoint']})",
               file=sys.stderr)
+        return 0
+    if int(os.environ.get("RANK", "0")) != 0:  # under torchrun the final result is printed once, by rank 0
         return 0
     if args.info_every:
         print(f"information-plane records: {out / 'info.csv'}", file=sys.stderr)

@@ -229,6 +229,13 @@ def load_canonical_state(model: nn.Module, state: dict) -> None:
         raise ValueError(f"checkpoint does not fit the model: missing {bad}, unexpected {unexpected}")
 
 
+def throughput(task: "Task", cfg: TrainConfig, steps: int, seconds: float) -> dict:
+    """Training throughput of this process's part of the run (evaluation included): tokens or images per second."""
+    per_step = cfg.batch_size * (cfg.context if task.kind.name == "lm" else 1)
+    key = "tokens_per_s" if task.kind.name == "lm" else "images_per_s"
+    return {key: per_step * steps / seconds if seconds > 0 else None}
+
+
 def _accumulate(task: "Task", model: nn.Module, x: torch.Tensor, y: torch.Tensor, micro: int,
                 autocast: Optional[torch.dtype], scaler, device_type: str) -> torch.Tensor:
     """One step's gradients over ``micro`` equal micro-batches of (x, y), each loss scaled by 1/micro so that the
@@ -334,7 +341,7 @@ def train(cfg: TrainConfig, out_dir: str | Path) -> dict:
             recalibrate_batch_norms(model, task, cfg.recalibrate_bn)
     else:
         model, report = build_model(cfg.model, cfg.norm, **model_overrides(cfg, task))
-    if report.total:
+    if report.total and dist.device.type == "cpu":  # a CUDA rank never runs the C++ CPU kernel: no build there
         from ..kernels import cpu
         cpu.load()  # a first-use build of the C++ kernel must not count as training time
     # Checkpoints hold the single-process layout, so a run resumes under any world size.
@@ -468,6 +475,7 @@ def train(cfg: TrainConfig, out_dir: str | Path) -> dict:
               "learned_strength": learned_strengths(dist.unwrap(model), final_state),
               "wall_time_s": time.time() - t0, "cpu_time_s": cpu_time(),
               "session_wall_s": time.time() - session_wall, "session_cpu_s": time.process_time() - session_cpu,
+              **throughput(task, cfg, cfg.steps - start, time.time() - session_wall),
               "n_params": sum(p.numel() for p in model.parameters()),
               "norms": {"replaced": dict(report.replaced), "into": sorted({d for _, _, d in report.paths})},
               "world_size": dist.world_size, "resumed_from": resumed_from, "environment": provenance()}
