@@ -232,3 +232,24 @@ def test_fsdp_two_processes_match_one_process_and_resume_under_one(tmp_path):
                 assert a[key] == pytest.approx(b[key], rel=1e-4), (name, key, a, b)
     assert json.loads((tmp_path / "resumed" / "result.json").read_text())["resumed_from"] == [4]
     assert not (tmp_path / "resumed" / "ckpt.dcp").exists()  # a finished run keeps no checkpoint
+
+
+@needs_austen
+def test_sharded_evaluation_on_two_ranks_equals_one_process(tmp_path):
+    """Each rank scores every other evaluation batch (here of --eval-batch-size windows) and the sums are
+    all-reduced: the metrics of one process that scores them all, and the final result printed once."""
+    args = ["--model", "llama-mini", "--width", "16", "--depth", "1", "--context", "16", "--batch-size", "8",
+            "--steps", "2", "--eval-every", "2", "--eval-batches", "4", "--eval-batch-size", "3", "--warmup-steps", "1",
+            "--threads", "1", "--no-progress"]
+    two = _torchrun(2, [*args, "--out", str(tmp_path / "two")])
+    assert two.returncode == 0, two.stderr[-3000:]
+    assert two.stdout.count('"val_loss"') == 1
+    one = subprocess.run([sys.executable, "-m", "ibnorm.lab.cli", "train", *args, "--out", str(tmp_path / "one")],
+                         capture_output=True, text=True, timeout=300)
+    assert one.returncode == 0, one.stderr[-3000:]
+    plain = subprocess.run([sys.executable, "-m", "ibnorm.lab.cli", "train", *[a for a in args if a not in
+                            ("--eval-batch-size", "3")], "--out", str(tmp_path / "plain")],
+                           capture_output=True, text=True, timeout=300)
+    assert plain.returncode == 0, plain.stderr[-3000:]
+    v2, v1, v0 = (_history(tmp_path / n)[-1]["val_loss"] for n in ("two", "one", "plain"))
+    assert v2 == pytest.approx(v1, rel=1e-6) and v1 == pytest.approx(v0, rel=1e-6)  # the same windows, re-batched

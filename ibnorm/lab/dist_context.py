@@ -102,6 +102,14 @@ class DistContext:
         tdist.all_reduce(t)
         return float(t) / self.world_size
 
+    def sum(self, values: list[float]) -> list[float]:
+        """Each value summed over the ranks (float64)."""
+        if self.world_size == 1:
+            return list(values)
+        t = torch.tensor(values, dtype=torch.float64, device=self.device)
+        tdist.all_reduce(t)
+        return t.tolist()
+
     def gather_rng(self) -> list[Tensor]:
         state = torch.get_rng_state()
         if self.world_size == 1:

@@ -59,6 +59,7 @@ class TrainConfig:
     eval_every: int = 50
     eval_batches: Optional[int] = None  # LM: validation batches per evaluation
     eval_examples: int = 2000  # vision: fixed test subset size (0 = all 10k)
+    eval_batch_size: Optional[int] = None  # evaluation batch (None: LMs the training batch, vision 500)
     train_subset: Optional[int] = None  # vision: fixed train subset (None = all 60k)
     holdout: int = 0  # evaluate on this many training examples (vision) or tokens (LM) carved out of the training data
     val_windows: str = "random"  # LM validation windows: "random" (seeded) or "tiled" (consecutive, each token once)
@@ -98,7 +99,7 @@ class TrainConfig:
                 raise ValueError(f"{name} (--{name.replace('_', '-')}) must be {rule}; got {getattr(out, name)!r}")
         for name in ("steps", "batch_size", "eval_every", "checkpoint_every", "curve_every", "context", "info_probe"):
             need(getattr(out, name) > 0, name, "> 0")
-        for name in ("width", "depth", "heads", "train_subset"):
+        for name in ("width", "depth", "heads", "train_subset", "eval_batch_size"):
             need(getattr(out, name) is None or getattr(out, name) > 0, name, "> 0")
         need(out.eval_batches > 0 or task != "lm", "eval_batches", "> 0 for a language model")
         for name in ("warmup_steps", "eval_examples", "holdout", "info_every", "stop_after", "threads", "recalibrate_bn"):
@@ -138,6 +139,8 @@ FIELD_HELP = {
     "grad_clip": "clip the global gradient norm (0 = off)", "beta2": "AdamW beta2",
     "eval_every": "evaluate every N steps", "eval_batches": "LM: validation batches per evaluation",
     "eval_examples": "vision: fixed test subset size (0 = all 10k)",
+    "eval_batch_size": "evaluation batch, so that evaluation fits in memory at any training batch (none: LMs take the "
+                       "training batch, vision 500)",
     "train_subset": "vision: fixed training subset size (default: all 60k)",
     "holdout": "evaluate on this many training images (vision) or tokens (LM) held out of training, not on the test set",
     "val_windows": "LM validation windows: random (seeded) or tiled (consecutive, every token once)",
@@ -442,7 +445,7 @@ def train(cfg: TrainConfig, out_dir: str | Path) -> dict:
             bar.update(1)
             bar.set_postfix(loss=f"{loss_value:.4f}")
         if done % cfg.eval_every == 0 or done == cfg.steps:
-            metrics = task.evaluate(dist.unwrap(model), dist.device)
+            metrics = task.evaluate(dist.unwrap(model), dist.device, None if cfg.fsdp else dist)
             history.append({"step": done, "train_loss": acc[0] / acc[1], "lr": lr,
                             "elapsed": time.time() - t0, **metrics})
             acc = [0.0, 0]
