@@ -69,3 +69,13 @@ def test_the_defaults_still_compute_a_committed_reproduction_run():
         train(cfg, d)
         ckpt = torch.load(Path(d) / "ckpt.pt", weights_only=False)
     assert ckpt["curve"][0] == committed["curve"][0]
+
+
+@needs_austen
+def test_a_checkpoint_is_written_when_its_minutes_have_passed(tmp_path):
+    """checkpoint_minutes writes a checkpoint between the step-count ones (here: at step 10, of every 1000 steps)."""
+    cfg = TrainConfig(**{**LM, "steps": 30, "eval_every": 30}, checkpoint_every=1000, checkpoint_minutes=1e-9,
+                      stop_after=10)
+    assert train(cfg, tmp_path / "r") == {"stopped_at": 10, "checkpoint": str(tmp_path / "r" / "ckpt.pt")}
+    r = train(TrainConfig(**{**LM, "steps": 30, "eval_every": 30}, checkpoint_every=1000), tmp_path / "r")
+    assert r["resumed_from"] == [10]  # minutes are not part of what a run computes: it resumes with another value

@@ -40,7 +40,7 @@ TASK_DEFAULTS = {
 # Fields that do not change what a run computes: they may differ between a checkpoint and its resume.
 # init_from is a path on this machine: where the same parent weights lie may differ (reproduce records the parent).
 # threads is not among them: another thread count sums in another order, so a resume with it gives other numbers.
-_RUNTIME_FIELDS = {"checkpoint_every", "progress", "stop_after", "init_from"}
+_RUNTIME_FIELDS = {"checkpoint_every", "checkpoint_minutes", "progress", "stop_after", "init_from"}
 
 
 @dataclass
@@ -79,6 +79,7 @@ class TrainConfig:
     info_every: int = 0  # record information-plane quantities every N steps (0 = off)
     info_probe: int = 512
     checkpoint_every: int = 25
+    checkpoint_minutes: float = 0.0  # also write a checkpoint when this many minutes passed since the last (0 = off)
     stop_after: int = 0  # stop with a checkpoint after this step, to continue later (0 = run to the end)
     threads: int = 0  # torch threads (0 = leave torch's default)
     # For GPUs and the paper's sizes; each default computes what the reproduction's runs computed, bit for bit.
@@ -109,6 +110,7 @@ class TrainConfig:
         need(math.isfinite(out.grad_clip) and out.grad_clip >= 0, "grad_clip", ">= 0 (0 = off)")
         need(0 <= out.min_lr_ratio <= 1, "min_lr_ratio", "in [0, 1]")
         need(0 <= out.beta2 < 1, "beta2", "in [0, 1)")
+        need(math.isfinite(out.checkpoint_minutes) and out.checkpoint_minutes >= 0, "checkpoint_minutes", ">= 0")
         need(out.precision in ("fp32", "bf16", "fp16"), "precision", "fp32, bf16 or fp16")
         need(out.optimizer in ("adamw", "sgd"), "optimizer", "adamw or sgd")
         need(out.grad_accum >= 1, "grad_accum", ">= 1")
@@ -157,7 +159,9 @@ FIELD_HELP = {
     "fsdp": "under torchrun: shard the model with FSDP2 (fully_shard); checkpoints through torch.distributed.checkpoint",
     "info_every": "record information-plane quantities every N steps (0 = off)",
     "info_probe": "probe examples for the information quantities",
-    "checkpoint_every": "write a checkpoint every N steps", "stop_after": "stop with a checkpoint after this step (0 = run to the end)",
+    "checkpoint_every": "write a checkpoint every N steps",
+    "checkpoint_minutes": "also write one when this many minutes passed since the last, so that a killed long run "
+                          "loses little (0 = off)", "stop_after": "stop with a checkpoint after this step (0 = run to the end)",
     "threads": "torch threads (0 = torch's default)",
     "precision": "fp32, bf16 or fp16 (autocast; fp16 with a gradient scaler)",
     "compile": "torch.compile the model", "grad_accum": "micro-batches per step: the same update, less memory",
@@ -406,6 +410,7 @@ def train(cfg: TrainConfig, out_dir: str | Path) -> dict:
         bar = tqdm(total=cfg.steps, initial=start, desc=cfg.label, leave=False,
                    dynamic_ncols=True, file=sys.stderr)
     session_wall, session_cpu = time.time(), time.process_time()  # this process's own part of the run
+    last_checkpoint = session_wall
     t0 = time.time() - elapsed
     c0 = None if cpu_elapsed is None else time.process_time() - cpu_elapsed
     cpu_time = lambda: None if c0 is None else time.process_time() - c0  # noqa: E731
@@ -451,7 +456,11 @@ def train(cfg: TrainConfig, out_dir: str | Path) -> dict:
             acc = [0.0, 0]
         if recorder is not None and (done % cfg.info_every == 0 or done == cfg.steps):
             info_rows += recorder.record(done)
-        if done % cfg.checkpoint_every == 0 and done < cfg.steps:
+        # every checkpoint_every steps, or when checkpoint_minutes passed (looked at every 10 steps; the ranks agree)
+        due = (cfg.checkpoint_minutes > 0 and done % 10 == 0 and done < cfg.steps
+               and dist.mean(float(time.time() - last_checkpoint >= 60 * cfg.checkpoint_minutes)) > 0)
+        if (done % cfg.checkpoint_every == 0 or due) and done < cfg.steps:
+            last_checkpoint = time.time()
             rng = dist.gather_rng()
             if cfg.fsdp:  # every rank writes its shards; ckpt.pt then holds the rest
                 _save_sharded(model, opt, out_dir / "ckpt.dcp", dist)
