@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Optional
 
 import torch
 from torch import Tensor, nn
@@ -74,9 +74,6 @@ class Task:
         """``cfg``: a resolved :class:`ibnorm.lab.train.TrainConfig` (model, dataset, batch and eval sizes, seed)."""
         self.cfg = cfg
         self.kind = task_kind(cfg.model)
-        if getattr(cfg, "data", "") and self.kind.name != "lm":
-            raise ValueError(f"data: image folders are not supported yet; {cfg.model} trains on --dataset "
-                             "fashion-mnist or mnist")
         if self.kind.name == "lm":
             if getattr(cfg, "data", ""):
                 from .data.tokens import token_folder
@@ -97,6 +94,13 @@ class Task:
             if size:  # the same windows, in batches of eval_batch_size (memory), scored token-weighted
                 xs, ys = torch.cat([x for x, _ in self.val]), torch.cat([y for _, y in self.val])
                 self.val = list(zip(xs.split(size), ys.split(size)))
+        elif getattr(cfg, "data", ""):
+            from .data.images import ImageFolderData
+            if not get_preset(cfg.model).scale:
+                raise ValueError(f"data: image folders train the scale presets (vit-s16, resnet18, resnet50), whose "
+                                 f"inputs are RGB; {cfg.model} takes Fashion-MNIST's 28x28 grey images")
+            self.vision = ImageFolderData(cfg.data, self.image_size)
+            self.vocab_size = None
         else:
             self.vision = D.vision_data(cfg.dataset, cfg.train_subset, cfg.eval_examples or None, cfg.holdout)
             self.vocab_size = None
@@ -111,7 +115,18 @@ class Task:
         epoch, i = divmod(step, per_epoch)
         perm = torch.randperm(n, generator=torch.Generator().manual_seed(cfg.seed * 1_000_003 + epoch))
         idx = perm[i * cfg.batch_size:(i + 1) * cfg.batch_size]
+        if hasattr(self.vision.train_x, "augmented"):  # an image folder: decoded and augmented per (seed, step)
+            return self.vision.train_x.augmented(idx, cfg.seed * 1_000_003 + step), self.vision.train_y[idx]
         return self.vision.train_x[idx], self.vision.train_y[idx]
+
+    @property
+    def image_size(self) -> int:
+        return getattr(self.cfg, "image_size", None) or get_preset(self.cfg.model).defaults.get("image_size", 224)
+
+    @property
+    def classes(self) -> Optional[list]:
+        """The class names of an image folder (None for the built-in datasets and LMs)."""
+        return getattr(getattr(self, "vision", None), "classes", None)
 
     def loss(self, model: nn.Module, x: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
         return self.kind.loss(model, x, y)

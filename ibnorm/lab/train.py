@@ -74,6 +74,7 @@ class TrainConfig:
     width: Optional[int] = None
     depth: Optional[int] = None
     heads: Optional[int] = None  # attention heads (default: the preset's)
+    image_size: Optional[int] = None  # an image folder's crops (default: the preset's, 224 at scale)
     sync_bn: bool = True  # under DDP: batch statistics over the global batch
     fsdp: bool = False  # under torchrun: shard parameters, gradients and optimizer state (FSDP2)
     info_every: int = 0  # record information-plane quantities every N steps (0 = off)
@@ -100,7 +101,7 @@ class TrainConfig:
                 raise ValueError(f"{name} (--{name.replace('_', '-')}) must be {rule}; got {getattr(out, name)!r}")
         for name in ("steps", "batch_size", "eval_every", "checkpoint_every", "curve_every", "context", "info_probe"):
             need(getattr(out, name) > 0, name, "> 0")
-        for name in ("width", "depth", "heads", "train_subset", "eval_batch_size"):
+        for name in ("width", "depth", "heads", "train_subset", "eval_batch_size", "image_size"):
             need(getattr(out, name) is None or getattr(out, name) > 0, name, "> 0")
         need(out.eval_batches > 0 or task != "lm", "eval_batches", "> 0 for a language model")
         for name in ("warmup_steps", "eval_examples", "holdout", "info_every", "stop_after", "threads", "recalibrate_bn"):
@@ -155,6 +156,7 @@ FIELD_HELP = {
             "(nanoGPT's format; `ibnorm prepare-text` writes it); it replaces --dataset",
     "context": "LMs: tokens per window", "width": "model width (default: the preset's)",
     "depth": "model depth (default: the preset's)", "heads": "attention heads (default: the preset's)",
+    "image_size": "image folders: the side of the crops the model sees",
     "sync_bn": "under torchrun: batch statistics over the global batch",
     "fsdp": "under torchrun: shard the model with FSDP2 (fully_shard); checkpoints through torch.distributed.checkpoint",
     "info_every": "record information-plane quantities every N steps (0 = off)",
@@ -198,6 +200,8 @@ def model_overrides(cfg: TrainConfig, task: "Task") -> dict:
     overrides = {k: getattr(cfg, k) for k in ("width", "depth", "heads") if getattr(cfg, k) is not None}
     if task.vocab_size is not None:
         overrides.update(vocab_size=task.vocab_size, context=cfg.context)
+    if task.classes is not None:  # the head and the input follow the image folder
+        overrides.update(num_labels=len(task.classes), image_size=task.image_size)
     return overrides
 
 
@@ -490,7 +494,8 @@ def train(cfg: TrainConfig, out_dir: str | Path) -> dict:
               **throughput(task, cfg, cfg.steps - start, time.time() - session_wall),
               "n_params": sum(p.numel() for p in model.parameters()),
               "norms": {"replaced": dict(report.replaced), "into": sorted({d for _, _, d in report.paths})},
-              "world_size": dist.world_size, "resumed_from": resumed_from, "environment": provenance()}
+              "world_size": dist.world_size, "resumed_from": resumed_from, "environment": provenance(),
+              **({"classes": task.classes} if task.classes is not None else {})}
     if at_start is not None:
         result["at_start"] = at_start
     if dist.is_main:

@@ -1,0 +1,115 @@
+"""Images of the user's own, in the ImageNet layout: ``DIR/train/<class>/*`` and ``DIR/val/<class>/*`` (JPEG or PNG).
+
+The class names are the folder names (sorted), the same for both splits. Images are decoded with Pillow when a batch
+needs them, by a pool of threads (Pillow releases the GIL while it decodes), so that decoding keeps up with training.
+Training takes the standard augmentation, a random-resized crop (area 8-100%, aspect 3/4-4/3) and a horizontal flip,
+drawn from (seed, step) like every batch here; evaluation resizes the shorter side to ``image_size`` and crops the
+centre. Both normalize with ImageNet's channel mean and std.
+"""
+from __future__ import annotations
+
+import math
+import os
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Optional, Union
+
+import numpy as np
+import torch
+
+EXTENSIONS = {".jpg", ".jpeg", ".png"}
+MEAN = np.array([0.485, 0.456, 0.406], dtype=np.float32)
+STD = np.array([0.229, 0.224, 0.225], dtype=np.float32)
+
+
+def _split(folder: Path, split: str, classes: Optional[list[str]]) -> tuple[list[str], list[tuple[Path, int]]]:
+    root = folder / split
+    if not root.is_dir():
+        raise ValueError(f"data: {root} is missing (an image folder holds train/<class>/ and val/<class>/)")
+    names = sorted(d.name for d in root.iterdir() if d.is_dir())
+    if classes is None:
+        if len(names) < 2:
+            raise ValueError(f"data: {root} has {len(names)} class folder(s); classification needs at least 2")
+        classes = names
+    elif set(names) - set(classes):
+        raise ValueError(f"data: {root} has classes that train/ has not: {', '.join(sorted(set(names) - set(classes)))}")
+    items = [(p, classes.index(c)) for c in names for p in sorted((root / c).iterdir())
+             if p.suffix.lower() in EXTENSIONS]
+    if not items:
+        raise ValueError(f"data: {root} holds no JPEG or PNG image")
+    return classes, items
+
+
+def _open(path: Path):
+    from PIL import Image
+    try:
+        with Image.open(path) as im:
+            return im.convert("RGB")
+    except Exception as e:  # a truncated or foreign file: name it, in one line
+        raise ValueError(f"data: cannot read the image {path} ({type(e).__name__})") from None
+
+
+def _to_tensor(im, size: int) -> np.ndarray:
+    a = (np.asarray(im.resize((size, size), resample=2), dtype=np.float32) / 255.0 - MEAN) / STD  # 2: bilinear
+    return a.transpose(2, 0, 1)
+
+
+def center(path: Path, size: int) -> np.ndarray:
+    im = _open(path)
+    w, h = im.size
+    scale = size / min(w, h)
+    im = im.resize((max(size, round(w * scale)), max(size, round(h * scale))), resample=2)
+    w, h = im.size
+    left, top = (w - size) // 2, (h - size) // 2
+    return _to_tensor(im.crop((left, top, left + size, top + size)), size)
+
+
+def augmented(path: Path, size: int, rng: np.random.Generator) -> np.ndarray:
+    im = _open(path)
+    w, h = im.size
+    for _ in range(10):  # the random-resized crop; after 10 misses, the whole image
+        area = w * h * rng.uniform(0.08, 1.0)
+        ratio = math.exp(rng.uniform(math.log(3 / 4), math.log(4 / 3)))
+        cw, ch = round(math.sqrt(area * ratio)), round(math.sqrt(area / ratio))
+        if 0 < cw <= w and 0 < ch <= h:
+            left, top = int(rng.integers(0, w - cw + 1)), int(rng.integers(0, h - ch + 1))
+            im = im.crop((left, top, left + cw, top + ch))
+            break
+    a = _to_tensor(im, size)
+    return a[:, :, ::-1].copy() if rng.random() < 0.5 else a
+
+
+class LazyImages:
+    """Images decoded when indexed: ``images[slice or index tensor]`` is a float tensor ``[B, 3, size, size]``."""
+
+    def __init__(self, items: list[tuple[Path, int]], size: int, pool: ThreadPoolExecutor):
+        self.paths, self.size, self.pool = [p for p, _ in items], size, pool
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, idx: Union[slice, torch.Tensor]) -> torch.Tensor:
+        picks = range(len(self.paths))[idx] if isinstance(idx, slice) else idx.tolist()
+        return torch.from_numpy(np.stack(list(self.pool.map(lambda i: center(self.paths[i], self.size), picks))))
+
+    def augmented(self, idx: torch.Tensor, seed: int) -> torch.Tensor:
+        picks = idx.tolist()
+        rngs = [np.random.default_rng([seed, k]) for k in range(len(picks))]
+        return torch.from_numpy(np.stack(list(self.pool.map(
+            lambda a: augmented(self.paths[a[0]], self.size, a[1]), zip(picks, rngs)))))
+
+
+class ImageFolderData:
+    """``train_x``/``test_x`` (lazy images), ``train_y``/``test_y`` (labels) and ``classes``, like VisionData."""
+
+    def __init__(self, folder: Union[str, Path], image_size: int, workers: int = 0):
+        folder = Path(folder)
+        if not folder.is_dir():
+            raise ValueError(f"data: {folder} is not a folder (it must hold train/ and val/ image folders, or "
+                             "train.bin and val.bin tokens)")
+        self.classes, train = _split(folder, "train", None)
+        _, val = _split(folder, "val", self.classes)
+        pool = ThreadPoolExecutor(workers or min(8, os.cpu_count() or 1))
+        self.train_x, self.test_x = LazyImages(train, image_size, pool), LazyImages(val, image_size, pool)
+        self.train_y = torch.tensor([c for _, c in train])
+        self.test_y = torch.tensor([c for _, c in val])

@@ -1,0 +1,59 @@
+"""Image folders of the user's own (ImageNet layout): a scale preset trains on them, the classes come from the folder
+names, and bad data is named in one line."""
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from ibnorm.lab.cli import main
+
+
+def _folder(root, classes=("cat", "dog"), per=6, size=(40, 30)):
+    from PIL import Image
+    rng = np.random.default_rng(0)
+    for split in ("train", "val"):
+        for c in classes:
+            (root / split / c).mkdir(parents=True, exist_ok=True)
+            for i in range(per):
+                a = (rng.random((size[1], size[0], 3)) * 255).astype(np.uint8)
+                Image.fromarray(a).save(root / split / c / f"{i}.{'png' if i % 2 else 'jpg'}")
+    return root
+
+
+ARGS = ["train", "--model", "vit-s16", "--width", "16", "--depth", "1", "--heads", "2", "--image-size", "32",
+        "--steps", "2", "--batch-size", "4", "--eval-every", "2", "--warmup-steps", "1", "--no-progress"]
+
+
+def test_a_scale_preset_trains_on_an_image_folder(tmp_path):
+    data = _folder(tmp_path / "imgs", classes=("ant", "bee", "cow"))
+    assert main([*ARGS, "--data", str(data), "--out", str(tmp_path / "run")]) == 0
+    result = json.loads((tmp_path / "run" / "result.json").read_text())
+    assert result["classes"] == ["ant", "bee", "cow"] and 0 <= result["final"]["val_acc"] <= 1
+    model = torch.load(tmp_path / "run" / "model.pt")
+    assert model["classifier.weight"].shape[0] == 3  # the head follows the data
+
+
+def test_augmentation_is_a_function_of_seed_and_step(tmp_path):
+    from ibnorm.lab.data.images import ImageFolderData
+    data = ImageFolderData(_folder(tmp_path / "imgs"), 24)
+    idx = torch.tensor([0, 3, 5])
+    a, b, c = data.train_x.augmented(idx, 7), data.train_x.augmented(idx, 7), data.train_x.augmented(idx, 8)
+    assert a.shape == (3, 3, 24, 24) and torch.equal(a, b) and not torch.equal(a, c)
+    assert data.test_x[0:2].shape == (2, 3, 24, 24)
+
+
+@pytest.mark.parametrize("case, words", [("one_class", "at least 2"), ("broken", "cannot read the image"),
+                                         ("no_val", "val is missing")])
+def test_bad_image_folders_are_one_line(tmp_path, capsys, case, words):
+    data = _folder(tmp_path / "imgs", classes=("only",) if case == "one_class" else ("a", "b"))
+    if case == "broken":
+        (data / "train" / "a" / "0.jpg").write_bytes(b"not an image")
+    if case == "no_val":
+        import shutil
+        shutil.rmtree(data / "val")
+    assert main([*ARGS, "--data", str(data), "--out", str(tmp_path / "run")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert words in err and "\n" not in err, err
+    if case == "broken":
+        assert "0.jpg" in err  # the line names the file
