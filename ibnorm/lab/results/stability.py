@@ -36,7 +36,9 @@ def stability_section(runs: list[dict]) -> tuple[list[str], dict]:
              f"and seed {R.TUNE_SEED}, until a run diverges (a non-finite loss, or a training loss at the end above its "
              f"start) or {R.LR_MAX:g} is reached. A test that can fail: a norm that breaks at a lower rate than the base "
              "norm shows here. Each cell: the validation score, or where the run diverged; the largest loss rise in "
-             "brackets.", ""]
+             "brackets. With gradient clipping at 1.0 and a warmup, a run can end below its starting loss while its "
+             "score collapses (read the scores near the top of each ladder): the rule, fixed before the runs, counts "
+             "that run as stable.", ""]
     table = ladders(runs)
     stable = {k: largest_stable(v) for k, v in table.items()}
     if not table:
