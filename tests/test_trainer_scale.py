@@ -79,3 +79,20 @@ def test_a_checkpoint_is_written_when_its_minutes_have_passed(tmp_path):
     assert train(cfg, tmp_path / "r") == {"stopped_at": 10, "checkpoint": str(tmp_path / "r" / "ckpt.pt")}
     r = train(TrainConfig(**{**LM, "steps": 30, "eval_every": 30}, checkpoint_every=1000), tmp_path / "r")
     assert r["resumed_from"] == [10]  # minutes are not part of what a run computes: it resumes with another value
+
+
+def test_mfu_uses_the_peak_of_the_device_or_the_flag():
+    from types import SimpleNamespace
+    from ibnorm.lab.train import throughput
+    task = SimpleNamespace(kind=SimpleNamespace(name="lm"))
+    cfg = TrainConfig(model="gpt2-124m", batch_size=8, context=1024, peak_tflops=100.0).resolved()
+    out = throughput(task, cfg, steps=10, seconds=2.0, n_params=1_000_000, device=torch.device("cpu"))
+    assert out["tokens_per_s"] == 8 * 1024 * 10 / 2.0
+    assert out["mfu"] == pytest.approx(6 * 1_000_000 * out["tokens_per_s"] / 100e12)
+    assert "mfu" not in throughput(task, TrainConfig(model="gpt2-124m").resolved(), 10, 2.0, 1, torch.device("cpu"))
+
+
+def test_device_flag_is_checked(capsys):
+    from ibnorm.lab.cli import main
+    assert main(["train", "--model", "llama-mini", "--device", "tpu", "--steps", "1"]) == 2
+    assert "device (--device) must be auto, cpu or cuda" in capsys.readouterr().err

@@ -26,11 +26,15 @@ def dist_timeout() -> datetime.timedelta:
     return datetime.timedelta(seconds=config.settings.dist_timeout_s)
 
 
-def use_cuda() -> bool:
-    """Whether this process trains on CUDA (``IBNORM_DEVICE``; ``auto``: when CUDA is available)."""
-    want = config.settings.device
+def use_cuda(device: str = "") -> bool:
+    """Whether this process trains on CUDA: ``device`` (the --device flag) or else ``IBNORM_DEVICE``; ``auto``: when
+    CUDA is available."""
+    want = device or config.settings.device
+    if want not in ("auto", "cpu", "cuda"):
+        raise ValueError(f"device (--device) must be auto, cpu or cuda; got {want!r}")
     if want == "cuda" and not torch.cuda.is_available():
-        raise ValueError("IBNORM_DEVICE=cuda, but torch sees no CUDA device; use IBNORM_DEVICE=cpu or auto")
+        raise ValueError("device cuda was asked for (--device or IBNORM_DEVICE), but torch sees no CUDA device; use "
+                         "cpu or auto")
     return want == "cuda" or (want == "auto" and torch.cuda.is_available())
 
 
@@ -44,9 +48,9 @@ class DistContext:
     device: torch.device = torch.device("cpu")
 
     @classmethod
-    def from_env(cls) -> "DistContext":
+    def from_env(cls, device: str = "") -> "DistContext":
         world = int(os.environ.get("WORLD_SIZE", "1"))
-        cuda = use_cuda()
+        cuda = use_cuda(device)
         if world <= 1:
             return cls(device=torch.device("cuda" if cuda else "cpu"))
         local = int(os.environ.get("LOCAL_RANK", "0"))

@@ -40,7 +40,7 @@ TASK_DEFAULTS = {
 # Fields that do not change what a run computes: they may differ between a checkpoint and its resume.
 # init_from is a path on this machine: where the same parent weights lie may differ (reproduce records the parent).
 # threads is not among them: another thread count sums in another order, so a resume with it gives other numbers.
-_RUNTIME_FIELDS = {"checkpoint_every", "checkpoint_minutes", "progress", "stop_after", "init_from"}
+_RUNTIME_FIELDS = {"checkpoint_every", "checkpoint_minutes", "progress", "stop_after", "init_from", "peak_tflops"}
 
 
 @dataclass
@@ -88,6 +88,8 @@ class TrainConfig:
     compile: bool = False  # torch.compile the model
     grad_accum: int = 1  # split each step's batch into N micro-batches: the same update, 1/N of the activations
     optimizer: str = "adamw"  # adamw, or sgd (Nesterov momentum 0.9, the ResNet recipes')
+    device: str = ""  # auto, cpu or cuda ("" = IBNORM_DEVICE, default auto: CUDA when available)
+    peak_tflops: float = 0.0  # the device's peak for MFU (0 = from the table of known GPUs)
     progress: bool = True
 
     def resolved(self) -> "TrainConfig":  # (FIELD_HELP below says what each field means)
@@ -168,6 +170,8 @@ FIELD_HELP = {
     "precision": "fp32, bf16 or fp16 (autocast; fp16 with a gradient scaler)",
     "compile": "torch.compile the model", "grad_accum": "micro-batches per step: the same update, less memory",
     "optimizer": "adamw or sgd (Nesterov momentum 0.9)",
+    "device": "auto, cpu or cuda (empty: IBNORM_DEVICE, whose default auto takes CUDA when available)",
+    "peak_tflops": "the device's peak bf16 TFLOP/s for MFU (0: from the table of known GPUs)",
 }
 
 
@@ -240,11 +244,32 @@ def load_canonical_state(model: nn.Module, state: dict) -> None:
         raise ValueError(f"checkpoint does not fit the model: missing {bad}, unexpected {unexpected}")
 
 
-def throughput(task: "Task", cfg: TrainConfig, steps: int, seconds: float) -> dict:
-    """Training throughput of this process's part of the run (evaluation included): tokens or images per second."""
+# Dense bf16 peak TFLOP/s of known GPUs (vendor data sheets; SXM parts), for MFU; --peak-tflops overrides it.
+PEAK_TFLOPS = {"H200": 989.0, "H100": 989.0, "A100": 312.0, "L40S": 362.0, "L4": 121.0, "A10G": 70.0, "V100": 125.0}
+
+
+def peak_tflops(device: torch.device, override: float = 0.0) -> Optional[float]:
+    if override:
+        return override
+    if device.type != "cuda":
+        return None
+    name = torch.cuda.get_device_name(device)
+    return next((v for k, v in PEAK_TFLOPS.items() if k in name), None)
+
+
+def throughput(task: "Task", cfg: TrainConfig, steps: int, seconds: float, n_params: int = 0,
+               device: Optional[torch.device] = None) -> dict:
+    """Training throughput of this process's part of the run (evaluation included): tokens or images per second;
+    for LMs on a known GPU (or with --peak-tflops) also MFU, as 6 x parameters x tokens/s over the peak (the
+    attention's own FLOPs left out, as nanoGPT's estimate does not)."""
     per_step = cfg.batch_size * (cfg.context if task.kind.name == "lm" else 1)
     key = "tokens_per_s" if task.kind.name == "lm" else "images_per_s"
-    return {key: per_step * steps / seconds if seconds > 0 else None}
+    rate = per_step * steps / seconds if seconds > 0 else None
+    out = {key: rate}
+    peak = peak_tflops(device, cfg.peak_tflops) if device is not None else None
+    if rate and peak and task.kind.name == "lm":
+        out["mfu"] = 6 * n_params * rate / (peak * 1e12)
+    return out
 
 
 def _accumulate(task: "Task", model: nn.Module, x: torch.Tensor, y: torch.Tensor, micro: int,
@@ -338,7 +363,7 @@ def train(cfg: TrainConfig, out_dir: str | Path) -> dict:
     build_model(cfg.model, cfg.norm, device="meta",
                 **{k: getattr(cfg, k) for k in ("width", "depth", "heads") if getattr(cfg, k) is not None})
 
-    dist = DistContext.from_env()
+    dist = DistContext.from_env(cfg.device)
     if cfg.batch_size % dist.world_size:
         raise ValueError(f"batch_size (global) must be divisible by the world size {dist.world_size}; got {cfg.batch_size}")
     torch.manual_seed(cfg.seed)
@@ -491,7 +516,8 @@ def train(cfg: TrainConfig, out_dir: str | Path) -> dict:
               "learned_strength": learned_strengths(dist.unwrap(model), final_state),
               "wall_time_s": time.time() - t0, "cpu_time_s": cpu_time(),
               "session_wall_s": time.time() - session_wall, "session_cpu_s": time.process_time() - session_cpu,
-              **throughput(task, cfg, cfg.steps - start, time.time() - session_wall),
+              **throughput(task, cfg, cfg.steps - start, time.time() - session_wall,
+                           sum(p.numel() for p in model.parameters()), dist.device),
               "n_params": sum(p.numel() for p in model.parameters()),
               "norms": {"replaced": dict(report.replaced), "into": sorted({d for _, _, d in report.paths})},
               "world_size": dist.world_size, "resumed_from": resumed_from, "environment": provenance(),
