@@ -6,6 +6,7 @@
 | ``IBNORM_CPU_EXT``    | ``1`` (default), ``0``                     | ``0``: never build or use the C++ CPU kernel          |
 | ``IBNORM_DEVICE``     | ``auto`` (default), ``cpu``, ``cuda``      | the lab trainer's device (``auto``: CUDA if present)  |
 | ``IBNORM_DIST_TIMEOUT`` | seconds, default 120                     | bound on the lab trainer's collectives and rendezvous |
+| ``IBNORM_WRITE_TIMEOUT`` | seconds, default 3600                   | bound on the wait behind rank 0 writing a checkpoint  |
 | ``IBNORM_DATA_DIR``   | a folder                                  | where the lab looks for unpacked Debian data first    |
 
 A program that changes one of them after import calls :func:`reload`. Layers resolve their ``impl``
@@ -30,6 +31,7 @@ class Settings:
     cpu_ext: bool = True
     device: str = "auto"
     dist_timeout_s: float = 120.0
+    write_timeout_s: float = 3600.0
     data_dir: Optional[str] = None
 
 
@@ -41,15 +43,17 @@ def _choice(name: str, value: str, allowed: tuple) -> str:
 
 def from_env() -> Settings:
     env = os.environ
-    try:
-        timeout = float(env.get("IBNORM_DIST_TIMEOUT", "120"))
-    except ValueError:
-        raise ValueError(f"environment variable IBNORM_DIST_TIMEOUT must be a number of seconds; "
-                         f"got {env['IBNORM_DIST_TIMEOUT']!r}") from None
+    def seconds(name: str, default: str) -> float:
+        try:
+            return float(env.get(name, default))
+        except ValueError:
+            raise ValueError(f"environment variable {name} must be a number of seconds; got {env[name]!r}") from None
+    timeout = seconds("IBNORM_DIST_TIMEOUT", "120")
     return Settings(impl=_choice("IBNORM_IMPL", env.get("IBNORM_IMPL", "auto"), IMPLS),
                     cpu_ext=_choice("IBNORM_CPU_EXT", env.get("IBNORM_CPU_EXT", "1"), ("0", "1")) == "1",
                     device=_choice("IBNORM_DEVICE", env.get("IBNORM_DEVICE", "auto"), DEVICES),
-                    dist_timeout_s=timeout, data_dir=env.get("IBNORM_DATA_DIR") or None)
+                    dist_timeout_s=timeout, write_timeout_s=seconds("IBNORM_WRITE_TIMEOUT", "3600"),
+                    data_dir=env.get("IBNORM_DATA_DIR") or None)
 
 
 settings: Settings = from_env()

@@ -96,3 +96,14 @@ def test_device_flag_is_checked(capsys):
     from ibnorm.lab.cli import main
     assert main(["train", "--model", "llama-mini", "--device", "tpu", "--steps", "1"]) == 2
     assert "device (--device) must be auto, cpu or cuda" in capsys.readouterr().err
+
+
+def test_the_write_barrier_has_its_own_timeout(monkeypatch):
+    from ibnorm import config
+    monkeypatch.setenv("IBNORM_WRITE_TIMEOUT", "7200")
+    assert config.reload().write_timeout_s == 7200.0
+    monkeypatch.setenv("IBNORM_WRITE_TIMEOUT", "an hour")
+    with pytest.raises(ValueError, match="IBNORM_WRITE_TIMEOUT must be a number of seconds"):
+        config.reload()
+    monkeypatch.delenv("IBNORM_WRITE_TIMEOUT")
+    assert config.reload().write_timeout_s == 3600.0

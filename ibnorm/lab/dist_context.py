@@ -122,6 +122,15 @@ class DistContext:
         tdist.all_gather_object(out, state)
         return out
 
-    def barrier(self) -> None:
-        if self.world_size > 1:
+    def barrier(self, writing: bool = False) -> None:
+        """Wait for every rank. ``writing``: behind rank 0 writing a checkpoint or the final weights, which for a large
+        model outlasts IBNORM_DIST_TIMEOUT; that wait has its own group with a bound of an hour
+        (``IBNORM_WRITE_TIMEOUT``, seconds), so that a slow disk is not taken for a missing rank."""
+        if self.world_size == 1:
+            return
+        if not writing:
             tdist.barrier()
+            return
+        if getattr(self, "_write_group", None) is None:  # every rank reaches its first write barrier together
+            self._write_group = tdist.new_group(timeout=datetime.timedelta(seconds=config.settings.write_timeout_s))
+        tdist.barrier(group=self._write_group)

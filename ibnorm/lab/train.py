@@ -502,7 +502,7 @@ def train(cfg: TrainConfig, out_dir: str | Path) -> dict:
                                    "curve": curve, "curve_bucket": bucket, "at_start": at_start,
                                    "torch_threads": torch.get_num_threads(),
                                    "config": dataclasses.asdict(cfg)}, ckpt_path)
-            dist.barrier()
+            dist.barrier(writing=True)
             if cfg.stop_after and done >= cfg.stop_after:
                 if bar is not None:
                     bar.close()
@@ -533,7 +533,7 @@ def train(cfg: TrainConfig, out_dir: str | Path) -> dict:
         if ckpt_path.exists():
             ckpt_path.unlink()
         shutil.rmtree(out_dir / "ckpt.dcp", ignore_errors=True)
-    dist.barrier()
+    dist.barrier(writing=True)
     return result
 
 
