@@ -3,7 +3,7 @@
 # A sweep may keep writing while this runs: the report is rebuilt until no new run file landed meanwhile.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-AREAS="results/reproduction results/generalization results/ablations results/info results/confirmatory"
+AREAS="results/reproduction results/generalization results/ablations results/info results/confirmatory results/scale"
 list() { for a in $AREAS; do [ -d "$a/runs" ] && find "$a/runs" -name '*.json'; done 2>/dev/null | sort || true; }
 for attempt in 1 2 3 4 5; do
   before=$(list)
