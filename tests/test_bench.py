@@ -46,3 +46,25 @@ def test_bench_measures_ratios_memory_and_writes_its_report():
         assert float(floor[5].rstrip("x")) == pytest.approx(ident + s_power, abs=0.011)  # floor = identity + s(u)
         assert kernel_power == pytest.approx(res["rows"]["7x48 float32"]["IB-power fast"]["fwdbwd_ratio"], abs=0.005)
     assert "| model | base ms/step | power | log | tanh | dyt | normalnorm |" in md and "| vit-mini |" in md
+
+
+def test_the_scale_benchmark_runs_and_writes_its_table(tmp_path):
+    """benchmarks/scale_cpu.py (a smoke run on one preset): the step ratios and the data path's speeds are written."""
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+    repo = Path(__file__).resolve().parents[1]
+    out = subprocess.run([sys.executable, str(repo / "benchmarks" / "scale_cpu.py"), "--presets", "resnet18",
+                          "--rounds", "1", "--out", str(tmp_path)], capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-2000:]
+    res = json.loads((tmp_path / "scale_cpu.json").read_text())
+    assert set(res["steps"]["resnet18"]) == {"ib_tanh", "ib_log", "ib_power"}
+    assert res["data"]["tokens_per_s"] > 0 and res["data"]["images_per_s"] > 0
+    # headroom = images/s loaded over images/s one base step consumes (batch 2 / its time)
+    step_rate = 2 / (res["steps"]["resnet18"]["ib_tanh"]["base_ms"] / 1e3)
+    assert res["data"]["vision_headroom"] == pytest.approx(res["data"]["images_per_s"] / step_rate)
+    assert "lm_headroom" not in res["data"]  # no LM preset ran
+    assert res["environment"]["kernel"] != "none loaded (no IBNorm layer ran)"
+    md = (tmp_path / "scale_cpu.md").read_text()
+    assert "| resnet18 |" in md and "| 1.25x |" in md and "bar 20x" in md
