@@ -57,3 +57,35 @@ def test_bad_image_folders_are_one_line(tmp_path, capsys, case, words):
     assert words in err and "\n" not in err, err
     if case == "broken":
         assert "0.jpg" in err  # the line names the file
+
+
+def _task(tmp_path, **over):
+    from ibnorm.lab.tasks import Task
+    from ibnorm.lab.train import TrainConfig
+    cfg = TrainConfig(model="vit-s16", data=str(_folder(tmp_path / "imgs")), image_size=24, batch_size=4, **over)
+    return Task(cfg.resolved())
+
+
+def test_the_dataloader_workers_decode_the_same_batches_in_step_order(tmp_path):
+    """Training batches decoded by DataLoader worker processes, from any starting step (a resume), are the tensors
+    the training process would decode itself; a rank's shard is its slice of the global batch, pixel for pixel."""
+    task = _task(tmp_path)
+    own = [task.batch(step) for step in range(2, 7)]
+    loaded = list(task.batches(2, 7, workers=2))
+    assert len(loaded) == 5
+    for (x, y), (lx, ly) in zip(own, loaded):
+        assert torch.equal(x, lx) and torch.equal(y, ly)
+    for rank in (0, 1):
+        (x, y), (sx, sy) = task.batch(3), next(task.batches(3, 4, shard=(rank, 2), workers=1))
+        assert torch.equal(sx, x[rank * 2:(rank + 1) * 2]) and torch.equal(sy, y[rank * 2:(rank + 1) * 2])
+
+
+def test_a_run_is_the_same_with_or_without_dataloader_workers(tmp_path):
+    data = _folder(tmp_path / "imgs")
+    results = []
+    for workers in ("0", "2"):
+        assert main([*ARGS, "--steps", "3", "--data", str(data), "--workers", workers, "--out", str(tmp_path / workers)]) == 0
+        results.append(json.loads((tmp_path / workers / "result.json").read_text()))
+    timing = {"elapsed", "cpu_elapsed", "images_per_s", "tokens_per_s"}
+    final = [{k: v for k, v in r["final"].items() if k not in timing} for r in results]
+    assert final[0] == final[1] and "val_acc" in final[0] and results[0]["curve"] == results[1]["curve"]

@@ -107,3 +107,14 @@ def test_the_write_barrier_has_its_own_timeout(monkeypatch):
         config.reload()
     monkeypatch.delenv("IBNORM_WRITE_TIMEOUT")
     assert config.reload().write_timeout_s == 3600.0
+
+
+@needs_austen
+def test_the_progress_bar_shows_throughput_and_mfu(tmp_path, capsys):
+    """The bar's postfix carries tokens/s and, with a peak to divide by (--peak-tflops here, on CPU), MFU."""
+    train(TrainConfig(**{**LM, "progress": True}, peak_tflops=1.0), tmp_path / "run")
+    err = capsys.readouterr().err
+    assert "tok/s=" in err and "mfu=" in err and "loss=" in err
+    train(TrainConfig(**{**LM, "progress": True}), tmp_path / "no_peak")
+    err = capsys.readouterr().err
+    assert "tok/s=" in err and "mfu=" not in err  # no peak known on a CPU: no MFU

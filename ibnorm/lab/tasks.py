@@ -8,10 +8,11 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any, Optional
+from typing import Any, Iterator, Optional
 
 import torch
 from torch import Tensor, nn
+from torch.utils.data import Dataset
 
 from . import data as D
 from .models import get_preset
@@ -105,16 +106,51 @@ class Task:
             self.vision = D.vision_data(cfg.dataset, cfg.train_subset, cfg.eval_examples or None, cfg.holdout)
             self.vocab_size = None
 
-    def batch(self, step: int) -> tuple[Tensor, Tensor]:
+    def batch(self, step: int, shard: tuple[int, int] = (0, 1)) -> tuple[Tensor, Tensor]:
+        """Step ``step``'s global batch, or with ``shard=(rank, world_size)`` that rank's contiguous slice of it (as
+        ``DistContext.shard`` cuts it). An image folder decodes only the slice."""
         cfg = self.cfg
-        if self.kind.name == "lm":
-            g = torch.Generator().manual_seed(cfg.seed * 1_000_003 + step)
-            return D.lm_batch(self.text.train, cfg.batch_size, cfg.context, g)
+        rank, world = shard
+        if world > 1 and hasattr(getattr(self, "vision", None), "classes"):
+            return self._folder_batch(step, rank, world)
+        x, y = self._global_batch(step)
+        if world > 1:
+            per = x.shape[0] // world
+            return x[rank * per:(rank + 1) * per], y[rank * per:(rank + 1) * per]
+        return x, y
+
+    def batches(self, start: int, stop: int, shard: tuple[int, int] = (0, 1), workers: int = 0,
+                pin_memory: bool = False) -> Iterator[tuple[Tensor, Tensor]]:
+        """``batch(step, shard)`` for step in [start, stop). With ``workers`` > 0 (image folders), a torch DataLoader's
+        worker processes decode them, ``workers`` batches ahead of the step, in step order: the same tensors."""
+        if workers <= 0 or not hasattr(getattr(self, "vision", None), "classes"):
+            return (self.batch(step, shard) for step in range(start, stop))
+        from torch.utils.data import DataLoader
+        loader = DataLoader(_StepBatches(self, shard), batch_size=None, sampler=range(start, stop),
+                            num_workers=workers, pin_memory=pin_memory, prefetch_factor=2)
+        return (_raise_bad_data(item) for item in loader)
+
+    def _folder_batch(self, step: int, rank: int, world: int) -> tuple[Tensor, Tensor]:
+        idx = self._indices(step)
+        per = len(idx) // world
+        mine = idx[rank * per:(rank + 1) * per]
+        return self.vision.train_x.augmented(mine, self.cfg.seed * 1_000_003 + step, rank * per), \
+            self.vision.train_y[mine]
+
+    def _indices(self, step: int) -> Tensor:
+        cfg = self.cfg
         n = len(self.vision.train_y)
         per_epoch = max(1, n // cfg.batch_size)
         epoch, i = divmod(step, per_epoch)
         perm = torch.randperm(n, generator=torch.Generator().manual_seed(cfg.seed * 1_000_003 + epoch))
-        idx = perm[i * cfg.batch_size:(i + 1) * cfg.batch_size]
+        return perm[i * cfg.batch_size:(i + 1) * cfg.batch_size]
+
+    def _global_batch(self, step: int) -> tuple[Tensor, Tensor]:
+        cfg = self.cfg
+        if self.kind.name == "lm":
+            g = torch.Generator().manual_seed(cfg.seed * 1_000_003 + step)
+            return D.lm_batch(self.text.train, cfg.batch_size, cfg.context, g)
+        idx = self._indices(step)
         if hasattr(self.vision.train_x, "augmented"):  # an image folder: decoded and augmented per (seed, step)
             return self.vision.train_x.augmented(idx, cfg.seed * 1_000_003 + step), self.vision.train_y[idx]
         return self.vision.train_x[idx], self.vision.train_y[idx]
@@ -189,3 +225,22 @@ class Task:
         if dist is not None:
             total, correct = dist.sum([total, correct])
         return total / len(ys), correct / len(ys)
+
+
+class _StepBatches(Dataset):
+    """A map from step to that step's (sharded) batch, for a DataLoader whose sampler yields the steps."""
+
+    def __init__(self, task: Task, shard: tuple[int, int]):
+        self.task, self.shard = task, shard
+
+    def __getitem__(self, step: int) -> Any:
+        try:
+            return self.task.batch(step, self.shard)
+        except ValueError as e:  # bad data: carried to the training process as its one line, not a worker traceback
+            return {"bad_data": str(e)}
+
+
+def _raise_bad_data(item: Any) -> tuple[Tensor, Tensor]:
+    if isinstance(item, dict):
+        raise ValueError(item["bad_data"])
+    return item

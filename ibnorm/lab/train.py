@@ -17,12 +17,13 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import os
 import shutil
 import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional
 
 import torch
 from torch import nn
@@ -40,7 +41,8 @@ TASK_DEFAULTS = {
 # Fields that do not change what a run computes: they may differ between a checkpoint and its resume.
 # init_from is a path on this machine: where the same parent weights lie may differ (reproduce records the parent).
 # threads is not among them: another thread count sums in another order, so a resume with it gives other numbers.
-_RUNTIME_FIELDS = {"checkpoint_every", "checkpoint_minutes", "progress", "stop_after", "init_from", "peak_tflops"}
+_RUNTIME_FIELDS = {"checkpoint_every", "checkpoint_minutes", "progress", "stop_after", "init_from", "peak_tflops",
+                   "workers"}
 
 
 @dataclass
@@ -83,6 +85,7 @@ class TrainConfig:
     checkpoint_minutes: float = 0.0  # also write a checkpoint when this many minutes passed since the last (0 = off)
     stop_after: int = 0  # stop with a checkpoint after this step, to continue later (0 = run to the end)
     threads: int = 0  # torch threads (0 = leave torch's default)
+    workers: Optional[int] = None  # image folders: DataLoader processes decoding ahead (None: up to 8 per rank; 0: none)
     # For GPUs and the paper's sizes; each default computes what the reproduction's runs computed, bit for bit.
     precision: str = "fp32"  # fp32, or bf16/fp16 autocast (fp16 with a gradient scaler)
     compile: bool = False  # torch.compile the model
@@ -106,6 +109,7 @@ class TrainConfig:
         for name in ("width", "depth", "heads", "train_subset", "eval_batch_size", "image_size"):
             need(getattr(out, name) is None or getattr(out, name) > 0, name, "> 0")
         need(out.eval_batches > 0 or task != "lm", "eval_batches", "> 0 for a language model")
+        need(out.workers is None or out.workers >= 0, "workers", ">= 0 (0 = decode in the training process)")
         for name in ("warmup_steps", "eval_examples", "holdout", "info_every", "stop_after", "threads", "recalibrate_bn"):
             need(getattr(out, name) >= 0, name, ">= 0")
         need(math.isfinite(out.lr) and out.lr > 0, "lr", "a finite number > 0")
@@ -167,6 +171,8 @@ FIELD_HELP = {
     "checkpoint_minutes": "also write one when this many minutes passed since the last, so that a killed long run "
                           "loses little (0 = off)", "stop_after": "stop with a checkpoint after this step (0 = run to the end)",
     "threads": "torch threads (0 = torch's default)",
+    "workers": "image folders: DataLoader worker processes that decode batches ahead of the step (default: the CPUs "
+               "per rank, at most 8; 0 = decode in the training process)",
     "precision": "fp32, bf16 or fp16 (autocast; fp16 with a gradient scaler)",
     "compile": "torch.compile the model", "grad_accum": "micro-batches per step: the same update, less memory",
     "optimizer": "adamw or sgd (Nesterov momentum 0.9)",
@@ -197,6 +203,14 @@ class Diverged(FloatingPointError):
     def __init__(self, message: str, step: int, curve: list):
         super().__init__(message)
         self.step, self.curve = step, curve
+
+
+def _workers(cfg: TrainConfig, dist: Any) -> int:
+    """DataLoader processes per rank: the CPUs this rank has (those of its node over the ranks on it), at most 8."""
+    if cfg.workers is not None:
+        return cfg.workers
+    per_node = int(os.environ.get("LOCAL_WORLD_SIZE", dist.world_size))
+    return min(8, max(1, (os.cpu_count() or 1) // max(1, per_node)))
 
 
 def model_overrides(cfg: TrainConfig, task: "Task") -> dict:
@@ -269,6 +283,17 @@ def throughput(task: "Task", cfg: TrainConfig, steps: int, seconds: float, n_par
     peak = peak_tflops(device, cfg.peak_tflops) if device is not None else None
     if rate and peak and task.kind.name == "lm":
         out["mfu"] = 6 * n_params * rate / (peak * 1e12)
+    return out
+
+
+def bar_rates(rates: dict) -> dict:
+    """The progress bar's short form of :func:`throughput` (evaluation time included, as there)."""
+    out = {}
+    for key, unit in (("tokens_per_s", "tok/s"), ("images_per_s", "img/s")):
+        if rates.get(key):
+            out[unit] = f"{rates[key]:,.0f}"
+    if rates.get("mfu") is not None:
+        out["mfu"] = f"{100 * rates['mfu']:.1f}%"
     return out
 
 
@@ -443,12 +468,15 @@ def train(cfg: TrainConfig, out_dir: str | Path) -> dict:
     t0 = time.time() - elapsed
     c0 = None if cpu_elapsed is None else time.process_time() - cpu_elapsed
     cpu_time = lambda: None if c0 is None else time.process_time() - c0  # noqa: E731
+    bar_params = sum(p.numel() for p in model.parameters()) if bar is not None else 0
     model.train()
+    batches = task.batches(start, cfg.steps, (dist.rank, dist.world_size), _workers(cfg, dist),
+                           pin_memory=dist.device.type == "cuda")
     for step in range(start, cfg.steps):
         lr = lr_at(step, cfg)
         for group in opt.param_groups:
             group["lr"] = lr
-        x, y = dist.shard(task.batch(step))
+        x, y = next(batches)
         opt.zero_grad(set_to_none=True)
         if cfg.grad_accum == 1 and autocast is None and not cfg.compile:  # the reproduction's path, unchanged
             loss, _ = task.loss(model, x.to(dist.device), y.to(dist.device))
@@ -477,7 +505,8 @@ def train(cfg: TrainConfig, out_dir: str | Path) -> dict:
             bucket = [0.0, 0]
         if bar is not None:
             bar.update(1)
-            bar.set_postfix(loss=f"{loss_value:.4f}")
+            bar.set_postfix(loss=f"{loss_value:.4f}", **bar_rates(
+                throughput(task, cfg, done - start, time.time() - session_wall, bar_params, dist.device)))
         if done % cfg.eval_every == 0 or done == cfg.steps:
             metrics = task.evaluate(dist.unwrap(model), dist.device, None if cfg.fsdp else dist)
             history.append({"step": done, "train_loss": acc[0] / acc[1], "lr": lr,

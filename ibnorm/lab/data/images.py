@@ -1,7 +1,9 @@
 """Images of the user's own, in the ImageNet layout: ``DIR/train/<class>/*`` and ``DIR/val/<class>/*`` (JPEG or PNG).
 
 The class names are the folder names (sorted), the same for both splits. Images are decoded with Pillow when a batch
-needs them, by a pool of threads (Pillow releases the GIL while it decodes), so that decoding keeps up with training.
+needs them: in training by the worker processes of a torch DataLoader (``Task.batches``), a batch or more ahead of
+the step; in a process of its own (evaluation, or ``--workers 0``) by a pool of threads (Pillow releases the GIL while
+it decodes).
 Training takes the standard augmentation, a random-resized crop (area 8-100%, aspect 3/4-4/3) and a horizontal flip,
 drawn from (seed, step) like every batch here; evaluation resizes the shorter side to ``image_size`` and crops the
 centre. Both normalize with ImageNet's channel mean and std.
@@ -82,34 +84,49 @@ def augmented(path: Path, size: int, rng: np.random.Generator) -> np.ndarray:
 class LazyImages:
     """Images decoded when indexed: ``images[slice or index tensor]`` is a float tensor ``[B, 3, size, size]``."""
 
-    def __init__(self, items: list[tuple[Path, int]], size: int, pool: ThreadPoolExecutor):
-        self.paths, self.size, self.pool = [p for p, _ in items], size, pool
+    def __init__(self, items: list[tuple[Path, int]], size: int, threads: int):
+        self.paths, self.size, self.threads = [p for p, _ in items], size, threads
+        self._pool: Optional[tuple[int, ThreadPoolExecutor]] = None
 
     def __len__(self) -> int:
         return len(self.paths)
 
+    def __getstate__(self) -> dict:  # a pool's threads do not cross into a worker process
+        return {**self.__dict__, "_pool": None}
+
+    def _map(self, fn, items) -> list:
+        from torch.utils.data import get_worker_info
+        if get_worker_info() is not None or self.threads <= 1:  # a DataLoader worker is already one of many
+            return [fn(a) for a in items]
+        # One pool per process: a pool copied by fork has no threads and would never run a task.
+        if self._pool is None or self._pool[0] != os.getpid():
+            self._pool = (os.getpid(), ThreadPoolExecutor(self.threads))
+        return list(self._pool[1].map(fn, items))
+
     def __getitem__(self, idx: Union[slice, torch.Tensor]) -> torch.Tensor:
         picks = range(len(self.paths))[idx] if isinstance(idx, slice) else idx.tolist()
-        return torch.from_numpy(np.stack(list(self.pool.map(lambda i: center(self.paths[i], self.size), picks))))
+        return torch.from_numpy(np.stack(self._map(lambda i: center(self.paths[i], self.size), picks)))
 
-    def augmented(self, idx: torch.Tensor, seed: int) -> torch.Tensor:
+    def augmented(self, idx: torch.Tensor, seed: int, first: int = 0) -> torch.Tensor:
+        """The augmented images ``idx``, the ``first``-th onward of a batch: each image's crop and flip come from
+        (seed, its place in the whole batch), so a rank decoding only its slice gets the same pixels."""
         picks = idx.tolist()
-        rngs = [np.random.default_rng([seed, k]) for k in range(len(picks))]
-        return torch.from_numpy(np.stack(list(self.pool.map(
-            lambda a: augmented(self.paths[a[0]], self.size, a[1]), zip(picks, rngs)))))
+        rngs = [np.random.default_rng([seed, first + k]) for k in range(len(picks))]
+        return torch.from_numpy(np.stack(self._map(
+            lambda a: augmented(self.paths[a[0]], self.size, a[1]), list(zip(picks, rngs)))))
 
 
 class ImageFolderData:
     """``train_x``/``test_x`` (lazy images), ``train_y``/``test_y`` (labels) and ``classes``, like VisionData."""
 
-    def __init__(self, folder: Union[str, Path], image_size: int, workers: int = 0):
+    def __init__(self, folder: Union[str, Path], image_size: int, threads: int = 0):
         folder = Path(folder)
         if not folder.is_dir():
             raise ValueError(f"data: {folder} is not a folder (it must hold train/ and val/ image folders, or "
                              "train.bin and val.bin tokens)")
         self.classes, train = _split(folder, "train", None)
         _, val = _split(folder, "val", self.classes)
-        pool = ThreadPoolExecutor(workers or min(8, os.cpu_count() or 1))
-        self.train_x, self.test_x = LazyImages(train, image_size, pool), LazyImages(val, image_size, pool)
+        threads = threads or min(8, os.cpu_count() or 1)
+        self.train_x, self.test_x = LazyImages(train, image_size, threads), LazyImages(val, image_size, threads)
         self.train_y = torch.tensor([c for _, c in train])
         self.test_y = torch.tensor([c for _, c in val])
