@@ -93,3 +93,43 @@ def test_auto_dispatch_consults_the_choice(grouping, monkeypatch):
     monkeypatch.setattr(R, name, lambda *a, **k: used.append(1) or real(*a, **k))
     getattr(F, name)(torch.randn(3, 8), (8,), compression="tanh", strength=0.7)
     assert asked == [(grouping, "tanh")] and used == [1]
+
+
+def _scale_script():
+    spec = importlib.util.spec_from_file_location("gpu_scale", REPO / "benchmarks" / "gpu_scale.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_the_gpu_scale_script_keeps_to_its_budget_and_still_writes(tmp_path):
+    """With no time left, every part is recorded as skipped (never half-measured), and both files are written."""
+    assert _scale_script().main(["--device", "cpu", "--smoke", "--budget-s", "0", "--out", str(tmp_path),
+                                 "--presets", "resnet18,gpt2-124m"]) == 0
+    res = json.loads((tmp_path / "scale_cuda.json").read_text())
+    assert res["compiled_step"] == {"resnet18": {"skipped": "out of the time budget"},
+                                    "gpt2-124m": {"skipped": "out of the time budget"}}
+    assert res["trainer"] == {"skipped": "out of the time budget"}
+    assert "| resnet18 | out of the time budget |" in (tmp_path / "scale_cuda.md").read_text()
+
+
+def test_the_gpu_scale_script_refuses_bad_presets_and_a_missing_gpu(tmp_path, capsys, monkeypatch):
+    assert _scale_script().main(["--device", "cpu", "--presets", "vit-mini", "--out", str(tmp_path)]) == 2
+    assert "--presets must name scale presets; got vit-mini" in capsys.readouterr().err
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert _scale_script().main(["--out", str(tmp_path)]) == 2
+    assert "--device cpu --smoke" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_the_gpu_scale_script_runs_on_cpu(tmp_path):
+    """The GPU check's second and third parts, on the CPU at reduced size: a bf16 compiled step of an LM and a ResNet
+    with both norms, and the trainer's bf16 compiled runs with their throughput."""
+    assert _scale_script().main(["--device", "cpu", "--smoke", "--presets", "llama-60m,resnet18", "--train-steps", "2",
+                                 "--budget-s", "3000", "--out", str(tmp_path)]) == 0
+    res = json.loads((tmp_path / "scale_cuda.json").read_text())
+    for preset in ("llama-60m", "resnet18"):
+        assert set(res["compiled_step"][preset]) == {"base", "ib_tanh"}, res["compiled_step"][preset]
+        assert all(v["step_ms"] > 0 and v["first_step_s"] > 0 for v in res["compiled_step"][preset].values())
+    assert set(res["trainer"]) == {"base", "ib_tanh"}, res["trainer"]
+    assert all(v["tokens_per_s"] > 0 and v["val_loss"] > 0 for v in res["trainer"].values())
