@@ -218,7 +218,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("prepare-text", help="tokenize text files into train.bin/val.bin (uint16) and meta.json, "
                        "nanoGPT's format, for `ibnorm train --data DIR`")
-    p.add_argument("source", help="a text file, or a folder whose *.txt files are read (sorted)")
+    p.add_argument("source", help="a text file, a folder whose *.txt files are read (sorted), or a dataset saved by "
+                   "Hugging Face datasets (save_to_disk; needs ibnorm[hf])")
+    p.add_argument("--text-column", default="text", help="a saved dataset's text column (default: text)")
     p.add_argument("--out", required=True, help="the folder to write")
     p.add_argument("--tokenizer", default="gpt2", help="gpt2 (BPE, offline) or byte (default: gpt2)")
     p.add_argument("--val-fraction", type=float, default=0.1, help="the end of each file kept for validation "
@@ -247,7 +249,8 @@ def cmd_prepare_text(args: argparse.Namespace) -> int:
     from .data.tokens import prepare_text
     if args.workers < 0:
         raise ValueError(f"--workers must be >= 0; got {args.workers}")
-    meta = prepare_text(args.source, args.out, args.tokenizer, args.val_fraction, args.workers, not args.no_progress)
+    meta = prepare_text(args.source, args.out, args.tokenizer, args.val_fraction, args.workers, not args.no_progress,
+                        args.text_column)
     print(f"wrote {args.out}/train.bin ({meta['train_tokens']:,} tokens), val.bin ({meta['val_tokens']:,}) and "
           f"meta.json; train with: ibnorm train --model gpt2-124m --data {args.out}", file=sys.stderr)
     return 0

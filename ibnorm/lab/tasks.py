@@ -77,7 +77,11 @@ class Task:
         self.kind = task_kind(cfg.model)
         if self.kind.name == "lm":
             if getattr(cfg, "data", ""):
+                from .data.hf import is_saved_dataset
                 from .data.tokens import token_folder
+                if is_saved_dataset(cfg.data):
+                    raise ValueError(f"data: {cfg.data} is a saved Hugging Face dataset; a language model trains on "
+                                     f"tokens: ibnorm prepare-text {cfg.data} --out TOKENS, then --data TOKENS")
                 self.text = token_folder(cfg.data, min_tokens=cfg.context + 2)
             elif cfg.dataset != "austen":
                 raise ValueError(f"dataset must be 'austen' for language models; got {cfg.dataset!r}")
@@ -100,7 +104,9 @@ class Task:
             if not get_preset(cfg.model).scale:
                 raise ValueError(f"data: image folders train the scale presets (vit-s16, resnet18, resnet50), whose "
                                  f"inputs are RGB; {cfg.model} takes Fashion-MNIST's 28x28 grey images")
-            self.vision = ImageFolderData(cfg.data, self.image_size)
+            from .data.hf import HFImageData, is_saved_dataset
+            saved = is_saved_dataset(cfg.data)
+            self.vision = (HFImageData if saved else ImageFolderData)(cfg.data, self.image_size)
             self.vocab_size = None
         else:
             self.vision = D.vision_data(cfg.dataset, cfg.train_subset, cfg.eval_examples or None, cfg.holdout)

@@ -14,7 +14,7 @@ import math
 import os
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Optional, Union
+from typing import Any, Optional, Union
 
 import numpy as np
 import torch
@@ -56,8 +56,8 @@ def _to_tensor(im, size: int) -> np.ndarray:
     return a.transpose(2, 0, 1)
 
 
-def center(path: Path, size: int) -> np.ndarray:
-    im = _open(path)
+def center(im, size: int) -> np.ndarray:
+    """A PIL image resized (shorter side to ``size``) and centre-cropped, normalized, channels first."""
     w, h = im.size
     scale = size / min(w, h)
     im = im.resize((max(size, round(w * scale)), max(size, round(h * scale))), resample=2)
@@ -66,8 +66,8 @@ def center(path: Path, size: int) -> np.ndarray:
     return _to_tensor(im.crop((left, top, left + size, top + size)), size)
 
 
-def augmented(path: Path, size: int, rng: np.random.Generator) -> np.ndarray:
-    im = _open(path)
+def augmented(im, size: int, rng: np.random.Generator) -> np.ndarray:
+    """A PIL image's random-resized crop and flip from ``rng``, normalized, channels first."""
     w, h = im.size
     for _ in range(10):  # the random-resized crop; after 10 misses, the whole image
         area = w * h * rng.uniform(0.08, 1.0)
@@ -82,14 +82,15 @@ def augmented(path: Path, size: int, rng: np.random.Generator) -> np.ndarray:
 
 
 class LazyImages:
-    """Images decoded when indexed: ``images[slice or index tensor]`` is a float tensor ``[B, 3, size, size]``."""
+    """Images decoded when indexed: ``images[slice or index tensor]`` is a float tensor ``[B, 3, size, size]``.
+    ``source`` opens image ``i`` as an RGB PIL image (naming the file or row in a one-line ValueError if it cannot)."""
 
-    def __init__(self, items: list[tuple[Path, int]], size: int, threads: int):
-        self.paths, self.size, self.threads = [p for p, _ in items], size, threads
+    def __init__(self, source: "ImageSource", size: int, threads: int):
+        self.source, self.size, self.threads = source, size, threads
         self._pool: Optional[tuple[int, ThreadPoolExecutor]] = None
 
     def __len__(self) -> int:
-        return len(self.paths)
+        return len(self.source)
 
     def __getstate__(self) -> dict:  # a pool's threads do not cross into a worker process
         return {**self.__dict__, "_pool": None}
@@ -104,8 +105,8 @@ class LazyImages:
         return list(self._pool[1].map(fn, items))
 
     def __getitem__(self, idx: Union[slice, torch.Tensor]) -> torch.Tensor:
-        picks = range(len(self.paths))[idx] if isinstance(idx, slice) else idx.tolist()
-        return torch.from_numpy(np.stack(self._map(lambda i: center(self.paths[i], self.size), picks)))
+        picks = range(len(self.source))[idx] if isinstance(idx, slice) else idx.tolist()
+        return torch.from_numpy(np.stack(self._map(lambda i: center(self.source.open(i), self.size), picks)))
 
     def augmented(self, idx: torch.Tensor, seed: int, first: int = 0) -> torch.Tensor:
         """The augmented images ``idx``, the ``first``-th onward of a batch: each image's crop and flip come from
@@ -113,7 +114,23 @@ class LazyImages:
         picks = idx.tolist()
         rngs = [np.random.default_rng([seed, first + k]) for k in range(len(picks))]
         return torch.from_numpy(np.stack(self._map(
-            lambda a: augmented(self.paths[a[0]], self.size, a[1]), list(zip(picks, rngs)))))
+            lambda a: augmented(self.source.open(a[0]), self.size, a[1]), list(zip(picks, rngs)))))
+
+
+class ImageFiles:
+    """An image folder's files as an image source."""
+
+    def __init__(self, items: list[tuple[Path, int]]):
+        self.paths = [p for p, _ in items]
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def open(self, i: int):
+        return _open(self.paths[i])
+
+
+ImageSource = Any  # anything with __len__ and open(i) -> an RGB PIL image (ImageFiles; hf.ImageRows)
 
 
 class ImageFolderData:
@@ -127,6 +144,7 @@ class ImageFolderData:
         self.classes, train = _split(folder, "train", None)
         _, val = _split(folder, "val", self.classes)
         threads = threads or min(8, os.cpu_count() or 1)
-        self.train_x, self.test_x = LazyImages(train, image_size, threads), LazyImages(val, image_size, threads)
+        self.train_x = LazyImages(ImageFiles(train), image_size, threads)
+        self.test_x = LazyImages(ImageFiles(val), image_size, threads)
         self.train_y = torch.tensor([c for _, c in train])
         self.test_y = torch.tensor([c for _, c in val])

@@ -88,19 +88,23 @@ def _encode(args: tuple[str, str]) -> np.ndarray:
 
 
 def prepare_text(source: Union[str, Path], out: Union[str, Path], tokenizer: str = "gpt2", val_fraction: float = 0.1,
-                 workers: int = 0, progress: bool = True) -> dict:
+                 workers: int = 0, progress: bool = True, text_column: str = "text") -> dict:
     """Tokenize a text file, or every ``*.txt`` under a folder (sorted), into ``out/{train,val}.bin`` and
     ``out/meta.json``: the last ``val_fraction`` of each file's tokens is validation. Files are tokenized in
-    parallel (``workers`` processes; 0 = one per CPU). Returns the meta."""
+    parallel (``workers`` processes; 0 = one per CPU). A dataset saved by Hugging Face ``datasets`` gives its
+    ``text_column`` instead (:mod:`ibnorm.lab.data.hf`). Returns the meta."""
     from multiprocessing import get_context
     from tqdm import tqdm
-    from ...atomic import atomic_write_bytes, atomic_write_json
     from . import TOKENIZERS
     if tokenizer not in TOKENIZERS:
         raise ValueError(f"--tokenizer must be one of {', '.join(TOKENIZERS)}; got {tokenizer!r}")
     if not 0 < val_fraction < 1:
         raise ValueError(f"--val-fraction must be in (0, 1); got {val_fraction}")
     source = Path(source)
+    from .hf import encode_saved_text, is_saved_dataset
+    if source.is_dir() and is_saved_dataset(source):
+        train_ids, val_ids, read = encode_saved_text(source, text_column, tokenizer, val_fraction, workers, progress)
+        return _write_tokens(source, out, tokenizer, train_ids, val_ids, {**read, "val_fraction": val_fraction})
     files = [source] if source.is_file() else sorted(source.rglob("*.txt")) if source.is_dir() else []
     if not files:
         raise ValueError(f"prepare-text: {source} is not a text file or a folder with *.txt files")
@@ -114,7 +118,14 @@ def prepare_text(source: Union[str, Path], out: Union[str, Path], tokenizer: str
         cut = int(round(len(ids) * (1 - val_fraction)))
         train.append(ids[:cut])
         val.append(ids[cut:])
-    train_ids, val_ids = np.concatenate(train), np.concatenate(val)
+    return _write_tokens(source, out, tokenizer, np.concatenate(train), np.concatenate(val),
+                         {"files": len(files), "val_fraction": val_fraction})
+
+
+def _write_tokens(source: Path, out: Union[str, Path], tokenizer: str, train_ids: np.ndarray, val_ids: np.ndarray,
+                  read: dict) -> dict:
+    from ...atomic import atomic_write_bytes, atomic_write_json
+    from . import TOKENIZERS
     if not len(train_ids) or not len(val_ids):
         raise ValueError(f"prepare-text: {source} gives {len(train_ids)} training and {len(val_ids)} validation "
                          "tokens; both splits need some")
@@ -122,6 +133,6 @@ def prepare_text(source: Union[str, Path], out: Union[str, Path], tokenizer: str
     atomic_write_bytes(out / "train.bin", train_ids.astype(np.uint16).tobytes())
     atomic_write_bytes(out / "val.bin", val_ids.astype(np.uint16).tobytes())
     meta = {"tokenizer": tokenizer, "vocab_size": TOKENIZERS[tokenizer], "train_tokens": int(len(train_ids)),
-            "val_tokens": int(len(val_ids)), "files": len(files), "val_fraction": val_fraction}
+            "val_tokens": int(len(val_ids)), **read}
     atomic_write_json(out / "meta.json", meta)
     return meta
