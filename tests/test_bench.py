@@ -48,6 +48,7 @@ def test_bench_measures_ratios_memory_and_writes_its_report():
     assert "| model | base ms/step | power | log | tanh | dyt | normalnorm |" in md and "| vit-mini |" in md
 
 
+@pytest.mark.slow  # half a minute: eight full-size ResNet-18 steps; the default suite keeps under 6 minutes
 def test_the_scale_benchmark_runs_and_writes_its_table(tmp_path):
     """benchmarks/scale_cpu.py (a smoke run on one preset): the step ratios and the data path's speeds are written."""
     import json
