@@ -25,7 +25,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from ibnorm.atomic import atomic_write_json, atomic_write_text  # noqa: E402
-from ibnorm.lab.models import PRESETS, build_model  # noqa: E402
+from ibnorm.lab.bench import training_step  # noqa: E402
+from ibnorm.lab.models import PRESETS  # noqa: E402
 from ibnorm.lab.records import provenance  # noqa: E402
 
 OPS = ("ib_tanh", "ib_log", "ib_power")
@@ -37,22 +38,9 @@ LM_BATCH, CONTEXT, VISION_BATCH = 1, 256, 2
 
 
 def _step_fn(name: str, norm: str):
-    torch.manual_seed(0)
-    model, _ = build_model(name, norm, **({"context": CONTEXT} if PRESETS[name].task == "lm" else {}))
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
     if PRESETS[name].task == "lm":
-        x = torch.randint(0, 50257, (LM_BATCH, CONTEXT))
-        batch = {"input_ids": x, "labels": x}
-    else:
-        batch = {"pixel_values": torch.randn(VISION_BATCH, 3, 224, 224), "labels": torch.tensor([0, 1])}
-
-    def step():
-        loss = model(**batch).loss
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-    step()  # warm-up: kernel build, allocator, optimizer state
-    return step
+        return training_step(name, norm, LM_BATCH, context=CONTEXT, vocab_size=50257)
+    return training_step(name, norm, VISION_BATCH, channels=3, image_size=224)
 
 
 def _time(fn) -> float:

@@ -16,7 +16,7 @@ import statistics
 import sys
 import time
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable, Optional
 
 import torch
 from torch import nn
@@ -141,15 +141,17 @@ def measure(cands: dict[str, nn.Module], x: torch.Tensor, base: str, rounds: int
     return res
 
 
-def training_step(model: str, norm: str) -> Callable[[], None]:
-    """One training step (forward, backward, AdamW) of a preset model with ``norm``, on a fixed synthetic batch."""
+def training_step(model: str, norm: str, batch_size: Optional[int] = None, **batch: Any) -> Callable[[], None]:
+    """One training step (forward, backward, AdamW) of a preset model with ``norm``, on a fixed synthetic batch of
+    ``batch_size`` (default: the task's) shaped by ``batch`` (``context``, ``vocab_size``, ``channels``,
+    ``image_size``; ``context`` also sizes an LM)."""
     from .models import build_model
     from .train import TASK_DEFAULTS
     torch.manual_seed(0)
-    m, _ = build_model(model, norm)
+    m, _ = build_model(model, norm, **({"context": batch["context"]} if "context" in batch else {}))
     opt = torch.optim.AdamW(m.parameters(), lr=1e-4)
     kind = task_kind(model)
-    kw = kind.synthetic_batch(TASK_DEFAULTS[kind.name]["batch_size"])
+    kw = kind.synthetic_batch(batch_size or TASK_DEFAULTS[kind.name]["batch_size"], **batch)
 
     def step():
         loss = m(**kw).loss

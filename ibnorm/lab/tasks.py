@@ -49,12 +49,14 @@ class TaskKind:
         """``Y`` per probe example: the class, or the token after the window's last position."""
         return y.reshape(len(y), -1)[:, -1].long()
 
-    def synthetic_batch(self, batch_size: int, vocab_size: int = 256, context: int = 128) -> dict:
-        """Random inputs and labels of this kind, for timing a training step."""
+    def synthetic_batch(self, batch_size: int, vocab_size: int = 256, context: int = 128, channels: int = 1,
+                        image_size: int = 28) -> dict:
+        """Random inputs and labels of this kind, for timing a training step (defaults: the mini presets')."""
         if self.name == "lm":
             x = torch.randint(0, vocab_size, (batch_size, context))
             return {"input_ids": x, "labels": x}
-        return {"pixel_values": torch.randn(batch_size, 1, 28, 28), "labels": torch.randint(0, 10, (batch_size,))}
+        return {"pixel_values": torch.randn(batch_size, channels, image_size, image_size),
+                "labels": torch.randint(0, 10, (batch_size,))}
 
 
 TASK_KINDS: dict[str, TaskKind] = {
