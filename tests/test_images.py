@@ -1,6 +1,7 @@
 """Image folders of the user's own (ImageNet layout): a scale preset trains on them, the classes come from the folder
 names, and bad data is named in one line."""
 import json
+import os
 
 import numpy as np
 import pytest
@@ -44,18 +45,20 @@ def test_augmentation_is_a_function_of_seed_and_step(tmp_path):
 
 
 @pytest.mark.parametrize("case, words", [("one_class", "at least 2"), ("broken", "cannot read the image"),
-                                         ("no_val", "val is missing")])
+                                         ("broken_val", "cannot read the image"), ("no_val", "val is missing")])
 def test_bad_image_folders_are_one_line(tmp_path, capsys, case, words):
     data = _folder(tmp_path / "imgs", classes=("only",) if case == "one_class" else ("a", "b"))
     if case == "broken":
         (data / "train" / "a" / "0.jpg").write_bytes(b"not an image")
+    if case == "broken_val":  # found by an evaluation DataLoader worker, reported by the training process
+        (data / "val" / "b" / "0.jpg").write_bytes(b"not an image")
     if case == "no_val":
         import shutil
         shutil.rmtree(data / "val")
     assert main([*ARGS, "--data", str(data), "--out", str(tmp_path / "run")]) == 2
     err = capsys.readouterr().err.strip()
     assert words in err and "\n" not in err, err
-    if case == "broken":
+    if case.startswith("broken"):
         assert "0.jpg" in err  # the line names the file
 
 
@@ -89,3 +92,36 @@ def test_a_run_is_the_same_with_or_without_dataloader_workers(tmp_path):
     timing = {"elapsed", "cpu_elapsed", "images_per_s", "tokens_per_s"}
     final = [{k: v for k, v in r["final"].items() if k not in timing} for r in results]
     assert final[0] == final[1] and "val_acc" in final[0] and results[0]["curve"] == results[1]["curve"]
+
+
+class _PidRecorder:
+    """An image source that notes which process opened each image."""
+
+    def __init__(self, source, log):
+        self.source, self.log = source, log
+
+    def __len__(self):
+        return len(self.source)
+
+    def open(self, i):
+        with open(self.log, "a") as f:
+            f.write(f"{os.getpid()}\n")
+        return self.source.open(i)
+
+
+def test_evaluation_batches_are_decoded_by_dataloader_workers_with_the_same_metrics(tmp_path):
+    from ibnorm.lab.models import build_model
+    from ibnorm.lab.train import model_overrides
+    task = _task(tmp_path, eval_batch_size=5)  # 12 images in chunks of 5: a short last chunk
+    log = tmp_path / "pids"
+    task.vision.test_x.source = _PidRecorder(task.vision.test_x.source, log)
+    torch.manual_seed(0)
+    model, _ = build_model("vit-s16", "base", width=16, depth=1, heads=2, **model_overrides(task.cfg, task))
+    own = task.evaluate(model, torch.device("cpu"))
+    own_pids = set(log.read_text().split())
+    log.unlink()
+    loaded = task.evaluate(model, torch.device("cpu"), workers=2)
+    worker_pids = set(log.read_text().split())
+    assert own == loaded and own_pids == {str(os.getpid())}
+    assert worker_pids and str(os.getpid()) not in worker_pids  # decoded in the workers, not here
+    assert len(log.read_text().split()) == 12  # every image once

@@ -182,10 +182,11 @@ class Task:
         return self.vision.test_x[:n], self.vision.test_y[:n]
 
     @torch.no_grad()
-    def evaluate(self, model: nn.Module, device: torch.device, dist: Any = None) -> dict:
+    def evaluate(self, model: nn.Module, device: torch.device, dist: Any = None, workers: int = 0) -> dict:
         """The kind's metrics on the evaluation set. ``dist`` (a DistContext of several ranks): each rank scores
         every world_size-th batch and the sums are all-reduced, which gives one process's metrics (up to the order of
-        the sums) in 1/world_size of the time and memory."""
+        the sums) in 1/world_size of the time and memory. ``workers`` > 0 (image folders): DataLoader worker
+        processes decode the evaluation batches ahead of the model, as in training; the metrics are the same."""
         was_training = model.training
         model.eval()
         sharded = dist is not None and dist.world_size > 1
@@ -203,30 +204,37 @@ class Task:
             out = {"val_loss": loss, "val_ppl": math.exp(min(loss, 50.0)), "val_bpc": loss / math.log(2)}
         else:
             loss, acc = self._classify(model, self.vision.test_x, self.vision.test_y, device, dist if sharded else None,
-                                       size or 500)
+                                       size or 500, workers)
             out = {"val_loss": loss, "val_acc": acc}
         model.train(was_training)
         return out
 
     @torch.no_grad()
-    def evaluate_train(self, model: nn.Module, device: torch.device) -> dict:
+    def evaluate_train(self, model: nn.Module, device: torch.device, workers: int = 0) -> dict:
         """Vision: loss and accuracy on the whole training set (eval mode), for the generalization gap."""
         if self.kind.name != "vision":
             return {}
         was_training = model.training
         model.eval()
-        loss, acc = self._classify(model, self.vision.train_x, self.vision.train_y, device)
+        loss, acc = self._classify(model, self.vision.train_x, self.vision.train_y, device, workers=workers)
         model.train(was_training)
         return {"train_eval_loss": loss, "train_acc": acc}
 
     def _classify(self, model: nn.Module, xs: Tensor, ys: Tensor, device: torch.device, dist: Any = None,
-                  chunk: int = 500) -> tuple[float, float]:
+                  chunk: int = 500, workers: int = 0) -> tuple[float, float]:
         total, correct = 0.0, 0
         starts = range(0, len(ys), chunk)
         if dist is not None:
             starts = starts[dist.rank::dist.world_size]
-        for i in starts:
-            x, y = xs[i:i + chunk].to(device), ys[i:i + chunk].to(device)
+        if workers > 0 and hasattr(xs, "augmented"):  # lazy images: decoded by worker processes, in order
+            from torch.utils.data import DataLoader
+            loader = DataLoader(_Chunks(xs, chunk), batch_size=None, sampler=starts, num_workers=workers,
+                                prefetch_factor=2)
+            inputs = (_raise_bad_data(item) for item in loader)
+        else:
+            inputs = (xs[i:i + chunk] for i in starts)
+        for i, x in zip(starts, inputs):
+            x, y = x.to(device), ys[i:i + chunk].to(device)
             loss, logits = self.loss(model, x, y)
             total += float(loss) * len(y)
             correct += int((logits.argmax(-1) == y).sum())
@@ -248,7 +256,20 @@ class _StepBatches(Dataset):
             return {"bad_data": str(e)}
 
 
-def _raise_bad_data(item: Any) -> tuple[Tensor, Tensor]:
+class _Chunks(Dataset):
+    """A map from a start index to lazy images [start, start + chunk), decoded: evaluation's batches."""
+
+    def __init__(self, images: Any, chunk: int):
+        self.images, self.chunk = images, chunk
+
+    def __getitem__(self, start: int) -> Any:
+        try:
+            return self.images[start:start + self.chunk]
+        except ValueError as e:  # as _StepBatches: bad data crosses to the main process as its one line
+            return {"bad_data": str(e)}
+
+
+def _raise_bad_data(item: Any) -> Any:
     if isinstance(item, dict):
         raise ValueError(item["bad_data"])
     return item

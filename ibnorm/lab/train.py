@@ -171,7 +171,7 @@ FIELD_HELP = {
     "checkpoint_minutes": "also write one when this many minutes passed since the last, so that a killed long run "
                           "loses little (0 = off)", "stop_after": "stop with a checkpoint after this step (0 = run to the end)",
     "threads": "torch threads (0 = torch's default)",
-    "workers": "image folders: DataLoader worker processes that decode batches ahead of the step (default: the CPUs "
+    "workers": "image folders: DataLoader worker processes that decode batches ahead of the model (default: the CPUs "
                "per rank, at most 8; 0 = decode in the training process)",
     "precision": "fp32, bf16 or fp16 (autocast; fp16 with a gradient scaler)",
     "compile": "torch.compile the model", "grad_accum": "micro-batches per step: the same update, less memory",
@@ -431,7 +431,9 @@ def train(cfg: TrainConfig, out_dir: str | Path) -> dict:
 
     # Post-hoc: what the converted model scores before any fine-tuning (the drop at conversion). Evaluation draws
     # no random numbers, so the run trains exactly as without it.
-    at_start = task.evaluate(dist.unwrap(model), dist.device) if cfg.init_from and not ckpt_path.exists() else None
+    workers = _workers(cfg, dist)  # image folders: decoding processes for training and evaluation batches
+    at_start = (task.evaluate(dist.unwrap(model), dist.device, workers=workers)
+                if cfg.init_from and not ckpt_path.exists() else None)
     start, history, elapsed, acc, resumed_from = 0, [], 0.0, [0.0, 0], []
     cpu_elapsed = 0.0  # this process's CPU time in training: unlike wall time, not inflated by other work here
     curve, bucket = [], [0.0, 0]  # [step, mean training loss of the last curve_every steps]
@@ -470,7 +472,7 @@ def train(cfg: TrainConfig, out_dir: str | Path) -> dict:
     cpu_time = lambda: None if c0 is None else time.process_time() - c0  # noqa: E731
     bar_params = sum(p.numel() for p in model.parameters()) if bar is not None else 0
     model.train()
-    batches = task.batches(start, cfg.steps, (dist.rank, dist.world_size), _workers(cfg, dist),
+    batches = task.batches(start, cfg.steps, (dist.rank, dist.world_size), workers,
                            pin_memory=dist.device.type == "cuda")
     for step in range(start, cfg.steps):
         lr = lr_at(step, cfg)
@@ -508,7 +510,7 @@ def train(cfg: TrainConfig, out_dir: str | Path) -> dict:
             bar.set_postfix(loss=f"{loss_value:.4f}", **bar_rates(
                 throughput(task, cfg, done - start, time.time() - session_wall, bar_params, dist.device)))
         if done % cfg.eval_every == 0 or done == cfg.steps:
-            metrics = task.evaluate(dist.unwrap(model), dist.device, None if cfg.fsdp else dist)
+            metrics = task.evaluate(dist.unwrap(model), dist.device, None if cfg.fsdp else dist, workers)
             history.append({"step": done, "train_loss": acc[0] / acc[1], "lr": lr,
                             "elapsed": time.time() - t0, **metrics})
             acc = [0.0, 0]
@@ -539,7 +541,7 @@ def train(cfg: TrainConfig, out_dir: str | Path) -> dict:
     if bar is not None:
         bar.close()
     if cfg.eval_train:
-        history[-1].update(task.evaluate_train(dist.unwrap(model), dist.device))
+        history[-1].update(task.evaluate_train(dist.unwrap(model), dist.device, workers))
     final_state = _full_state(model) if cfg.fsdp else dist.unwrap(model).state_dict()
     result = {"config": dataclasses.asdict(cfg), "final": history[-1], "history": history, "curve": curve,
               "learned_strength": learned_strengths(dist.unwrap(model), final_state),

@@ -1,9 +1,9 @@
 """Images of the user's own, in the ImageNet layout: ``DIR/train/<class>/*`` and ``DIR/val/<class>/*`` (JPEG or PNG).
 
 The class names are the folder names (sorted), the same for both splits. Images are decoded with Pillow when a batch
-needs them: in training by the worker processes of a torch DataLoader (``Task.batches``), a batch or more ahead of
-the step; in a process of its own (evaluation, or ``--workers 0``) by a pool of threads (Pillow releases the GIL while
-it decodes).
+needs them: by the worker processes of a torch DataLoader, a batch or more ahead of the model, in training
+(``Task.batches``) and evaluation (``Task.evaluate``); with ``--workers 0``, in the process itself by a pool of threads
+(Pillow releases the GIL while it decodes).
 Training takes the standard augmentation, a random-resized crop (area 8-100%, aspect 3/4-4/3) and a horizontal flip,
 drawn from (seed, step) like every batch here; evaluation resizes the shorter side to ``image_size`` and crops the
 centre. Both normalize with ImageNet's channel mean and std.
