@@ -5,7 +5,7 @@ import json
 import os
 import tempfile
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterable
 
 import torch
 
@@ -47,3 +47,11 @@ def atomic_torch_save(obj: Any, path: str | Path) -> None:
 
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:
     _atomic(path, lambda f: f.write(data), "wb")
+
+
+def atomic_write_chunks(path: str | Path, chunks: Iterable[bytes]) -> None:
+    """Write ``chunks`` one after another, holding one at a time: a large file streamed, atomically."""
+    def write(f: Any) -> None:
+        for chunk in chunks:
+            f.write(chunk)
+    _atomic(path, write, "wb")

@@ -35,6 +35,35 @@ def test_prepare_text_round_trip(tmp_path, tokenizer):
     assert (decode(b_train) + decode(b_val)).decode() == TEXT.upper()
 
 
+# Places where cutting would change GPT-2's tokens: runs of newlines, spaces or CRs around them, non-ASCII spaces.
+AWKWARD = ("Chapter 1\n\n\nIt is a truth  \n  universally acknowledged,\r\nthat a single man\u00a0\nin possession"
+           "\n\u3000of a good fortune — ünïcödé\nmust be in want of a wife.\n 's\n'll\n123\n4\n") * 40
+
+
+@pytest.mark.parametrize("tokenizer", ["byte", "gpt2"])
+def test_prepare_text_streams_a_file_in_pieces_with_the_tokens_of_the_whole(tmp_path, tokenizer):
+    """A file is tokenized in pieces of about chunk_bytes (the memory it needs), cut only where the tokens of the
+    whole file cannot change: train + val is the whole file's tokens, cut at the same place."""
+    from ibnorm.lab.data.tokens import prepare_text, text_pieces
+    src = tmp_path / "a.txt"
+    src.write_text(AWKWARD, encoding="utf-8")
+    pieces = text_pieces(src, 200)
+    raw = src.read_bytes()
+    assert len(pieces) > 10 and pieces[0][0] == 0 and pieces[-1][1] == len(raw)
+    assert all(a == b for (_, a), (b, _) in zip(pieces, pieces[1:]))  # contiguous, nothing lost
+    from ibnorm.lab.data.tokens import encode_text
+    whole = encode_text(AWKWARD, tokenizer)
+    for chunk in range(20, 400, 3):  # cuts landing everywhere in the text
+        parts = [encode_text(raw[a:b].decode(), tokenizer) for a, b in text_pieces(src, chunk)]
+        assert np.array_equal(np.concatenate(parts), whole), chunk
+    meta = prepare_text(src, tmp_path / "tok", tokenizer, 0.1, workers=2, progress=False, chunk_bytes=200)
+    train = np.fromfile(tmp_path / "tok" / "train.bin", dtype=np.uint16)
+    val = np.fromfile(tmp_path / "tok" / "val.bin", dtype=np.uint16)
+    cut = int(round(len(whole) * 0.9))
+    assert np.array_equal(train, whole[:cut]) and np.array_equal(val, whole[cut:])
+    assert meta["train_tokens"] == cut and not list((tmp_path / "tok").glob(".prepare-text-*"))  # scratch removed
+
+
 def _ids(text, tokenizer):
     from ibnorm.lab.data import gpt2_encoding
     return text.encode() if tokenizer == "byte" else gpt2_encoding().encode_ordinary(text)

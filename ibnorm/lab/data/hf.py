@@ -35,7 +35,7 @@ def load_saved(folder: Union[str, Path]) -> dict:
     return dict(loaded) if isinstance(loaded, datasets.DatasetDict) else {"train": loaded}
 
 
-def _val_split(splits: dict, folder: Path) -> Optional[str]:
+def _val_split(splits: dict) -> Optional[str]:
     return next((name for name in VAL_SPLITS if name in splits), None)
 
 
@@ -83,7 +83,7 @@ class HFImageData:
         from .images import LazyImages
         folder = Path(folder)
         splits = load_saved(folder)
-        val = _val_split(splits, folder)
+        val = _val_split(splits)
         if "train" not in splits or val is None:
             raise ValueError(f"data: {folder} needs a train split and one of {', '.join(VAL_SPLITS)}; it has "
                              f"{', '.join(splits) or 'none'}")
@@ -110,28 +110,29 @@ class HFImageData:
 
 # ---- text --------------------------------------------------------------------------------------------------------
 
-def _encode_shard(args: tuple[str, str, str, int, int, str]) -> np.ndarray:
-    folder, split, column, index, shards, tokenizer = args
+def _encode_shard(args: tuple[str, str, str, int, int, str, str]) -> int:
+    folder, split, column, index, shards, tokenizer, scratch = args
+    from .tokens import save_ids
     rows = load_saved(folder)[split].shard(num_shards=shards, index=index, contiguous=True)
     if tokenizer == "byte":
         text = "".join(t + "\n" for t in rows[column])
-        return np.frombuffer(text.encode("utf-8"), dtype=np.uint8).astype(np.uint16)
+        return save_ids(np.frombuffer(text.encode("utf-8"), dtype=np.uint8), scratch)
     from . import gpt2_encoding
     enc = gpt2_encoding()
     ids = []
     for t in rows[column]:
         ids.extend(enc.encode_ordinary(t))
         ids.append(enc.eot_token)
-    return np.asarray(ids, dtype=np.uint16)
+    return save_ids(np.asarray(ids, dtype=np.uint16), scratch)
 
 
 def encode_saved_text(folder: Union[str, Path], column: str, tokenizer: str, val_fraction: float, workers: int,
-                      progress: bool) -> tuple[np.ndarray, np.ndarray, dict]:
-    """(train ids, validation ids, what was read): the train split's column, and the validation split's when there is
-    one, else the last ``val_fraction`` of the train split's tokens."""
+                      progress: bool, scratch: str) -> tuple[list[tuple[str, int, int]], dict]:
+    """The tokens of the train split's column, and of the validation split's when there is one, else the last
+    ``val_fraction`` of the train split's, as pieces (scratch file, tokens, how many lead tokens are training) for
+    ``tokens._write_tokens``, and what was read. Each worker tokenizes one contiguous shard of rows at a time."""
     import os
-    from multiprocessing import get_context
-    from tqdm import tqdm
+    from .tokens import CHUNK_BYTES, run_pieces, train_takes
     folder = Path(folder)
     splits = load_saved(folder)
     if "train" not in splits:
@@ -140,22 +141,18 @@ def encode_saved_text(folder: Union[str, Path], column: str, tokenizer: str, val
         if column not in rows.features:
             raise ValueError(f"prepare-text: --text-column {column!r} is not a column of split {name} of {folder}; "
                              f"it has {', '.join(rows.features)}")
-    val = _val_split(splits, folder)
+    val = _val_split(splits)
     n = workers or os.cpu_count() or 1
     jobs = []
     for split in ("train",) + ((val,) if val else ()):
-        shards = max(1, min(n * 4, len(splits[split])))  # several shards per worker: a steady progress bar
-        jobs += [(str(folder), split, column, i, shards, tokenizer) for i in range(shards)]
-    with get_context("spawn").Pool(min(n, len(jobs))) as pool:
-        encoded = list(tqdm(pool.imap(_encode_shard, jobs), total=len(jobs), desc="tokenizing", unit="shard",
-                            disable=not progress))
-    by_split: dict = {}
-    for job, ids in zip(jobs, encoded):
-        by_split.setdefault(job[1], []).append(ids)
-    train_ids = np.concatenate(by_split["train"])
-    if val:
-        val_ids = np.concatenate(by_split[val])
-    else:
-        cut = int(round(len(train_ids) * (1 - val_fraction)))
-        train_ids, val_ids = train_ids[:cut], train_ids[cut:]
-    return train_ids, val_ids, {"hf_dataset": str(folder), "text_column": column, "val_split": val or "fraction"}
+        rows = splits[split]
+        # several shards per worker (a steady progress bar), and none much above CHUNK_BYTES of Arrow data (memory)
+        shards = max(1, min(len(rows), max(n * 4, rows.data.nbytes // CHUNK_BYTES)))
+        jobs += [(str(folder), split, column, i, shards, tokenizer, os.path.join(scratch, f"{len(jobs) + i}.bin"))
+                 for i in range(shards)]
+    counts = run_pieces(_encode_shard, jobs, workers, progress, "shard")
+    train = [(job[6], c) for job, c in zip(jobs, counts) if job[1] == "train"]
+    takes = [c for _, c in train] if val else train_takes([c for _, c in train], val_fraction)
+    pieces = [(path, c, take) for (path, c), take in zip(train, takes)]
+    pieces += [(job[6], c, 0) for job, c in zip(jobs, counts) if job[1] != "train"]
+    return pieces, {"hf_dataset": str(folder), "text_column": column, "val_split": val or "fraction"}

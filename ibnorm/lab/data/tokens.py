@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import tempfile
 from pathlib import Path
-from typing import Optional, Union
+from typing import Any, Optional, Union
 
 import numpy as np
 import torch
@@ -77,24 +79,91 @@ def token_folder(folder: Union[str, Path], min_tokens: int = 2):
 
 
 # ---- ibnorm prepare-text ----------------------------------------------------------------------------------------
+# The corpus is never held whole: files are cut into pieces of about CHUNK_BYTES, each worker process tokenizes one
+# piece at a time into a scratch file beside the output, and train.bin and val.bin are then streamed from those.
 
-def _encode(args: tuple[str, str]) -> np.ndarray:
-    path, tokenizer = args
-    text = Path(path).read_text(encoding="utf-8", errors="replace")
+CHUNK_BYTES = 32 << 20  # the text a worker holds at once
+# A piece ends after a newline between two printable ASCII characters: GPT-2's pre-tokenizer always splits there (a
+# lone newline is its own piece, and no piece spans it), and UTF-8 never uses those bytes inside a character, so the
+# pieces tokenize exactly as the whole file does.
+_SAFE_CUT = re.compile(rb"[\x21-\x7e]\n(?=[\x21-\x7e])")
+
+
+def text_pieces(path: Path, chunk_bytes: int = CHUNK_BYTES) -> list[tuple[int, int]]:
+    """Byte ranges [start, end) covering ``path``, each about ``chunk_bytes`` or more, cut only where the
+    tokenization cannot change (a file without such a place is one piece)."""
+    size = path.stat().st_size
+    cuts, window = [0], 1 << 16
+    with open(path, "rb") as f:
+        at = chunk_bytes
+        while at < size:
+            f.seek(at - 1)  # from one byte back, so that the character before a newline is seen
+            found = None
+            while found is None:
+                block = f.read(window + 2)
+                if len(block) < 3:
+                    break
+                m = _SAFE_CUT.search(block)
+                if m:
+                    found = f.tell() - len(block) + m.start() + 2
+                else:
+                    f.seek(-2, os.SEEK_CUR)  # a match may straddle two blocks
+            if found is None or found >= size:
+                break
+            cuts.append(found)
+            at = found + chunk_bytes
+    return list(zip(cuts, cuts[1:] + [size]))
+
+
+def encode_text(text: str, tokenizer: str) -> np.ndarray:
     if tokenizer == "byte":
         return np.frombuffer(text.encode("utf-8"), dtype=np.uint8).astype(np.uint16)
     from . import gpt2_encoding
     return np.asarray(gpt2_encoding().encode_ordinary(text), dtype=np.uint16)
 
 
-def prepare_text(source: Union[str, Path], out: Union[str, Path], tokenizer: str = "gpt2", val_fraction: float = 0.1,
-                 workers: int = 0, progress: bool = True, text_column: str = "text") -> dict:
-    """Tokenize a text file, or every ``*.txt`` under a folder (sorted), into ``out/{train,val}.bin`` and
-    ``out/meta.json``: the last ``val_fraction`` of each file's tokens is validation. Files are tokenized in
-    parallel (``workers`` processes; 0 = one per CPU). A dataset saved by Hugging Face ``datasets`` gives its
-    ``text_column`` instead (:mod:`ibnorm.lab.data.hf`). Returns the meta."""
+def _encode_piece(args: tuple[str, int, int, str, str]) -> int:
+    path, start, end, tokenizer, scratch = args
+    with open(path, "rb") as f:
+        f.seek(start)
+        text = f.read(end - start).decode("utf-8", errors="replace")
+    return save_ids(encode_text(text, tokenizer), scratch)
+
+
+def save_ids(ids: np.ndarray, scratch: str) -> int:
+    """A worker's tokens to its scratch file; the main process gets only the count."""
+    ids.astype(np.uint16).tofile(scratch)
+    return len(ids)
+
+
+def run_pieces(fn: Any, jobs: list, workers: int, progress: bool, unit: str) -> list[int]:
+    """``fn`` over ``jobs`` in worker processes (0 = one per CPU), in order, with a progress bar: the token counts."""
     from multiprocessing import get_context
     from tqdm import tqdm
+    n = min(workers or os.cpu_count() or 1, len(jobs))
+    with get_context("spawn").Pool(n) as pool:
+        return list(tqdm(pool.imap(fn, jobs), total=len(jobs), desc="tokenizing", unit=unit, disable=not progress))
+
+
+def train_takes(counts: list[int], val_fraction: float) -> list[int]:
+    """How many leading tokens of each piece of one document go to training, when its last ``val_fraction`` of
+    tokens is validation."""
+    left = int(round(sum(counts) * (1 - val_fraction)))
+    takes = []
+    for c in counts:
+        takes.append(min(c, left))
+        left -= takes[-1]
+    return takes
+
+
+def prepare_text(source: Union[str, Path], out: Union[str, Path], tokenizer: str = "gpt2", val_fraction: float = 0.1,
+                 workers: int = 0, progress: bool = True, text_column: str = "text",
+                 chunk_bytes: int = CHUNK_BYTES) -> dict:
+    """Tokenize a text file, or every ``*.txt`` under a folder (sorted), into ``out/{train,val}.bin`` and
+    ``out/meta.json``: the last ``val_fraction`` of each file's tokens is validation. Pieces of about ``chunk_bytes``
+    are tokenized in parallel (``workers`` processes; 0 = one per CPU), with the memory of a piece per worker, and give
+    the same tokens as whole files would. A dataset saved by Hugging Face ``datasets`` gives its ``text_column``
+    instead (:mod:`ibnorm.lab.data.hf`). Returns the meta."""
     from . import TOKENIZERS
     if tokenizer not in TOKENIZERS:
         raise ValueError(f"--tokenizer must be one of {', '.join(TOKENIZERS)}; got {tokenizer!r}")
@@ -102,37 +171,56 @@ def prepare_text(source: Union[str, Path], out: Union[str, Path], tokenizer: str
         raise ValueError(f"--val-fraction must be in (0, 1); got {val_fraction}")
     source = Path(source)
     from .hf import encode_saved_text, is_saved_dataset
-    if source.is_dir() and is_saved_dataset(source):
-        train_ids, val_ids, read = encode_saved_text(source, text_column, tokenizer, val_fraction, workers, progress)
-        return _write_tokens(source, out, tokenizer, train_ids, val_ids, {**read, "val_fraction": val_fraction})
-    files = [source] if source.is_file() else sorted(source.rglob("*.txt")) if source.is_dir() else []
-    if not files:
+    saved = source.is_dir() and is_saved_dataset(source)
+    files = [] if saved else [source] if source.is_file() else sorted(source.rglob("*.txt")) if source.is_dir() else []
+    if not saved and not files:
         raise ValueError(f"prepare-text: {source} is not a text file or a folder with *.txt files")
-    jobs = [(str(f), tokenizer) for f in files]
-    n = workers or os.cpu_count() or 1
-    with get_context("spawn").Pool(min(n, len(jobs))) as pool:
-        encoded = list(tqdm(pool.imap(_encode, jobs), total=len(jobs), desc="tokenizing", unit="file",
-                            disable=not progress))
-    train, val = [], []
-    for ids in encoded:
-        cut = int(round(len(ids) * (1 - val_fraction)))
-        train.append(ids[:cut])
-        val.append(ids[cut:])
-    return _write_tokens(source, out, tokenizer, np.concatenate(train), np.concatenate(val),
-                         {"files": len(files), "val_fraction": val_fraction})
+    Path(out).mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix=".prepare-text-", dir=out) as scratch:  # beside the output: its disk
+        if saved:
+            pieces, read = encode_saved_text(source, text_column, tokenizer, val_fraction, workers, progress, scratch)
+            return _write_tokens(source, out, tokenizer, pieces, {**read, "val_fraction": val_fraction})
+        by_file = [text_pieces(f, chunk_bytes) for f in files]
+        jobs = []
+        for f, ranges in zip(files, by_file):
+            for a, b in ranges:
+                jobs.append((str(f), a, b, tokenizer, os.path.join(scratch, f"{len(jobs)}.bin")))
+        counts = run_pieces(_encode_piece, jobs, workers, progress, "piece")
+        pieces, i = [], 0
+        for ranges in by_file:  # the end of each file is validation
+            mine = counts[i:i + len(ranges)]
+            for job, n, take in zip(jobs[i:i + len(ranges)], mine, train_takes(mine, val_fraction)):
+                pieces.append((job[4], n, take))
+            i += len(ranges)
+        return _write_tokens(source, out, tokenizer, pieces, {"files": len(files), "val_fraction": val_fraction})
 
 
-def _write_tokens(source: Path, out: Union[str, Path], tokenizer: str, train_ids: np.ndarray, val_ids: np.ndarray,
+def _write_tokens(source: Path, out: Union[str, Path], tokenizer: str, pieces: list[tuple[str, int, int]],
                   read: dict) -> dict:
-    from ...atomic import atomic_write_bytes, atomic_write_json
+    """``train.bin`` from each piece's first ``take`` tokens and ``val.bin`` from the rest, in piece order, streamed
+    from the scratch files; ``pieces`` holds (scratch file, tokens, take)."""
+    from ...atomic import atomic_write_chunks, atomic_write_json
     from . import TOKENIZERS
-    if not len(train_ids) or not len(val_ids):
-        raise ValueError(f"prepare-text: {source} gives {len(train_ids)} training and {len(val_ids)} validation "
-                         "tokens; both splits need some")
+    n_train = sum(take for _, _, take in pieces)
+    n_val = sum(n - take for _, n, take in pieces)
+    if not n_train or not n_val:
+        raise ValueError(f"prepare-text: {source} gives {n_train} training and {n_val} validation tokens; both splits "
+                         "need some")
+
+    def stream(val: bool):
+        block = 1 << 22  # tokens per write
+        for path, n, take in pieces:
+            lo, hi = (take, n) if val else (0, take)
+            if hi > lo:
+                ids = np.memmap(path, dtype=np.uint16, mode="r")
+                for at in range(lo, hi, block):
+                    yield ids[at:min(hi, at + block)].tobytes()
+                del ids
+
     out = Path(out)
-    atomic_write_bytes(out / "train.bin", train_ids.astype(np.uint16).tobytes())
-    atomic_write_bytes(out / "val.bin", val_ids.astype(np.uint16).tobytes())
-    meta = {"tokenizer": tokenizer, "vocab_size": TOKENIZERS[tokenizer], "train_tokens": int(len(train_ids)),
-            "val_tokens": int(len(val_ids)), **read}
+    atomic_write_chunks(out / "train.bin", stream(False))
+    atomic_write_chunks(out / "val.bin", stream(True))
+    meta = {"tokenizer": tokenizer, "vocab_size": TOKENIZERS[tokenizer], "train_tokens": n_train,
+            "val_tokens": n_val, **read}
     atomic_write_json(out / "meta.json", meta)
     return meta
