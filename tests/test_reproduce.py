@@ -253,9 +253,29 @@ def test_a_norm_flat_over_the_rate_grid_is_named_in_the_tuning_section():
     text = "\n".join(RS.tuning_section(runs))
     assert "The same score at every rate of the grid (within 0.005): gpt2-mini dyt (3.0842-3.0850)." in text
     flat_line = next(line for line in text.splitlines() if line.startswith("The same score"))
-    assert "base" not in flat_line and "DyT runs at its default" in text
+    assert "base" not in flat_line and "DyT and Derf run at their default" in text
     runs[0] = run("dyt", grid[0], 3.2)  # one rate differs: no longer flat
     assert "The same score at every rate" not in "\n".join(RS.tuning_section(runs))
+
+
+def test_an_lm_no_better_than_the_byte_frequencies_is_named_even_when_its_grid_is_not_flat(tmp_path):
+    """DyT's extended LM grid moves with the rate (3.0997 at the lowest) but never beats the byte-frequency level
+    by more than the margin: it is named as stalled, with the caveat; a norm that learns is not."""
+    def run(norm, lr, loss):
+        return {"stage": "tune", "config": {"model": "gpt2-mini", "norm": norm, "lr": lr, "seed": R.TUNE_SEED},
+                "final": {"val_loss": loss}, "curve": [[10, 5.0], [20, loss]]}
+    grid = R.FAMILIES["gpt2-mini"].lr_grid
+    runs = [run("dyt", 1e-4, 3.0997)] + [run("dyt", lr, 3.0841 + 0.0004 * i) for i, lr in enumerate(grid)]
+    runs += [run("base", lr, 2.2 - 0.15 * i) for i, lr in enumerate(grid)]
+    (tmp_path / RS.DYT_DIAGNOSIS).parent.mkdir(parents=True)
+    (tmp_path / RS.DYT_DIAGNOSIS).write_text(json.dumps({"byte_frequency_level": {"gpt2-mini": {"tune": 3.0837,
+                                                                                              "main": 3.0913}}}))
+    text = "\n".join(RS.tuning_section(runs, tmp_path))
+    stalled = next(line for line in text.splitlines() if line.startswith("No better than the bytes' frequencies"))
+    assert "gpt2-mini 3.0837" in stalled and "gpt2-mini dyt (best 3.0841)" in stalled and "base" not in stalled
+    assert "The same score at every rate" not in text  # 3.0997 at 1e-4: not flat
+    assert "initialized to √width" in text  # the authors' LLM recipe, which the protocol does not use
+    assert "No better than" not in "\n".join(RS.tuning_section(runs))  # no committed level, no claim
 
 
 def test_the_dyt_caveat_quotes_the_committed_diagnosis(tmp_path):
@@ -353,6 +373,11 @@ def test_dyt_diagnosis_script_records_the_final_norms_input(tmp_path):
     assert saved["cpu_time_s"] > 0  # measured, not estimated
     assert f"took {saved['cpu_time_s'] / 60:.1f} CPU-minutes, measured" in out.with_suffix(".md").read_text()
     assert kept[0]["alpha"] is None  # the final norm really is the base norm there
+    recipe = saved["runs"]["llama-mini / dyt, authors' LLM recipe"]
+    assert recipe[0]["alpha"] == pytest.approx(0.2)  # the recipe's final-norm alpha_0, not the default 0.5
+    assert recipe[0]["shared_rms"] > 5 * dyt[0]["shared_rms"]  # the embeddings scaled by sqrt(width) at the start
+    level = saved["byte_frequency_level"]["llama-mini"]
+    assert 2.5 < level["tune"] < 4.0 and 2.5 < level["main"] < 4.0  # finite: add-one counts
     assert "| llama-mini | dyt | 1 |" in out.with_suffix(".md").read_text()
 
 

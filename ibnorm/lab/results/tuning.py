@@ -1,4 +1,4 @@
-"""The learning-rate grids (tuning budget) and what they show: edges, flat rows, the DyT diagnosis."""
+"""The learning-rate grids (tuning budget) and what they show: edges, flat and stalled rows, the DyT diagnosis."""
 from __future__ import annotations
 
 import json
@@ -50,16 +50,27 @@ def tuning_section(runs: list[dict], results_root: Optional[Path] = None) -> lis
     if edges:
         lines += ["", f"Still at an edge of the rates tried: {', '.join(edges)}; such a grid is extended by the next "
                   "rate (pending) unless it reached the end of the ladder."]
-    flat = flat_rows(cells)
+    levels = byte_frequency_levels(results_root)
+    stalled = stalled_rows(cells, levels)
+    flat = flat_rows(cells, exclude={key for key, _ in stalled})
+    if stalled:
+        lines += ["", f"No better than the bytes' frequencies at any rate (the best score less than {STALL_MARGIN} "
+                  "nats/byte below the byte-frequency level, the loss of predicting every byte by its frequency in the "
+                  "training text: " + ", ".join(f"{m} {v:.4f}" for m, v in sorted(levels.items())) + "): "
+                  + ", ".join(f"{m} {n} (best {best:.4f})" for (m, n), best in stalled)
+                  + ". Such a model has learned nothing that depends on its input."]
     if flat:
         lines += ["", f"The same score at every rate of the grid (within {FLAT_SPREAD}): {', '.join(flat)}. A score "
                   "that does not move with the rate is what a model reaches when it has learned only what does not "
                   "depend on its input (for an LM, the bytes' frequencies)."]
-        if any(text.split()[1] == "dyt" for text in flat):
-            lines += ["DyT runs at its default α₀ = 0.5 with the same rate grid as every norm; its authors tune α₀ per "
-                      "layer type for LLMs, which this protocol does not, so its rows above show DyT at its default, "
-                      "not DyT tuned."]
-            lines += dyt_diagnosis_lines(results_root)
+    named = {text.split()[1] for text in flat} | {norm for (_, norm), _ in stalled}
+    if named & {"dyt", "derf"}:
+        lines += ["DyT and Derf run at their default α₀ = 0.5 with the same rate grid as every norm. For LLMs, DyT's "
+                  "authors also set α₀ per norm position and multiply the token embeddings by a learnable scalar "
+                  "initialized to √width (their LLaMA code, `other_tasks/LLaMA/fms_fsdp/models/llama.py` in "
+                  "jiachenzhu/DyT); this protocol does neither, so these rows show the peers at their defaults, not "
+                  "tuned."]
+        lines += dyt_diagnosis_lines(results_root)
     return lines + [""]
 
 
@@ -72,16 +83,20 @@ def dyt_diagnosis_lines(results_root: Optional[Path]) -> list[str]:
     if path is None or not path.exists():
         return []
     diagnosis = json.loads(path.read_text())
-    runs, parts, first_saturated = diagnosis["runs"], [], []
+    runs, parts, first_saturated, recipe_saturated = diagnosis.get("runs", {}), [], [], []
     for model in sorted({key.split(" / ")[0] for key in runs}):
-        dyt, kept, base = (runs.get(f"{model} / {v}") for v in ("dyt", "dyt, final norm kept", "base"))
+        dyt, kept, base, recipe = (runs.get(f"{model} / {v}") for v in ("dyt", "dyt, final norm kept", "base",
+                                                                         "dyt, authors' LLM recipe"))
         if not (dyt and kept and base):
             continue
         first_saturated += [next((r["step"] for r in dyt if (r["saturated"] or 0) > 0.99), None)]
         end = dyt[-1]
+        recipe_saturated += [recipe[-1]["saturated"] > 0.99] if recipe else []
+        with_recipe = "" if not recipe else (f"; with the authors' LLM recipe {recipe[-1]['train_loss']:.3f} "
+                                             f"({recipe[-1]['saturated']:.0%} saturated)")
         parts.append(f"{model}: shared {end['shared_rms']:.3g} against varying {end['varying_rms']:.2g}, "
                      f"{end['saturated']:.0%} saturated, training loss {end['train_loss']:.3f}; with the final norm "
-                     f"kept {kept[-1]['train_loss']:.3f}; base norm {base[-1]['train_loss']:.3f}")
+                     f"kept {kept[-1]['train_loss']:.3f}{with_recipe}; base norm {base[-1]['train_loss']:.3f}")
     if not parts:
         return []
     when = ("" if None in first_saturated else
@@ -92,18 +107,44 @@ def dyt_diagnosis_lines(results_root: Optional[Path]) -> list[str]:
             f"the final DyT before the LM head saturates{when}. Its tanh then gives the same ±1 vector at every "
             "position, so the head can learn only the bytes' frequencies, and almost no gradient passes back "
             "through it. LayerNorm and RMSNorm divide that size away, and DyT in the blocks with the base norm kept "
-            "as the final norm trains. Input of the final norm at the last step, as root-mean-squares: "
+            "as the final norm trains." + ("" if not recipe_saturated else " DyT with its authors' LLM recipe (α₀ 0.8 "
+            "before attention, 0.2 before the MLP and at the final norm, the embeddings times a learnable √width) "
+            + ("saturates the same way at this rate." if all(recipe_saturated) else "does not saturate everywhere; "
+               "see its numbers.")) + " Input of the final norm at the last step, as "
+            "root-mean-squares: "
             + "; ".join(parts) + "."]
 
 
 FLAT_SPREAD = 0.005  # largest minus smallest score over the grid, below which a norm did not respond to the rate
+STALL_MARGIN = 0.01  # nats/byte: the LMs' equivalence bound; a best score this close to the byte-frequency level
 
 
-def flat_rows(cells: dict[tuple, dict[float, dict]]) -> list[str]:
-    """``model norm (low-high)`` for each (model, norm) whose runs finished at every rate with scores within
-    FLAT_SPREAD of each other."""
+def byte_frequency_levels(results_root: Optional[Path]) -> dict[str, float]:
+    """Each LM's byte-frequency level on the tuning runs' validation windows, from the committed diagnosis."""
+    path = None if results_root is None else Path(results_root) / DYT_DIAGNOSIS
+    if path is None or not path.exists():
+        return {}
+    return {m: v["tune"] for m, v in json.loads(path.read_text()).get("byte_frequency_level", {}).items()}
+
+
+def stalled_rows(cells: dict[tuple, dict[float, dict]], levels: dict[str, float]) -> list[tuple[tuple, float]]:
+    """((model, norm), best score) for each LM whose best finished tuning score is not STALL_MARGIN below its
+    byte-frequency level: at no rate did it learn more than the bytes' frequencies."""
     out = []
     for (model, norm), per_lr in sorted(cells.items()):
+        scores = [s for s in (metric(r) for r in per_lr.values()) if s is not None]
+        if model in levels and scores and min(scores) >= levels[model] - STALL_MARGIN:
+            out.append(((model, norm), min(scores)))
+    return out
+
+
+def flat_rows(cells: dict[tuple, dict[float, dict]], exclude: frozenset = frozenset()) -> list[str]:
+    """``model norm (low-high)`` for each (model, norm) not in ``exclude`` whose runs finished at every rate with
+    scores within FLAT_SPREAD of each other."""
+    out = []
+    for (model, norm), per_lr in sorted(cells.items()):
+        if (model, norm) in exclude:
+            continue
         scores = [metric(r) for r in per_lr.values()]
         if len(scores) >= len(R.FAMILIES[model].lr_grid) and None not in scores and \
                 max(scores) - min(scores) < FLAT_SPREAD:
