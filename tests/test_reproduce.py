@@ -614,6 +614,27 @@ def test_the_stability_ladder_climbs_until_a_run_diverges(tmp_path):
     assert R.stability_rates(root, model, "base") == []
 
 
+def test_the_stability_section_counts_the_ops_against_the_base_norm_past_its_best_rate():
+    """Above the base norm's best rate, each op's cell is compared with the base norm's at the same rate: a better
+    score wins, a tie or a divergence does not; below the best nothing counts, and an unfinished ladder leaves the
+    family out."""
+    from ibnorm.lab.results.stability import past_the_base_best
+    def run(norm, lr, loss, diverged=False):
+        r = {"stage": "tune", "config": {"model": "gpt2-mini", "norm": norm, "lr": lr, "seed": R.TUNE_SEED},
+             "final": {"val_loss": loss}, "curve": [[10, 5.0], [20, 6.0 if diverged else loss]]}
+        return r
+    rates = [0.001, 0.003, 0.01, 0.03, 0.1, 0.3, 1.0]
+    base = [2.2, 1.9, 1.95, 2.5, 2.7, 3.0, 3.1]  # best at 0.003
+    table = {("gpt2-mini", "base"): {lr: run("base", lr, v) for lr, v in zip(rates, base)}}
+    for norm, delta in (("ib_power", -0.1), ("ib_log", 0.1), ("ib_tanh", 0.0)):  # better, worse, tied everywhere
+        table[("gpt2-mini", norm)] = {lr: run(norm, lr, v + delta) for lr, v in zip(rates, base)}
+    assert past_the_base_best(table) == {"gpt2-mini": (5, 15)}
+    table[("gpt2-mini", "ib_power")][1.0] = run("ib_power", 1.0, 1.0, diverged=True)  # a divergence loses
+    assert past_the_base_best(table) == {"gpt2-mini": (4, 15)}
+    del table[("gpt2-mini", "ib_log")][1.0]  # its ladder has neither diverged nor reached the top: still climbing
+    assert past_the_base_best(table) == {}
+
+
 def test_the_strength_ablation_extends_while_its_largest_strength_wins(tmp_path):
     root = tmp_path / "results"
     model, op, lr = "llama-mini", "ib_tanh", 0.003

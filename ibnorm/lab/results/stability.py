@@ -1,6 +1,7 @@
 """Claim 4's stability test: each norm's rate ladder, climbed until a run diverges, and its largest stable rate."""
 from __future__ import annotations
 
+import math
 from collections import defaultdict
 from typing import Optional
 
@@ -56,4 +57,36 @@ def stability_section(runs: list[dict]) -> tuple[list[str], dict]:
                 cells.append(f"{lr:g}: {metric(r):.4f} ({max_loss_rise(r.get('curve', [])):.3f}){tag}")
         s = stable[(model, norm)]
         lines.append(f"| {model} | {norm} | {'; '.join(cells)} | {'climbing' if s is None else f'{s:g}'} |")
+    past = past_the_base_best(table)
+    if past:
+        lines += ["", "Past the base norm's best rate (descriptive, one seed per cell, not part of the rule): the cells "
+                  "where an op scores better than the base norm at the same rate (a diverged run loses), out of those "
+                  "where both ran. "
+                  + "; ".join(f"{model} {wins} of {cells}" for model, (wins, cells) in past.items()) + "."]
     return lines + [""], stable
+
+
+def _rank(r: dict) -> float:
+    """Higher is better; a run that diverged (by the rule above) ranks last."""
+    return -math.inf if R.diverged(r) else R.score(r)
+
+
+def past_the_base_best(table: dict[tuple[str, str], dict[float, dict]]) -> dict[str, tuple[int, int]]:
+    """model -> (cells an op beats the base norm in, cells compared), over the rates above the base norm's best
+    on its ladder, where both ran; a diverged run loses, and ties count as not better. Models whose ladders are incomplete are left out."""
+    out = {}
+    for model in R.FAMILIES:
+        base = table.get((model, "base"), {})
+        ops = [n for n in R.STABILITY_NORMS if n != "base" and (model, n) in table]
+        if not base or not ops or largest_stable(base) is None or any(largest_stable(table[(model, n)]) is None
+                                                                      for n in ops):
+            continue
+        best = max(base, key=lambda lr: _rank(base[lr]))
+        wins = cells = 0
+        for n in ops:
+            for lr, r in table[(model, n)].items():
+                if lr > best and lr in base:
+                    cells += 1
+                    wins += _rank(r) > _rank(base[lr])
+        out[model] = (wins, cells)
+    return out
