@@ -17,7 +17,6 @@ Candidates per grouping (layer: nn.LayerNorm, RMS: nn.RMSNorm), op and dtype:
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import statistics
 import sys

@@ -8,7 +8,6 @@ batches, in a fresh process; "2 x 1" runs two such processes at the same time. R
 from __future__ import annotations
 
 import argparse
-import json
 import subprocess
 import sys
 

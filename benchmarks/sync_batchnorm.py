@@ -33,7 +33,7 @@ def main() -> None:
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     identity = lambda: (lambda t: t.clone())  # the sum over a process group of one
-    lines = [f"# IBSyncBatchNorm on CPU, forward + backward, 64x64x32x32 float32",
+    lines = ["# IBSyncBatchNorm on CPU, forward + backward, 64x64x32x32 float32",
              "", f"CPU capability {torch.backends.cpu.get_cpu_capability()}, {args.threads} threads, median of "
              f"{args.rounds} interleaved rounds, ratio to `nn.BatchNorm2d` in the same layout. Made by "
              "`MALLOC_MMAP_MAX_=0 python benchmarks/sync_batchnorm.py" + (f" --threads {args.threads}" if args.threads != 2 else "")

@@ -117,7 +117,6 @@ class Task:
     def batch(self, step: int, shard: tuple[int, int] = (0, 1)) -> tuple[Tensor, Tensor]:
         """Step ``step``'s global batch, or with ``shard=(rank, world_size)`` that rank's contiguous slice of it (as
         ``DistContext.shard`` cuts it). An image folder decodes only the slice."""
-        cfg = self.cfg
         rank, world = shard
         if world > 1 and hasattr(getattr(self, "vision", None), "classes"):
             return self._folder_batch(step, rank, world)

@@ -112,7 +112,7 @@ class HFImageData:
 
 def _encode_shard(args: tuple[str, str, str, int, int, str, str]) -> int:
     folder, split, column, index, shards, tokenizer, scratch = args
-    from .tokens import save_ids
+    from .pieces import save_ids
     rows = load_saved(folder)[split].shard(num_shards=shards, index=index, contiguous=True)
     if tokenizer == "byte":
         text = "".join(t + "\n" for t in rows[column])
@@ -132,7 +132,7 @@ def encode_saved_text(folder: Union[str, Path], column: str, tokenizer: str, val
     ``val_fraction`` of the train split's, as pieces (scratch file, tokens, how many lead tokens are training) for
     ``tokens._write_tokens``, and what was read. Each worker tokenizes one contiguous shard of rows at a time."""
     import os
-    from .tokens import CHUNK_BYTES, run_pieces, train_takes
+    from .pieces import CHUNK_BYTES, run_pieces, train_takes
     folder = Path(folder)
     splits = load_saved(folder)
     if "train" not in splits:

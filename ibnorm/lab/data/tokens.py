@@ -12,10 +12,12 @@ import os
 import re
 import tempfile
 from pathlib import Path
-from typing import Any, Optional, Union
+from typing import Optional, Union
 
 import numpy as np
 import torch
+
+from .pieces import CHUNK_BYTES, run_pieces, save_ids, train_takes
 
 GPT2_VOCAB = 50257  # a folder without meta.json holds GPT-2 ids, as nanoGPT's prepare scripts write them
 
@@ -82,7 +84,6 @@ def token_folder(folder: Union[str, Path], min_tokens: int = 2):
 # The corpus is never held whole: files are cut into pieces of about CHUNK_BYTES, each worker process tokenizes one
 # piece at a time into a scratch file beside the output, and train.bin and val.bin are then streamed from those.
 
-CHUNK_BYTES = 32 << 20  # the text a worker holds at once
 # A piece ends after a newline between two printable ASCII characters: GPT-2's pre-tokenizer always splits there (a
 # lone newline is its own piece, and no piece spans it), and UTF-8 never uses those bytes inside a character, so the
 # pieces tokenize exactly as the whole file does.
@@ -128,32 +129,6 @@ def _encode_piece(args: tuple[str, int, int, str, str]) -> int:
         f.seek(start)
         text = f.read(end - start).decode("utf-8", errors="replace")
     return save_ids(encode_text(text, tokenizer), scratch)
-
-
-def save_ids(ids: np.ndarray, scratch: str) -> int:
-    """A worker's tokens to its scratch file; the main process gets only the count."""
-    ids.astype(np.uint16).tofile(scratch)
-    return len(ids)
-
-
-def run_pieces(fn: Any, jobs: list, workers: int, progress: bool, unit: str) -> list[int]:
-    """``fn`` over ``jobs`` in worker processes (0 = one per CPU), in order, with a progress bar: the token counts."""
-    from multiprocessing import get_context
-    from tqdm import tqdm
-    n = min(workers or os.cpu_count() or 1, len(jobs))
-    with get_context("spawn").Pool(n) as pool:
-        return list(tqdm(pool.imap(fn, jobs), total=len(jobs), desc="tokenizing", unit=unit, disable=not progress))
-
-
-def train_takes(counts: list[int], val_fraction: float) -> list[int]:
-    """How many leading tokens of each piece of one document go to training, when its last ``val_fraction`` of
-    tokens is validation."""
-    left = int(round(sum(counts) * (1 - val_fraction)))
-    takes = []
-    for c in counts:
-        takes.append(min(c, left))
-        left -= takes[-1]
-    return takes
 
 
 def prepare_text(source: Union[str, Path], out: Union[str, Path], tokenizer: str = "gpt2", val_fraction: float = 0.1,
