@@ -56,12 +56,14 @@ def test_prepare_text_streams_a_file_in_pieces_with_the_tokens_of_the_whole(tmp_
     for chunk in range(20, 400, 3):  # cuts landing everywhere in the text
         parts = [encode_text(raw[a:b].decode(), tokenizer) for a, b in text_pieces(src, chunk)]
         assert np.array_equal(np.concatenate(parts), whole), chunk
+    (tmp_path / "tok" / ".prepare-text-killed").mkdir(parents=True)  # the scratch of a run killed before
+    (tmp_path / "tok" / ".prepare-text-killed" / "0.bin").write_bytes(b"\0" * 64)
     meta = prepare_text(src, tmp_path / "tok", tokenizer, 0.1, workers=2, progress=False, chunk_bytes=200)
     train = np.fromfile(tmp_path / "tok" / "train.bin", dtype=np.uint16)
     val = np.fromfile(tmp_path / "tok" / "val.bin", dtype=np.uint16)
     cut = int(round(len(whole) * 0.9))
     assert np.array_equal(train, whole[:cut]) and np.array_equal(val, whole[cut:])
-    assert meta["train_tokens"] == cut and not list((tmp_path / "tok").glob(".prepare-text-*"))  # scratch removed
+    assert meta["train_tokens"] == cut and not list((tmp_path / "tok").glob(".prepare-text-*"))  # no scratch left
 
 
 def _ids(text, tokenizer):

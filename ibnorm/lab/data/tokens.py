@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Optional, Union
@@ -151,6 +152,8 @@ def prepare_text(source: Union[str, Path], out: Union[str, Path], tokenizer: str
     if not saved and not files:
         raise ValueError(f"prepare-text: {source} is not a text file or a folder with *.txt files")
     Path(out).mkdir(parents=True, exist_ok=True)
+    for stale in Path(out).glob(".prepare-text-*"):  # the scratch of a run that was killed: nothing to resume from
+        shutil.rmtree(stale, ignore_errors=True)
     with tempfile.TemporaryDirectory(prefix=".prepare-text-", dir=out) as scratch:  # beside the output: its disk
         if saved:
             pieces, read = encode_saved_text(source, text_column, tokenizer, val_fraction, workers, progress, scratch)
