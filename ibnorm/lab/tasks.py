@@ -228,7 +228,7 @@ class Task:
         if workers > 0 and hasattr(xs, "augmented"):  # lazy images: decoded by worker processes, in order
             from torch.utils.data import DataLoader
             loader = DataLoader(_Chunks(xs, chunk), batch_size=None, sampler=starts, num_workers=workers,
-                                prefetch_factor=2)
+                                prefetch_factor=2, pin_memory=torch.device(device).type == "cuda")
             inputs = (_raise_bad_data(item) for item in loader)
         else:
             inputs = (xs[i:i + chunk] for i in starts)
