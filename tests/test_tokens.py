@@ -37,7 +37,9 @@ def test_prepare_text_round_trip(tmp_path, tokenizer):
 
 # Places where cutting would change GPT-2's tokens: runs of newlines, spaces or CRs around them, non-ASCII spaces.
 AWKWARD = ("Chapter 1\n\n\nIt is a truth  \n  universally acknowledged,\r\nthat a single man\u00a0\nin possession"
-           "\n\u3000of a good fortune — ünïcödé\nmust be in want of a wife.\n 's\n'll\n123\n4\n") * 40
+           "\n\u3000of a good fortune — ünïcödé\nmust be in want of a wife.\n 's\n'll\n123\n4\n don't  stop. x 's"
+           " 'll  a\t b\r\n") * 40
+CRLF = "It is a truth universally acknowledged,\r\nthat a single man in possession\r\n\r\nof a fortune.\r\n" * 40
 
 
 @pytest.mark.parametrize("tokenizer", ["byte", "gpt2"])
@@ -52,10 +54,15 @@ def test_prepare_text_streams_a_file_in_pieces_with_the_tokens_of_the_whole(tmp_
     assert len(pieces) > 10 and pieces[0][0] == 0 and pieces[-1][1] == len(raw)
     assert all(a == b for (_, a), (b, _) in zip(pieces, pieces[1:]))  # contiguous, nothing lost
     from ibnorm.lab.data.tokens import encode_text
+    for text in (AWKWARD, CRLF):  # CRLF: no newline between two printable characters, cut before words
+        src.write_text(text, encoding="utf-8", newline="")
+        raw, whole = src.read_bytes(), encode_text(text, tokenizer)
+        assert len(text_pieces(src, 200)) > 10
+        for chunk in range(20, 400, 3):  # cuts landing everywhere in the text
+            parts = [encode_text(raw[a:b].decode(), tokenizer) for a, b in text_pieces(src, chunk)]
+            assert np.array_equal(np.concatenate(parts), whole), chunk
+    src.write_text(AWKWARD, encoding="utf-8")
     whole = encode_text(AWKWARD, tokenizer)
-    for chunk in range(20, 400, 3):  # cuts landing everywhere in the text
-        parts = [encode_text(raw[a:b].decode(), tokenizer) for a, b in text_pieces(src, chunk)]
-        assert np.array_equal(np.concatenate(parts), whole), chunk
     (tmp_path / "tok" / ".prepare-text-killed").mkdir(parents=True)  # the scratch of a run killed before
     (tmp_path / "tok" / ".prepare-text-killed" / "0.bin").write_bytes(b"\0" * 64)
     meta = prepare_text(src, tmp_path / "tok", tokenizer, 0.1, workers=2, progress=False, chunk_bytes=200)

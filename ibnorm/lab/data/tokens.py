@@ -85,10 +85,11 @@ def token_folder(folder: Union[str, Path], min_tokens: int = 2):
 # The corpus is never held whole: files are cut into pieces of about CHUNK_BYTES, each worker process tokenizes one
 # piece at a time into a scratch file beside the output, and train.bin and val.bin are then streamed from those.
 
-# A piece ends after a newline between two printable ASCII characters: GPT-2's pre-tokenizer always splits there (a
-# lone newline is its own piece, and no piece spans it), and UTF-8 never uses those bytes inside a character, so the
-# pieces tokenize exactly as the whole file does.
-_SAFE_CUT = re.compile(rb"[\x21-\x7e]\n(?=[\x21-\x7e])")
+# Where GPT-2's pre-tokenizer always splits, whatever follows, so that the pieces tokenize exactly as the whole file:
+# after a newline between two printable ASCII characters (a lone newline is its own piece), or before a space that
+# follows a printable ASCII character and precedes an ASCII letter (" word" is a piece, and the one before it ends at
+# that character; this also cuts CRLF text and text without newlines). UTF-8 never uses these bytes inside a character.
+_SAFE_CUT = re.compile(rb"[\x21-\x7e]\n(?=[\x21-\x7e])|[\x21-\x7e](?= [A-Za-z])")
 
 
 def text_pieces(path: Path, chunk_bytes: int = CHUNK_BYTES) -> list[tuple[int, int]]:
@@ -107,7 +108,7 @@ def text_pieces(path: Path, chunk_bytes: int = CHUNK_BYTES) -> list[tuple[int, i
                     break
                 m = _SAFE_CUT.search(block)
                 if m:
-                    found = f.tell() - len(block) + m.start() + 2
+                    found = f.tell() - len(block) + m.end()
                 else:
                     f.seek(-2, os.SEEK_CUR)  # a match may straddle two blocks
             if found is None or found >= size:
