@@ -54,11 +54,12 @@ def tuning_section(runs: list[dict], results_root: Optional[Path] = None) -> lis
     stalled = stalled_rows(cells, levels)
     flat = flat_rows(cells, exclude={key for key, _ in stalled})
     if stalled:
-        lines += ["", f"No better than the bytes' frequencies at any rate (the best score less than {STALL_MARGIN} "
-                  "nats/byte below the byte-frequency level, the loss of predicting every byte by its frequency in the "
-                  "training text: " + ", ".join(f"{m} {v:.4f}" for m, v in sorted(levels.items())) + "): "
-                  + ", ".join(f"{m} {n} (best {best:.4f})" for (m, n), best in stalled)
-                  + ". Such a model has learned nothing that depends on its input."]
+        lines += ["", "No better than the bytes' frequencies at any rate, at this budget (the best score less than "
+                  f"{STALL_MARGIN} nats/byte below the byte-frequency level, the loss of predicting every byte by its "
+                  "frequency in the training text: " + ", ".join(f"{m} {v:.4f}" for m, v in sorted(levels.items()))
+                  + "): " + ", ".join(f"{m} {n} (best {best:.4f})" for (m, n), best in stalled)
+                  + ". Such a model has learned nothing that depends on its input by the end of the tuning budget; "
+                  "the main table's longer runs show whether it does later."]
     if flat:
         lines += ["", f"The same score at every rate of the grid (within {FLAT_SPREAD}): {', '.join(flat)}. A score "
                   "that does not move with the rate is what a model reaches when it has learned only what does not "
