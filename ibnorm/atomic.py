@@ -46,7 +46,7 @@ def atomic_torch_save(obj: Any, path: str | Path) -> None:
 
 
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:
-    _atomic(path, lambda f: f.write(data), "wb")
+    atomic_write_chunks(path, (data,))
 
 
 def atomic_write_chunks(path: str | Path, chunks: Iterable[bytes]) -> None:

@@ -111,7 +111,7 @@ def text_pieces(path: Path, chunk_bytes: int = CHUNK_BYTES) -> list[tuple[int, i
                     found = f.tell() - len(block) + m.end()
                 else:
                     f.seek(-2, os.SEEK_CUR)  # a match may straddle two blocks
-            if found is None or found >= size:
+            if found is None:  # no safe place left: the rest is one piece
                 break
             cuts.append(found)
             at = found + chunk_bytes

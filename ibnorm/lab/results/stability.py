@@ -73,7 +73,8 @@ def _rank(r: dict) -> float:
 
 def past_the_base_best(table: dict[tuple[str, str], dict[float, dict]]) -> dict[str, tuple[int, int]]:
     """model -> (cells an op beats the base norm in, cells compared), over the rates above the base norm's best
-    on its ladder, where both ran; a diverged run loses, and ties count as not better. Models whose ladders are incomplete are left out."""
+    on its ladder, where both ran; a diverged run loses, and ties count as not better. Models whose ladders are
+    incomplete are left out."""
     out = {}
     for model in R.FAMILIES:
         base = table.get((model, "base"), {})

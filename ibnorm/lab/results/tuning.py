@@ -80,10 +80,7 @@ DYT_DIAGNOSIS = Path("reproduction") / "dyt_lm_diagnosis.json"  # written by scr
 
 def dyt_diagnosis_lines(results_root: Optional[Path]) -> list[str]:
     """Why DyT's LMs stall, in numbers from the committed diagnosis (nothing when it is absent)."""
-    path = None if results_root is None else Path(results_root) / DYT_DIAGNOSIS
-    if path is None or not path.exists():
-        return []
-    diagnosis = json.loads(path.read_text())
+    diagnosis = _diagnosis(results_root)
     runs, parts, first_saturated, recipe_saturated = diagnosis.get("runs", {}), [], [], []
     for model in sorted({key.split(" / ")[0] for key in runs}):
         dyt, kept, base, recipe = (runs.get(f"{model} / {v}") for v in ("dyt", "dyt, final norm kept", "base",
@@ -122,10 +119,13 @@ STALL_MARGIN = 0.01  # nats/byte: the LMs' equivalence bound; a best score this 
 
 def byte_frequency_levels(results_root: Optional[Path]) -> dict[str, float]:
     """Each LM's byte-frequency level on the tuning runs' validation windows, from the committed diagnosis."""
+    return {m: v["tune"] for m, v in _diagnosis(results_root).get("byte_frequency_level", {}).items()}
+
+
+def _diagnosis(results_root: Optional[Path]) -> dict:
+    """The committed DyT diagnosis ({} when it is absent)."""
     path = None if results_root is None else Path(results_root) / DYT_DIAGNOSIS
-    if path is None or not path.exists():
-        return {}
-    return {m: v["tune"] for m, v in json.loads(path.read_text()).get("byte_frequency_level", {}).items()}
+    return json.loads(path.read_text()) if path is not None and path.exists() else {}
 
 
 def stalled_rows(cells: dict[tuple, dict[float, dict]], levels: dict[str, float]) -> list[tuple[tuple, float]]:
