@@ -112,11 +112,10 @@ class HFImageData:
 
 def _encode_shard(args: tuple[str, str, str, int, int, str, str]) -> int:
     folder, split, column, index, shards, tokenizer, scratch = args
-    from .pieces import save_ids
+    from .pieces import encode_text, save_ids
     rows = load_saved(folder)[split].shard(num_shards=shards, index=index, contiguous=True)
     if tokenizer == "byte":
-        text = "".join(t + "\n" for t in rows[column])
-        return save_ids(np.frombuffer(text.encode("utf-8"), dtype=np.uint8), scratch)
+        return save_ids(encode_text("".join(t + "\n" for t in rows[column]), "byte"), scratch)
     from . import gpt2_encoding
     enc = gpt2_encoding()
     ids = []

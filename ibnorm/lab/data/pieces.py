@@ -11,6 +11,14 @@ import numpy as np
 CHUNK_BYTES = 32 << 20  # the text a worker holds at once
 
 
+def encode_text(text: str, tokenizer: str) -> np.ndarray:
+    """``text``'s token ids as uint16: its UTF-8 bytes, or GPT-2's BPE."""
+    if tokenizer == "byte":
+        return np.frombuffer(text.encode("utf-8"), dtype=np.uint8).astype(np.uint16)
+    from . import gpt2_encoding
+    return np.asarray(gpt2_encoding().encode_ordinary(text), dtype=np.uint16)
+
+
 def save_ids(ids: np.ndarray, scratch: str) -> int:
     """A worker's tokens to its scratch file; the main process gets only the count."""
     ids.astype(np.uint16).tofile(scratch)

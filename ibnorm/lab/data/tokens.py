@@ -18,7 +18,7 @@ from typing import Optional, Union
 import numpy as np
 import torch
 
-from .pieces import CHUNK_BYTES, run_pieces, save_ids, train_takes
+from .pieces import CHUNK_BYTES, encode_text, run_pieces, save_ids, train_takes
 
 GPT2_VOCAB = 50257  # a folder without meta.json holds GPT-2 ids, as nanoGPT's prepare scripts write them
 
@@ -116,13 +116,6 @@ def text_pieces(path: Path, chunk_bytes: int = CHUNK_BYTES) -> list[tuple[int, i
             cuts.append(found)
             at = found + chunk_bytes
     return list(zip(cuts, cuts[1:] + [size]))
-
-
-def encode_text(text: str, tokenizer: str) -> np.ndarray:
-    if tokenizer == "byte":
-        return np.frombuffer(text.encode("utf-8"), dtype=np.uint8).astype(np.uint16)
-    from . import gpt2_encoding
-    return np.asarray(gpt2_encoding().encode_ordinary(text), dtype=np.uint16)
 
 
 def _encode_piece(args: tuple[str, int, int, str, str]) -> int:
