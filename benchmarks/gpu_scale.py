@@ -41,7 +41,16 @@ def _sync(device: str) -> None:
 
 def compiled_step(name: str, norm: str, device: str, smoke: bool) -> dict:
     """Build, compile and take bf16-autocast AdamW steps: the first (compilation included) and the median of three
-    more; on CUDA also the peak memory."""
+    more; on CUDA also the peak memory. The model, optimizer and compiled graphs are freed before it returns."""
+    try:
+        return _timed_steps(name, norm, device, smoke)
+    finally:  # the model and optimizer died with _timed_steps' frame; drop the graphs and the cached blocks too
+        torch._dynamo.reset()
+        if device == "cuda":
+            torch.cuda.empty_cache()
+
+
+def _timed_steps(name: str, norm: str, device: str, smoke: bool) -> dict:
     task = PRESETS[name].task
     over = dict(SMOKE["lm"] if task == "lm" else SMOKE["vision"][name]) if smoke else {}
     image_size = over.get("image_size", 64 if smoke else 224)
@@ -79,10 +88,6 @@ def compiled_step(name: str, norm: str, device: str, smoke: bool) -> dict:
     out = {"first_step_s": first, "step_ms": 1e3 * times[1], "params": sum(p.numel() for p in model.parameters())}
     if device == "cuda":
         out["peak_memory_gb"] = torch.cuda.max_memory_allocated() / 2**30
-    del model, opt, forward
-    torch._dynamo.reset()
-    if device == "cuda":
-        torch.cuda.empty_cache()
     return out
 
 
