@@ -28,9 +28,12 @@ from torch import nn
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from ibnorm.atomic import atomic_write_json, atomic_write_text  # noqa: E402
+from ibnorm.lab.results.tuning import dyt_recipe_words  # noqa: E402
 
 VARIANTS = ("base", "dyt", "dyt, final norm kept", "dyt, authors' LLM recipe")
 RECIPE_ALPHA = {"attention": 0.8, "mlp": 0.2, "final": 0.2}  # DyT's LLaMA2-7B alpha_0 per norm position
+# what the JSON records, so that the report quotes the recipe that ran rather than a copy of it
+RECIPE = {"alpha_0": RECIPE_ALPHA, "embedding_scale": "√width"}
 LR, SEED, EVERY = 0.003, 100, 25
 
 
@@ -135,8 +138,7 @@ def summary(results: dict, levels: dict, steps: int, argv: str, cpu_seconds: flo
              f"Training loss in nats/byte, mean of the {EVERY} steps up to the one shown. The byte-frequency level "
              "(the loss of predicting every byte by its frequency in the training text, on the validation windows): "
              + "; ".join(f"{m} {v['tune']:.4f} (tuning runs), {v['main']:.4f} (main runs)" for m, v in levels.items())
-             + ". The authors' LLM recipe: a learnable scalar on the token embeddings, initialized to sqrt(width), "
-             "and alpha_0 0.8 before attention, 0.2 before the MLP and at the final norm.", "",
+             + f". The authors' LLM recipe: {dyt_recipe_words(RECIPE)}.", "",
              "| model | variant | step | training loss | shared rms | varying rms | saturated | α |",
              "|---|---|---|---|---|---|---|---|"]
     for key, records in results.items():
@@ -173,7 +175,7 @@ def main(argv: list[str] | None = None) -> None:
     cpu_seconds = round(time.process_time() - started, 1)
     atomic_write_json(Path(args.out + ".json"), {"steps": args.steps, "lr": LR, "seed": SEED,
                                                  "cpu_time_s": cpu_seconds, "byte_frequency_level": levels,
-                                                 "runs": results})
+                                                 "recipe": RECIPE, "runs": results})
     atomic_write_text(Path(args.out + ".md"), summary(results, levels, args.steps, given, cpu_seconds))
 
 

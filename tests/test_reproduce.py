@@ -180,12 +180,51 @@ def test_report_rebuilds_the_committed_results_byte_for_byte(tmp_path):
     for f in _committed_run_files() + [q for q in quoted if q.exists()]:
         (tmp_path / f.relative_to(REPO).parent).mkdir(parents=True, exist_ok=True)
         shutil.copy(f, tmp_path / f.relative_to(REPO))
-    RS.build_report(tmp_path / "results", tmp_path / "RESULTS.md")
+    shutil.copy(REPO / "README.md", tmp_path / "README.md")
+    RS.build_report(tmp_path / "results", tmp_path / "RESULTS.md", readme=tmp_path / "README.md")
     assert (tmp_path / "RESULTS.md").read_text() == (REPO / "RESULTS.md").read_text(), \
         "RESULTS.md differs from what `ibnorm report` makes of the committed run files: run `ibnorm report`"
+    assert (tmp_path / "README.md").read_text() == (REPO / "README.md").read_text(), \
+        "README.md's verdict differs from what `ibnorm report` makes of the committed run files: run `ibnorm report`"
     for area_dir in committed:
         if (area_dir / "runs.csv").exists():
             assert (tmp_path / "results" / area_dir.name / "runs.csv").read_bytes() == (area_dir / "runs.csv").read_bytes(), area_dir.name
+
+
+def _decision(model, mean, p_adjusted, verdict):
+    from ibnorm.lab.results.decisive import Decision
+    from ibnorm.lab.stats import Paired
+    interval = Paired(n=8, mean=mean, sd=0.001, low=mean - 0.001, high=mean + 0.001, confidence=0.95)
+    return Decision(interval, interval, p_adjusted, p_adjusted, 0.001, 8, RS.decisive.bound_of(model), verdict)
+
+
+def test_the_readme_verdict_follows_the_decisions_and_touches_nothing_else(tmp_path):
+    """The README's verdict paragraph is the claim-1 verdict and the decisions in words (each family's configuration,
+    effect in its unit and Holm p; only the main table's significant ops), rewritten between its markers alone."""
+    from ibnorm.lab.results.readme import END, START
+    confirm = {("vit-mini", "ib_tanh:strength=2.0"): _decision("vit-mini", 0.015, 1e-4, "better"),
+               ("resnet-mini", "ib_log"): _decision("resnet-mini", -0.002, 0.242, "equivalent")}
+    main = {("resnet-mini", "ib_tanh"): _decision("resnet-mini", -0.0046, 0.029, "worse"),
+            ("gpt2-mini", "ib_log"): _decision("gpt2-mini", -0.004, 1.0, "inconclusive"),
+            ("gpt2-mini", "dyt"): _decision("gpt2-mini", 1.46, 1e-4, "worse")}  # a peer: not one of the ops
+    text = " ".join(RS.verdict_paragraph("not supported", main, confirm, complete=False).split())
+    assert "claim 1, that IBNorm outperforms the base norm on every family, is **not supported**" in text
+    assert ("better on vit-mini (`ib_tanh:strength=2.0`, +1.5 accuracy points, Holm p 1e-04); equivalent on "
+            "resnet-mini (`ib_log`, -0.2 accuracy points, Holm p 0.242)") in text
+    assert ("Holm over its 2 op × family comparisons): resnet-mini ib_tanh worse (-0.5 accuracy points, p 0.029); the "
+            "other 1 is equivalent or inconclusive.") in text
+    assert "dyt" not in text and "still running" in text
+    assert "Every planned run is in" in RS.verdict_paragraph("supported", {}, {}, complete=True)
+    assert all(len(line) <= 118 for line in RS.verdict_paragraph("not supported", main, confirm, False).splitlines())
+
+    readme = tmp_path / "README.md"
+    readme.write_text(f"# title\n\n{START}\nold words\n{END}\n\nthe rest\n")
+    assert RS.write_verdict(readme, "new words") is True
+    assert readme.read_text() == f"# title\n\n{START}\nnew words\n{END}\n\nthe rest\n"
+    assert RS.write_verdict(readme, "new words") is False  # unchanged: not rewritten
+    readme.write_text("# no block\n")
+    with pytest.raises(ValueError, match="README.md has no verdict block"):
+        RS.write_verdict(readme, "words")
 
 
 def test_committed_runs_follow_the_protocol():
@@ -224,7 +263,12 @@ def test_result_records_learned_strength_and_curve(tmp_path):
 @pytest.mark.parametrize("argv, names", [(["reproduce", "--stages", "tune,bogus"], "--stages"),
                                          (["reproduce", "--models", "bert-mini"], "--models"),
                                          (["reproduce", "--jobs", "0"], "--jobs"),
-                                         (["report", "--results-dir", "/no/such/folder"], "--results-dir")])
+                                         (["report", "--results-dir", "/no/such/folder"], "--results-dir"),
+                                         (["report", "--results-dir", str(REPO / "results"), "--readme",
+                                           "/no/such/README.md"], "--readme"),
+                                         (["report", "--results-dir", str(REPO / "results"), "--readme",
+                                           str(REPO / "pyproject.toml")], "--readme"),  # no verdict block
+                                         (["report", "--readme", "README.md", "--no-readme"], "--no-readme")])
 def test_bad_reproduce_arguments_exit_2_with_one_line(argv, names, capsys):
     from ibnorm.lab.cli import main
     assert main(argv) == 2
@@ -298,6 +342,16 @@ def test_the_dyt_caveat_quotes_the_committed_diagnosis(tmp_path):
     assert "saturated by step 25" in text
     assert ("llama-mini: shared 348 against varying 0.3, 100% saturated, training loss 3.086; with the final norm "
             "kept 2.257; base norm 1.716.") in text
+    assert "authors' LLM recipe" not in text  # no recipe run, no sentence about it
+
+    diagnosis["runs"]["llama-mini / dyt, authors' LLM recipe"] = records(3.09, 1.0, 400.0)
+    diagnosis["recipe"] = {"alpha_0": {"attention": 0.7, "mlp": 0.15, "final": 0.15}, "embedding_scale": "√width"}
+    (tmp_path / RS.DYT_DIAGNOSIS).write_text(json.dumps(diagnosis))
+    text = "\n".join(RS.tuning_section(runs, tmp_path))
+    # the recipe as recorded (not a copy of today's values), then its numbers beside the others
+    assert ("DyT with its authors' LLM recipe (α₀ 0.7 before attention, 0.15 before the MLP and at the final norm, "
+            "the embeddings times a learnable √width) saturates the same way at this rate.") in text
+    assert "with the authors' LLM recipe 3.090 (100% saturated)" in text
 
 
 def test_posthoc_runs_sharing_a_parent_never_train_it_twice_at_once(tmp_path):
@@ -375,6 +429,9 @@ def test_dyt_diagnosis_script_records_the_final_norms_input(tmp_path):
     assert kept[0]["alpha"] is None  # the final norm really is the base norm there
     recipe = saved["runs"]["llama-mini / dyt, authors' LLM recipe"]
     assert recipe[0]["alpha"] == pytest.approx(0.2)  # the recipe's final-norm alpha_0, not the default 0.5
+    assert saved["recipe"]["alpha_0"] == diagnose_dyt_lm.RECIPE_ALPHA  # the report quotes what ran
+    assert "alpha_0" not in out.with_suffix(".md").read_text()  # the summary words it from the same record
+    assert "α₀ 0.8 before attention, 0.2 before the MLP and at the final norm" in out.with_suffix(".md").read_text()
     assert recipe[0]["shared_rms"] > 5 * dyt[0]["shared_rms"]  # the embeddings scaled by sqrt(width) at the start
     level = saved["byte_frequency_level"]["llama-mini"]
     assert 2.5 < level["tune"] < 4.0 and 2.5 < level["main"] < 4.0  # finite: add-one counts
@@ -720,12 +777,12 @@ def test_the_confirmatory_section_pairs_seeds_3_to_10_and_decides_each_family(tm
             for n in ("base", "ib_tanh") for s in R.MAIN_SEEDS]
     conf = [run("confirmatory", n, s, 1.2 + 0.01 * s - (0.02 if n == "ib_tanh" else 0)) for n in ("base", "ib_tanh")
             for s in (8, 9, 10)]
-    lines, done = RS.confirmatory_section({"reproduction": main, "confirmatory": conf}, root)
+    lines, done, decisions = RS.confirmatory_section({"reproduction": main, "confirmatory": conf}, root)
     row = next(line for line in lines if line.startswith("| llama-mini | `ib_tanh` | 8/8"))
     assert "better" in row and done[("llama-mini", "ib_tanh")][1] == "better"
     assert done[("llama-mini", "ib_tanh")][0].n == 8  # seeds 0-2 chose the configuration: never paired here
-    lines, done = RS.confirmatory_section({"reproduction": main, "confirmatory": conf[:2]}, root)
-    assert not done  # a family counts once all its seeds are in
+    lines, done, decisions = RS.confirmatory_section({"reproduction": main, "confirmatory": conf[:2]}, root)
+    assert not done and not decisions  # a family counts once all its seeds are in
 
 
 def test_scale_rows_carry_size_and_parameters():

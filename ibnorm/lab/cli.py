@@ -238,6 +238,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("report", help="rebuild RESULTS.md, every runs.csv and the figures from the committed run files")
     p.add_argument("--results-dir", default="results", help="where the run files are (default: results)")
     p.add_argument("--page", default="RESULTS.md", help="the page to write (default: RESULTS.md)")
+    p.add_argument("--readme", default=None, help="the README whose verdict paragraph to rewrite (default: README.md "
+                   "when --results-dir is the default and README.md exists)")
+    p.add_argument("--no-readme", action="store_true", help="leave every README alone")
     p.set_defaults(fn=cmd_report)
 
     add_info_parser(sub)
@@ -278,8 +281,19 @@ def cmd_report(args: argparse.Namespace) -> int:
     from .results import build_report
     if not Path(args.results_dir).is_dir():
         raise FileNotFoundError(f"--results-dir: {args.results_dir} is not a folder")
-    build_report(args.results_dir, args.page)
-    print(f"wrote {args.page} and {args.results_dir}/*/runs.csv", file=sys.stderr)
+    readme = args.readme
+    if args.no_readme and readme:
+        raise ValueError("--readme and --no-readme: give one of them")
+    if readme is None and not args.no_readme and args.results_dir == "results" and Path("README.md").exists():
+        readme = "README.md"  # the checkout's own front page: its verdict follows the committed runs
+    if readme and not Path(readme).is_file():
+        raise FileNotFoundError(f"--readme: {readme} is not a file")
+    if readme:
+        from .results.readme import verdict_block
+        verdict_block(Path(readme))  # before anything is written: a README without the block is refused
+    build_report(args.results_dir, args.page, readme=readme)
+    print(f"wrote {args.page}{f', the verdict in {readme}' if readme else ''} and {args.results_dir}/*/runs.csv",
+          file=sys.stderr)
     return 0
 
 

@@ -21,10 +21,12 @@ from .main_table import forest_range, main_section
 from .page import build_report
 from .posthoc import posthoc_section
 from .protocol import status_lines
+from .readme import verdict_paragraph, write_verdict
 from .confirmatory import confirmatory_section
 from .tuning import DYT_DIAGNOSIS, tuning_section
 
 __all__ = ["AREAS", "DYT_DIAGNOSIS", "ablation_section", "build_report", "claims_section", "confirmatory_section",
            "evidenced_default",
            "forest_range", "learned_compression_lines", "load_runs", "main_section", "max_loss_rise",
-           "normal_contraction", "posthoc_section", "status_lines", "tuning_section", "versus"]
+           "normal_contraction", "posthoc_section", "status_lines", "tuning_section", "verdict_paragraph", "versus",
+           "write_verdict"]

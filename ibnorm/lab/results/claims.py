@@ -24,12 +24,10 @@ def _counts(verdicts: list[str]) -> str:
     return ", ".join(f"{sum(v == w for v in verdicts)} {w}" for w in CLAIM1_VERDICTS)
 
 
-def claims_section(main: dict, info: dict, gen: dict, abl: dict, runs: list[dict], confirm: Optional[dict] = None,
-                   stability: Optional[dict] = None) -> list[str]:
-    """The paper's claims with the verdict the fixed rules give and the numbers behind it. ``main`` and ``confirm``:
-    (model, norm) -> (95% paired interval, verdict) of the main table (exploratory, 12 op × family comparisons) and
-    of the confirmatory test (one per family); ``stability``: (model, norm) -> largest stable rate (None while its
-    ladder climbs)."""
+def claim1_verdict(main: dict, confirm: Optional[dict] = None) -> tuple[str, str]:
+    """Claim 1's verdict and its evidence: the confirmatory test's once a family is in, else the main table's,
+    provisionally. ``main`` and ``confirm``: (model, norm) -> (95% paired interval, verdict) of the main table
+    (exploratory, 12 op × family comparisons) and of the confirmatory test (one per family)."""
     ib = [(k, v) for k, v in main.items() if k[1] in R.IB_OPS]
     expected = len(R.FAMILIES) * len(R.IB_OPS)
     verdicts = [v if v in CLAIM1_VERDICTS else "inconclusive" for _, (_, v) in ib]
@@ -49,7 +47,14 @@ def claims_section(main: dict, info: dict, gen: dict, abl: dict, runs: list[dict
             c1 = f"pending (exploratory: {exploratory})"
     else:
         c1 = f"{exploratory} (exploratory; the confirmatory test decides)"
+    return c1, n1
 
+
+def claims_section(main: dict, info: dict, gen: dict, abl: dict, runs: list[dict], confirm: Optional[dict] = None,
+                   stability: Optional[dict] = None) -> list[str]:
+    """The paper's claims with the verdict the fixed rules give and the numbers behind it. ``main`` and ``confirm``:
+    as for claim1_verdict; ``stability``: (model, norm) -> largest stable rate (None while its ladder climbs)."""
+    c1, n1 = claim1_verdict(main, confirm)
     g = [(k, v) for k, v in gen.items() if k[1] in R.IB_OPS]
     g_expected = len(R.VISION_FAMILIES) * len(R.IB_OPS)
     smaller = sum(1 for _, (_, v) in g if v == "better")

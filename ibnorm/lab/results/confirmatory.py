@@ -19,9 +19,9 @@ RULE = ("The rule that picks the configuration (fixed before the pick): per fami
         "table's budget (the base norm's seeds 3-7 are the main table's).")
 
 
-def confirmatory_section(runs: dict[str, list[dict]], results_root: Optional[Path]) -> tuple[list[str], dict]:
-    """The registration and, once its runs are in, the test; returns the lines and (model, norm) -> (95% paired
-    interval, verdict) per family (empty until a family has two paired seeds)."""
+def confirmatory_section(runs: dict[str, list[dict]], results_root: Optional[Path]) -> tuple[list[str], dict, dict]:
+    """The registration and, once its runs are in, the test; returns the lines, (model, norm) -> (95% paired
+    interval, verdict) and (model, norm) -> decision, for each family whose paired seeds are all in."""
     lines = ["## Confirmatory test (claim 1; confirmatory)", "", RULE, ""]
     reg = R.registered(results_root) if results_root is not None else None
     if reg is None:
@@ -38,7 +38,7 @@ def confirmatory_section(runs: dict[str, list[dict]], results_root: Optional[Pat
                 pick = "—" if not cands else f"`{max(cands, key=lambda k: cands[k])}`"
                 lines.append(f"| {model} | {text} | {pick} |")
             lines.append("")
-        return lines, {}
+        return lines, {}, {}
     lines += ["Registered in `results/confirmatory/PREREGISTRATION.md` (the commit order proves it came first):", "",
               "| family | configuration | lr |", "|---|---|---|"]
     lines += [f"| {m} | `{e['norm']}` | {float(e['lr']):g} |" for m, e in reg.items()] + [""]
@@ -60,7 +60,7 @@ def confirmatory_section(runs: dict[str, list[dict]], results_root: Optional[Pat
         n = len(set(pick) & set(base))
         lines.append(f"| {model} | `{norm}` | {n}/{len(R.CONFIRM_SEEDS)} | {_ms(list(pick.values()), 4)} | "
                      f"{_ms(list(base.values()), 4)} | " + " | ".join(decision_cells(d, model)) + " |")
-    done = {k: (d.p95, d.verdict) for k, d in decisions.items() if d.p95.n == len(R.CONFIRM_SEEDS)}
+    done = {k: d for k, d in decisions.items() if d.p95.n == len(R.CONFIRM_SEEDS)}
     lines += ["", "A family's verdict counts toward claim 1 once all its paired seeds are in "
               f"({len(done)} of {len(reg)} so far).", ""]
-    return lines, done
+    return lines, {k: (d.p95, d.verdict) for k, d in done.items()}, done

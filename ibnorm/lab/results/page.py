@@ -3,12 +3,13 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Optional
 
 from ...atomic import atomic_write_text
 from .. import reproduce as R
 from ..records import write_csv
 from .ablations import ablation_section, ablation_strength_plot
-from .claims import claims_section
+from .claims import claim1_verdict, claims_section
 from .common import COMMAND, CSV_COLUMNS, INFO_COLUMNS, csv_row, load_runs
 from .confirmatory import confirmatory_section
 from .generalization import generalization_section
@@ -16,6 +17,7 @@ from .information import info_plot, info_section
 from .learnable import learned_compression_lines, strength_plot
 from .main_table import curves_plot, forest_plot, main_section, main_table_section
 from .posthoc import posthoc_section
+from .readme import verdict_paragraph, write_verdict
 from .protocol import compute_section, protocol_section, quality_section, status_lines
 from .reproducibility import reproducibility_section
 from .scale import SCALE_COLUMNS, scale_rows, scale_section
@@ -23,8 +25,10 @@ from .stability import stability_section
 from .tuning import tuning_section
 
 
-def build_report(results_root: str | Path = "results", page: str | Path = "RESULTS.md", figures: bool = True) -> str:
-    """Write every area's runs.csv, the figures and ``page``; return the page."""
+def build_report(results_root: str | Path = "results", page: str | Path = "RESULTS.md", figures: bool = True,
+                 readme: Optional[str | Path] = None) -> str:
+    """Write every area's runs.csv, the figures, ``page`` and, when given, the verdict paragraph of ``readme``;
+    return the page."""
     root = Path(results_root)
     runs = load_runs(root)
     for area, area_runs in runs.items():
@@ -37,9 +41,9 @@ def build_report(results_root: str | Path = "results", page: str | Path = "RESUL
             write_csv(root / area / "runs.csv", [csv_row(r) for r in area_runs], CSV_COLUMNS)
     repro = runs["reproduction"]
     everything = [r for area_runs in runs.values() for r in area_runs]
-    main_lines, main_cmp, _ = main_table_section(repro)
+    main_lines, main_cmp, main_decisions = main_table_section(repro)
     stab_lines, stable = stability_section(repro)
-    conf_lines, conf_cmp = confirmatory_section(runs, root)
+    conf_lines, conf_cmp, conf_decisions = confirmatory_section(runs, root)
     info_lines, info_cmp, ixt = info_section(runs["info"])
     gen_lines, gen_cmp = generalization_section(runs["generalization"], ixt)
     abl_lines, abl_cmp = ablation_section(runs["ablations"])
@@ -84,4 +88,7 @@ def build_report(results_root: str | Path = "results", page: str | Path = "RESUL
               "- One dataset per task (Fashion-MNIST, Jane Austen's novels, bytes); no ImageNet, no web text.", ""]
     text = "\n".join(lines)
     atomic_write_text(page, text)
+    if readme is not None:
+        write_verdict(Path(readme), verdict_paragraph(claim1_verdict(main_cmp, conf_cmp)[0], main_decisions,
+                                                      conf_decisions, complete=not todo and not waiting))
     return text

@@ -78,6 +78,22 @@ def tuning_section(runs: list[dict], results_root: Optional[Path] = None) -> lis
 DYT_DIAGNOSIS = Path("reproduction") / "dyt_lm_diagnosis.json"  # written by scripts/diagnose_dyt_lm.py
 
 
+DYT_POSITIONS = {"attention": "before attention", "mlp": "before the MLP", "final": "at the final norm"}
+
+
+def dyt_recipe_words(recipe: dict) -> str:
+    """The recipe the diagnosis recorded, in words: alpha_0 per norm position (positions sharing a value share it,
+    in the order they first appear), then the embedding scale."""
+    by_value: dict[float, list[str]] = {}
+    for position, alpha in recipe.get("alpha_0", {}).items():
+        by_value.setdefault(alpha, []).append(DYT_POSITIONS.get(position, position))
+    alphas = ", ".join(f"{alpha:g} " + " and ".join(where) for alpha, where in by_value.items())
+    scale = recipe.get("embedding_scale")
+    return ", ".join(part for part in (f"α₀ {alphas}" if alphas else "",
+                                       f"the embeddings times a learnable {scale}" if scale else "") if part) \
+        or "recipe not recorded"
+
+
 def dyt_diagnosis_lines(results_root: Optional[Path]) -> list[str]:
     """Why DyT's LMs stall, in numbers from the committed diagnosis (nothing when it is absent)."""
     diagnosis = _diagnosis(results_root)
@@ -105,8 +121,8 @@ def dyt_diagnosis_lines(results_root: Optional[Path]) -> list[str]:
             f"the final DyT before the LM head saturates{when}. Its tanh then gives the same ±1 vector at every "
             "position, so the head can learn only the bytes' frequencies, and almost no gradient passes back "
             "through it. LayerNorm and RMSNorm divide that size away, and DyT in the blocks with the base norm kept "
-            "as the final norm trains." + ("" if not recipe_saturated else " DyT with its authors' LLM recipe (α₀ 0.8 "
-            "before attention, 0.2 before the MLP and at the final norm, the embeddings times a learnable √width) "
+            "as the final norm trains." + ("" if not recipe_saturated else " DyT with its authors' LLM recipe ("
+            + dyt_recipe_words(diagnosis.get("recipe", {})) + ") "
             + ("saturates the same way at this rate." if all(recipe_saturated) else "does not saturate everywhere; "
                "see its numbers.")) + " Input of the final norm at the last step, as "
             "root-mean-squares: "
