@@ -227,6 +227,24 @@ def test_the_readme_verdict_follows_the_decisions_and_touches_nothing_else(tmp_p
         RS.write_verdict(readme, "words")
 
 
+def test_report_rewrites_a_readme_by_default_only_where_it_has_the_verdict_block(tmp_path, monkeypatch, capsys):
+    """In ibnorm's checkout (README with the markers) `ibnorm report` keeps the verdict current; in a user's own
+    folder, whose README has no block, it leaves that README alone instead of refusing to report."""
+    from ibnorm.lab.cli import main
+    from ibnorm.lab.results.readme import END, START
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "results").mkdir()
+    (tmp_path / "README.md").write_text("# my project\n")
+    assert main(["report"]) == 0
+    assert (tmp_path / "README.md").read_text() == "# my project\n" and (tmp_path / "RESULTS.md").exists()
+    (tmp_path / "README.md").write_text(f"# ibnorm\n{START}\nold\n{END}\n")
+    assert main(["report"]) == 0
+    assert "**Today's verdict**" in (tmp_path / "README.md").read_text() and "the verdict in README.md" in capsys.readouterr().err
+    (tmp_path / "README.md").write_text(f"# ibnorm\n{START}\nold\n{END}\n")
+    assert main(["report", "--no-readme"]) == 0
+    assert "old" in (tmp_path / "README.md").read_text()
+
+
 def test_committed_runs_follow_the_protocol():
     """Every committed result, a retrained parent's included, is a run the current plan asks for, with the protocol's
     configuration."""

@@ -239,7 +239,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--results-dir", default="results", help="where the run files are (default: results)")
     p.add_argument("--page", default="RESULTS.md", help="the page to write (default: RESULTS.md)")
     p.add_argument("--readme", default=None, help="the README whose verdict paragraph to rewrite (default: README.md "
-                   "when --results-dir is the default and README.md exists)")
+                   "when --results-dir is the default and README.md has the verdict markers, as this repository's does)")
     p.add_argument("--no-readme", action="store_true", help="leave every README alone")
     p.set_defaults(fn=cmd_report)
 
@@ -284,13 +284,14 @@ def cmd_report(args: argparse.Namespace) -> int:
     readme = args.readme
     if args.no_readme and readme:
         raise ValueError("--readme and --no-readme: give one of them")
-    if readme is None and not args.no_readme and args.results_dir == "results" and Path("README.md").exists():
-        readme = "README.md"  # the checkout's own front page: its verdict follows the committed runs
+    from .results.readme import START, verdict_block
+    if (readme is None and not args.no_readme and args.results_dir == "results" and Path("README.md").is_file()
+            and START in Path("README.md").read_text()):
+        readme = "README.md"  # ibnorm's own checkout: its front page's verdict follows the committed runs
     if readme and not Path(readme).is_file():
         raise FileNotFoundError(f"--readme: {readme} is not a file")
     if readme:
-        from .results.readme import verdict_block
-        verdict_block(Path(readme))  # before anything is written: a README without the block is refused
+        verdict_block(Path(readme))  # before anything is written: a README named but without the block is refused
     build_report(args.results_dir, args.page, readme=readme)
     print(f"wrote {args.page}{f', the verdict in {readme}' if readme else ''} and {args.results_dir}/*/runs.csv",
           file=sys.stderr)
