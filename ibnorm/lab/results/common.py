@@ -11,6 +11,7 @@ from typing import Iterable, Optional
 from .. import reproduce as R
 from ..stats import Paired, paired
 from ..tasks import task_kind
+from ..train import TrainConfig
 
 AREAS = ("reproduction", "generalization", "ablations", "info", "confirmatory", "scale")
 
@@ -23,7 +24,8 @@ INFO_COLUMNS = ["model", "norm", "seed", "index", "layer", "type", "dim", "I_XT"
                 "contraction"]
 
 
-SPIKE_WINDOW = 10  # curve points (of 10 steps each) behind the running minimum of the largest-rise measure
+CURVE_EVERY = TrainConfig.curve_every  # the protocol's runs keep the default: a curve point is this many steps
+SPIKE_WINDOW = 10  # curve points behind the running minimum of the largest-rise measure
 
 
 COMMAND = "ibnorm report"

@@ -89,7 +89,7 @@ def main_table_section(runs: list[dict]) -> tuple[list[str], dict, dict]:
             diverged[(r["config"]["model"], r["config"]["norm"])].append(r["config"]["seed"])
     lines = ["## Main table (claim 1; exploratory)", "",
              "*Exploratory*: seeds 0-7 for the base norm and the ops (0-2 chose the confirmatory configuration), "
-             "0-2 for the peers, each norm at the rate its grid chose. The confirmatory test below decides claim 1.",
+             "0-2 for the peers, each norm at the rate its grid chose. The confirmatory test above decides claim 1.",
              ""] + bounds_lines()
     if not main:
         return lines + ["No run of this stage has finished yet.", ""], {}, {}

@@ -8,14 +8,15 @@ from pathlib import Path
 from typing import Optional
 
 from .. import reproduce as R
-from .common import max_loss_rise, metric
+from .common import CURVE_EVERY, SPIKE_WINDOW, max_loss_rise, metric
 
 
 def tuning_section(runs: list[dict], results_root: Optional[Path] = None) -> list[str]:
     tune = [r for r in runs if r.get("stage") == "tune"]
     lines = ["## Learning-rate grids (tuning budget, validation split carved from the training data; exploratory)", "",
              "Each cell: the validation score (vision: held-out accuracy; LMs: nats/byte), then the largest loss "
-             "rise (spikes; see the rule above). **Bold**: the chosen rate. Fair grids (since the decisive sweep): a "
+             f"rise (spikes: the most the mean training loss of {CURVE_EVERY} steps rose above its minimum over the "
+             f"preceding {SPIKE_WINDOW * CURVE_EVERY} steps). **Bold**: the chosen rate. Fair grids (since the decisive sweep): a "
              "norm whose choice sits at an edge of its grid gets the next rate beyond it (×3 steps), until its choice "
              f"is interior; a rate that diverges counts as tried; the ladder ends at {R.LR_MIN:g} and {R.LR_MAX:g}.",
              ""]
