@@ -315,7 +315,7 @@ def test_a_norm_flat_over_the_rate_grid_is_named_in_the_tuning_section():
     text = "\n".join(RS.tuning_section(runs))
     assert "The same score at every rate of the grid (within 0.005): gpt2-mini dyt (3.0842-3.0850)." in text
     flat_line = next(line for line in text.splitlines() if line.startswith("The same score"))
-    assert "base" not in flat_line and "DyT and Derf run at their default" in text
+    assert "base" not in flat_line and "\n\nDyT and Derf run at their default" in text  # a paragraph of its own
     runs[0] = run("dyt", grid[0], 3.2)  # one rate differs: no longer flat
     assert "The same score at every rate" not in "\n".join(RS.tuning_section(runs))
 

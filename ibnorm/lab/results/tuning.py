@@ -67,7 +67,7 @@ def tuning_section(runs: list[dict], results_root: Optional[Path] = None) -> lis
                   "depend on its input (for an LM, the bytes' frequencies)."]
     named = {text.split()[1] for text in flat} | {norm for (_, norm), _ in stalled}
     if named & {"dyt", "derf"}:
-        lines += ["DyT and Derf run at their default α₀ = 0.5 with the same rate grid as every norm. For LLMs, DyT's "
+        lines += ["", "DyT and Derf run at their default α₀ = 0.5 with the same rate grid as every norm. For LLMs, DyT's "
                   "authors also set α₀ per norm position and multiply the token embeddings by a learnable scalar "
                   "initialized to √width (their LLaMA code, `other_tasks/LLaMA/fms_fsdp/models/llama.py` in "
                   "jiachenzhu/DyT); this protocol does neither, so these rows show the peers at their defaults, not "
