@@ -569,6 +569,12 @@ def test_posthoc_rows_compare_to_the_base_fine_tuned_and_to_the_parent():
     assert tanh[7].startswith("-0.0020 [-0.0020, -0.0020]")
     assert tanh[8] == "0.2500 ± 0.1000"
     assert tanh[3].startswith("-0.0500 [-0.0500, -0.0500]")  # the drop at conversion: 0.81 + 0.001 s vs the parent  # mean over layers per seed: 0.15, 0.25, 0.35
+    # A systematic difference far below the smallest effect of interest keeps its verdict, and says how small it is.
+    tiny = [run("posthoc", R.POSTHOC_NORMS[1], s, 0.862 + 0.001 * s + jitter[s] - 1e-6 * (1 + s / 10)) for s in R.SEEDS]
+    rows = {line.split("|")[2].strip(): [c.strip() for c in line.strip("|").split("|")]
+            for line in RS.posthoc_section(runs + tiny) if line.startswith("| vit-mini |")}
+    assert rows[R.POSTHOC_NORMS[1]][6] == "worse, by less than ±0.5 accuracy points"
+    assert rows[R.POSTHOC_NORMS[2]][6] == "worse"  # its interval reaches past the bound (-0.0052)
     # Parents trained again for this stage: their own scores are the parents, and the page says which moved.
     again = [{"config": {"model": "vit-mini", "norm": "base", "seed": s, "lr": 0.001},
               "final": {"val_acc": 0.86 + 0.001 * s + (0.004 if s == 2 else 0.0)}} for s in R.SEEDS]

@@ -7,6 +7,7 @@ from typing import Iterable
 from .. import reproduce as R
 from ..tasks import task_kind
 from .common import _ms, by_seed, versus
+from .decisive import bound_of
 
 
 def posthoc_section(runs: list[dict], retrained: Iterable[dict] = ()) -> list[str]:
@@ -27,7 +28,9 @@ def posthoc_section(runs: list[dict], retrained: Iterable[dict] = ()) -> list[st
               "from the fine-tuning. Tanh at 0.5 and the registered confirmatory configuration start away from it: "
               "the drop at conversion is the converted model's score before any fine-tuning against its parent, "
               "and the recovery is the score after it (the ResNet's batch norms recompute their running statistics "
-              f"over {R.POSTHOC_RECALIBRATE.get('resnet-mini', 0)} training batches first).", ""]
+              f"over {R.POSTHOC_RECALIBRATE.get('resnet-mini', 0)} training batches first). A verdict \"by less "
+              "than\" the smallest effect of interest: the whole 95% interval lies inside it (a systematic difference, "
+              "as of floating-point paths, too small to matter).", ""]
     for (model, norm), seeds in sorted(again.items(), key=lambda kv: list(R.FAMILIES).index(kv[0][0])):
         kept = main.get((model, norm), {})
         same = [s for s in sorted(seeds) if kept.get(s) == seeds[s]]
@@ -45,8 +48,10 @@ def posthoc_section(runs: list[dict], retrained: Iterable[dict] = ()) -> list[st
     strengths = {(r["config"]["model"], r["config"]["norm"], r["config"]["seed"]): r.get("learned_strength", {}) for r in post}
     for (model, norm), v in values.items():
         kind = task_kind(model)
-        _, delta, verdict = versus(v, None if norm == "base" else values.get((model, "base"), {}),
-                                   kind.higher_is_better)
+        paired, delta, verdict = versus(v, None if norm == "base" else values.get((model, "base"), {}),
+                                        kind.higher_is_better)
+        if verdict in ("better", "worse") and max(abs(paired.low), abs(paired.high)) < bound_of(model):
+            verdict += f", by less than ±{R.EQUIVALENCE_TEXT[kind.name]}"  # systematic, but below what matters
         learned = [statistics.fmean(s.values()) for (m, n, _), s in strengths.items() if (m, n) == (model, norm) and s]
         _, from_parent, _ = versus(v, parents.get((model, "base"), {}), kind.higher_is_better)
         drop = "—"
