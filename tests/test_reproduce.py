@@ -504,6 +504,29 @@ def test_learnable_strength_rows_compare_to_the_fixed_op_and_rank_among_the_main
     assert "rank" not in RS.main_section(runs)[0][2]  # the main table itself has no such columns
 
 
+def test_score_tables_say_when_a_significant_difference_is_smaller_than_the_bound():
+    """A systematic difference whose whole interval lies inside the smallest effect of interest keeps its verdict for
+    the rules, and its cell says how small it is: in the learnable-strength and ablation tables as in post-hoc."""
+    def run(stage, norm, seed, score, model="vit-mini"):
+        return {"stage": stage, "config": {"model": model, "norm": norm, "seed": seed, "lr": 0.001},
+                "final": {"val_acc" if model == "vit-mini" else "val_loss": score}}
+    jitter = (0.0, 0.0002, -0.0002)
+    runs = [run("main", n, s, a + 0.001 * s) for n, a in (("base", 0.86), ("ib_tanh", 0.87)) for s in R.SEEDS]
+    runs += [run("learnable", "ib_tanh:learnable_strength=1", s, 0.869 + 0.001 * s + jitter[s]) for s in R.SEEDS]
+    lines, comparisons = RS.main_section(runs, "learnable", "Learnable")
+    cells = [c.strip() for c in next(line for line in lines if line.startswith("| ib_tanh:learn")).strip("|").split("|")]
+    assert cells[5] == "better"  # +0.009 against the base norm: beyond the bound, so no qualifier
+    assert cells[7] == "worse, by less than ±0.5 accuracy points"  # -0.001 against the fixed strength
+    assert comparisons[("vit-mini", "ib_tanh:learnable_strength=1")][1] == "better"  # the rules read the bare verdict
+
+    abl = [run("ablation", n, s, 1.20 + 0.01 * s - d + jitter[s] * (n != "ib_tanh"), "llama-mini")
+           for n, d in (("ib_tanh", 0.0), ("ib_tanh:strength=2.0", 0.002)) for s in R.SEEDS]
+    lines, comparisons = RS.ablation_section(abl)
+    row = next(line for line in lines if line.startswith("| ib_tanh:strength=2.0 |"))
+    assert row.rstrip(" |").endswith("better, by less than ±0.01 nats/byte")
+    assert comparisons[("llama-mini", "ib_tanh:strength=2.0")][1] == "better"
+
+
 def test_forest_panels_keep_the_ibnorm_intervals_readable():
     """A far-off peer is drawn at the edge, not allowed to shrink the IBNorm ops' intervals to a dot; peers on the
     ops' scale stay inside the range."""

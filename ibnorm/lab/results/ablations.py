@@ -9,7 +9,7 @@ from ...ops import COMPRESSIONS
 from .. import reproduce as R
 from ..records import save_figure
 from ..tasks import task_kind
-from .common import _models, _ms, _panels, _per_norm, by_seed, metric, versus
+from .common import _models, _ms, _panels, _per_norm, by_seed, metric, score_verdict, versus
 
 
 def ablation_section(runs: list[dict]) -> tuple[list[str], dict]:
@@ -37,7 +37,8 @@ def ablation_section(runs: list[dict]) -> tuple[list[str], dict]:
                                            kind.higher_is_better)
                 if p is not None:
                     comparisons[(model, norm)] = (p, verdict)
-                lines.append(f"| {norm} | {len(v)} | {_ms(list(v.values()), 4)} | {delta} | {verdict} |")
+                lines.append(f"| {norm} | {len(v)} | {_ms(list(v.values()), 4)} | {delta} | "
+                             f"{score_verdict(p, verdict, model)} |")
         lines.append("")
     return lines + default_strength_lines(comparisons), comparisons
 

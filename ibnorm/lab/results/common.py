@@ -125,6 +125,16 @@ def versus(values: dict[int, float], base: Optional[dict[int, float]], higher_is
     return p, f"{p.mean:{spec}} [{p.low:{spec}}, {p.high:{spec}}]", p.verdict(higher_is_better)
 
 
+def score_verdict(p: Optional[Paired], verdict: str, model: str) -> str:
+    """A verdict cell of a comparison in the family's score: "better" or "worse" whose whole 95% interval lies inside
+    the smallest effect of interest says so (a systematic difference too small to matter). Only the cell changes:
+    the rules read the verdict itself."""
+    from .decisive import bound_of
+    if p is not None and verdict in ("better", "worse") and max(abs(p.low), abs(p.high)) < bound_of(model):
+        return f"{verdict}, by less than ±{R.EQUIVALENCE_TEXT[task_kind(model).name]}"
+    return verdict
+
+
 def _panels(models: list[str], width: float, height: float):
     """A figure with one panel per family, side by side: (figure, [(axis, model), ...])."""
     import matplotlib

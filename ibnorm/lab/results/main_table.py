@@ -8,7 +8,7 @@ from pathlib import Path
 from .. import reproduce as R
 from ..records import save_figure
 from ..tasks import task_kind
-from .common import _models, _ms, _panels, _per_norm, by_seed, versus
+from .common import _models, _ms, _panels, _per_norm, by_seed, score_verdict, versus
 from .decisive import DECISION_HEADER, decide, decide_family, decision_cells
 
 
@@ -47,16 +47,17 @@ def main_section(runs: list[dict], stage: str = "main", title: str = "Main table
             if p is not None:
                 comparisons[(model, norm)] = (p, verdict)
             seeds = f"{len(v)}" + (f" (+{len(diverged[(model, norm)])} diverged)" if diverged.get((model, norm)) else "")
-            row = f"| {norm} | {lrs[(model, norm)]:g} | {seeds} | {_ms(list(v.values()), digits)} | {delta} | {verdict} |"
+            row = (f"| {norm} | {lrs[(model, norm)]:g} | {seeds} | {_ms(list(v.values()), digits)} | {delta} | "
+                   f"{score_verdict(p, verdict, model)} |")
             if learnable:
                 fixed = norm.split(":")[0]
-                _, f_delta, f_verdict = versus(v, main_values.get((model, fixed), {}), kind.higher_is_better, digits)
+                f_p, f_delta, f_verdict = versus(v, main_values.get((model, fixed), {}), kind.higher_is_better, digits)
                 rank = "—"
                 if v and main_means:
                     mine = statistics.fmean(v.values())
                     ahead = sum(1 for x in main_means.values() if (x > mine if kind.higher_is_better else x < mine))
                     rank = f"{ahead + 1} of {len(main_means) + 1}"
-                row += f" {f_delta} | {f_verdict} | {rank} |"
+                row += f" {f_delta} | {score_verdict(f_p, f_verdict, model)} | {rank} |"
             lines.append(row)
         lines.append("")
     return lines, comparisons

@@ -6,8 +6,7 @@ from typing import Iterable
 
 from .. import reproduce as R
 from ..tasks import task_kind
-from .common import _ms, by_seed, versus
-from .decisive import bound_of
+from .common import _ms, by_seed, score_verdict, versus
 
 
 def posthoc_section(runs: list[dict], retrained: Iterable[dict] = ()) -> list[str]:
@@ -28,9 +27,7 @@ def posthoc_section(runs: list[dict], retrained: Iterable[dict] = ()) -> list[st
               "from the fine-tuning. Tanh at 0.5 and the registered confirmatory configuration start away from it: "
               "the drop at conversion is the converted model's score before any fine-tuning against its parent, "
               "and the recovery is the score after it (the ResNet's batch norms recompute their running statistics "
-              f"over {R.POSTHOC_RECALIBRATE.get('resnet-mini', 0)} training batches first). A verdict \"by less "
-              "than\" the smallest effect of interest: the whole 95% interval lies inside it (a systematic difference, "
-              "as of floating-point paths, too small to matter).", ""]
+              f"over {R.POSTHOC_RECALIBRATE.get('resnet-mini', 0)} training batches first).", ""]
     for (model, norm), seeds in sorted(again.items(), key=lambda kv: list(R.FAMILIES).index(kv[0][0])):
         kept = main.get((model, norm), {})
         same = [s for s in sorted(seeds) if kept.get(s) == seeds[s]]
@@ -50,13 +47,11 @@ def posthoc_section(runs: list[dict], retrained: Iterable[dict] = ()) -> list[st
         kind = task_kind(model)
         paired, delta, verdict = versus(v, None if norm == "base" else values.get((model, "base"), {}),
                                         kind.higher_is_better)
-        if verdict in ("better", "worse") and max(abs(paired.low), abs(paired.high)) < bound_of(model):
-            verdict += f", by less than ±{R.EQUIVALENCE_TEXT[kind.name]}"  # systematic, but below what matters
         learned = [statistics.fmean(s.values()) for (m, n, _), s in strengths.items() if (m, n) == (model, norm) and s]
         _, from_parent, _ = versus(v, parents.get((model, "base"), {}), kind.higher_is_better)
         drop = "—"
         if (model, norm) in at_start:
             _, drop, _ = versus(at_start[(model, norm)], parents.get((model, "base"), {}), kind.higher_is_better)
-        lines.append(f"| {model} | {norm} | {len(v)} | {drop} | {_ms(list(v.values()), 4)} | {delta} | {verdict} | "
-                     f"{from_parent} | {_ms(learned, 4) if learned else '—'} |")
+        lines.append(f"| {model} | {norm} | {len(v)} | {drop} | {_ms(list(v.values()), 4)} | {delta} | "
+                     f"{score_verdict(paired, verdict, model)} | {from_parent} | {_ms(learned, 4) if learned else '—'} |")
     return lines + [""]

@@ -49,7 +49,9 @@ def protocol_section() -> list[str]:
               "- Verdict rule: the paired difference to the base norm (same seed). The main and confirmatory tables: "
               "paired t, Holm-adjusted, with TOST at the smallest effect of interest (their sections state it). The "
               "other tables: a 95% Student-t interval; \"better\" or \"worse\" only when it excludes 0, otherwise "
-              "\"no detectable difference\".",
+              "\"no detectable difference\"; in a score, \"better\" or \"worse\" adds \"by less than\" the "
+              "smallest effect of interest when the whole interval lies inside it (systematic, but too small to "
+              "matter; the rules count the verdict alone).",
               f"- Generalization: the same protocol on a fixed subset of {R.GENERALIZATION_SUBSET:,} training images, "
               + ", ".join(f"{m} {R.FAMILIES[m].generalization_steps} steps" for m in R.VISION_FAMILIES)
               + "; norms " + ", ".join(R.GENERALIZATION_NORMS) + ". vit-mini first trained 4000 steps here: its base "

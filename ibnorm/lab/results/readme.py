@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import textwrap
 from pathlib import Path
+
 from ...atomic import atomic_write_text
 from .. import reproduce as R
 from ..tasks import task_kind
@@ -70,4 +71,3 @@ def write_verdict(readme: Path, paragraph: str) -> bool:
     if new != text:
         atomic_write_text(readme, new)
     return new != text
-

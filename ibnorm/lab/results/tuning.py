@@ -16,8 +16,9 @@ def tuning_section(runs: list[dict], results_root: Optional[Path] = None) -> lis
     lines = ["## Learning-rate grids (tuning budget, validation split carved from the training data; exploratory)", "",
              "Each cell: the validation score (vision: held-out accuracy; LMs: nats/byte), then the largest loss "
              f"rise (spikes: the most the mean training loss of {CURVE_EVERY} steps rose above its minimum over the "
-             f"preceding {SPIKE_WINDOW * CURVE_EVERY} steps). **Bold**: the chosen rate. Fair grids (since the decisive sweep): a "
-             "norm whose choice sits at an edge of its grid gets the next rate beyond it (×3 steps), until its choice "
+             f"preceding {SPIKE_WINDOW * CURVE_EVERY} steps). **Bold**: the chosen rate. Fair grids (since the "
+             "decisive sweep): a norm whose choice sits at an edge of its grid gets the next rate beyond it (×3 steps), "
+             "until its choice "
              f"is interior; a rate that diverges counts as tried; the ladder ends at {R.LR_MIN:g} and {R.LR_MAX:g}.",
              ""]
     if not tune:
